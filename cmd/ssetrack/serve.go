@@ -1,0 +1,320 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"strings"
+	"time"
+
+	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/ssetrack/ssetrack/extproc"
+	"github.com/ssetrack/ssetrack/extproc/session"
+	"github.com/ssetrack/ssetrack/extproc/sse"
+)
+
+// serveConfig is everything `ssetrack serve` is told.
+type serveConfig struct {
+	listen         string
+	metricsListen  string
+	sessionHeaders stringList
+	dedupWindow    int
+	sessionTTL     time.Duration
+	maxSessions    int
+	maxEventSize   int
+	maxSessionID   int
+	injectLastID   bool
+	loadTimeout    time.Duration
+	logLevel       string
+	logFormat      string
+	tlsCert        string
+	tlsKey         string
+	tlsClientCA    string
+	pprof          bool
+	shutdown       time.Duration
+	journal        journalFlags
+}
+
+func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
+	c := &serveConfig{sessionHeaders: stringList{values: []string{extproc.DefaultSessionHeader}}}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:9001", "`address` of the ext_proc gRPC listener (also serves gRPC health)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", "127.0.0.1:9090", "`address` of the HTTP listener for /metrics, /healthz, /readyz (empty: off)")
+	fs.Var(&c.sessionHeaders, "session-header", "request/response `header` carrying the session id; repeatable or comma-separated, first match wins (default mcp-session-id)")
+	fs.IntVar(&c.dedupWindow, "dedup-window", session.DefaultWindow, "delivered event ids remembered per session for dedup (1..32768)")
+	fs.DurationVar(&c.sessionTTL, "session-ttl", session.DefaultTTL, "evict a session from memory after this long without an open stream")
+	fs.IntVar(&c.maxSessions, "max-sessions", session.DefaultMaxSessions, "sessions held in memory at most; the least recently used go first")
+	fs.IntVar(&c.maxEventSize, "max-event-size", sse.DefaultMaxEventSize, "largest SSE event in `bytes` that is parsed and tracked; larger ones pass through untouched")
+	fs.IntVar(&c.maxSessionID, "max-session-id", extproc.DefaultMaxSessionID, "longest session id in `bytes`; a longer one is treated as no session")
+	fs.BoolVar(&c.injectLastID, "inject-last-event-id", false, "on a GET without Last-Event-ID, send the session's last event id upstream (single-stream SSE APIs)")
+	fs.DurationVar(&c.loadTimeout, "load-timeout", session.DefaultLoadTimeout, "bound on reading an unknown session's history from JetStream on the request path")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate `file` for the gRPC listener (enables TLS)")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key `file` for --tls-cert")
+	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "PEM CA `file`: require and verify client certificates (mTLS)")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof/ on the metrics listener")
+	fs.DurationVar(&c.shutdown, "shutdown-timeout", 15*time.Second, "on SIGTERM, how long open streams and the journal get to finish")
+	c.journal.register(fs)
+	fs.Usage = flagUsage(fs, stderr, "ssetrack serve [flags]")
+	return fs, c
+}
+
+// validate reports every invalid value at once.
+func (c *serveConfig) validate() error {
+	var errs []error
+	if c.listen == "" {
+		errs = append(errs, errors.New("--listen must not be empty"))
+	}
+	if c.dedupWindow < 1 || c.dedupWindow > 1<<15 {
+		errs = append(errs, fmt.Errorf("--dedup-window %d: want 1..32768", c.dedupWindow))
+	}
+	if c.sessionTTL <= 0 {
+		errs = append(errs, fmt.Errorf("--session-ttl %v: want > 0", c.sessionTTL))
+	}
+	if c.maxSessions < 1 {
+		errs = append(errs, fmt.Errorf("--max-sessions %d: want >= 1", c.maxSessions))
+	}
+	if c.maxEventSize < 64 {
+		errs = append(errs, fmt.Errorf("--max-event-size %d: want >= 64", c.maxEventSize))
+	}
+	if c.maxSessionID < 1 {
+		errs = append(errs, fmt.Errorf("--max-session-id %d: want >= 1", c.maxSessionID))
+	}
+	if c.loadTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--load-timeout %v: want > 0", c.loadTimeout))
+	}
+	if len(c.sessionHeaders.values) == 0 {
+		errs = append(errs, errors.New("--session-header: at least one header"))
+	}
+	for _, h := range c.sessionHeaders.values {
+		if strings.ContainsAny(h, " :\t") {
+			errs = append(errs, fmt.Errorf("--session-header %q: not a header name", h))
+		}
+	}
+	if _, err := parseLevel(c.logLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.logFormat))
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	if c.tlsClientCA != "" && c.tlsCert == "" {
+		errs = append(errs, errors.New("--tls-client-ca needs --tls-cert and --tls-key"))
+	}
+	if c.shutdown <= 0 {
+		errs = append(errs, fmt.Errorf("--shutdown-timeout %v: want > 0", c.shutdown))
+	}
+	errs = append(errs, c.journal.validate()...)
+	return errors.Join(errs...)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	l, _ := parseLevel(level)
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, c := serveFlags(stderr)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	log := newLogger(stderr, c.logLevel, c.logFormat)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	jr, err := startJournal(ctx, &c.journal, c.dedupWindow, log, reg)
+	if err != nil {
+		return err
+	}
+	var sink session.Journal
+	if jr != nil {
+		sink = jr.journal
+	}
+
+	table := session.NewTable(session.Config{
+		Window:      c.dedupWindow,
+		TTL:         c.sessionTTL,
+		MaxSessions: c.maxSessions,
+		Journal:     sink,
+		LoadTimeout: c.loadTimeout,
+		Logger:      log,
+	})
+	srv, err := extproc.New(extproc.Config{
+		SessionHeaders:    c.sessionHeaders.values,
+		MaxSessionID:      c.maxSessionID,
+		MaxEventSize:      c.maxEventSize,
+		InjectLastEventID: c.injectLastID,
+		Sessions:          table,
+		Journal:           sink,
+		Registerer:        reg,
+		Logger:            log,
+	})
+	if err != nil {
+		table.Close()
+		jr.close(context.Background(), log)
+		return err
+	}
+
+	grpcSrv, err := newGRPCServer(c)
+	if err != nil {
+		table.Close()
+		jr.close(context.Background(), log)
+		return err
+	}
+	procv3.RegisterExternalProcessorServer(grpcSrv, srv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(grpcSrv, hs)
+
+	lis, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		table.Close()
+		jr.close(context.Background(), log)
+		return fmt.Errorf("listen %s: %w", c.listen, err)
+	}
+	var metricsSrv *http.Server
+	if c.metricsListen != "" {
+		mlis, err := net.Listen("tcp", c.metricsListen)
+		if err != nil {
+			lis.Close()
+			table.Close()
+			jr.close(context.Background(), log)
+			return fmt.Errorf("listen %s: %w", c.metricsListen, err)
+		}
+		metricsSrv = &http.Server{Handler: opsHandler(reg, jr, c.pprof), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := metricsSrv.Serve(mlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics listener", "err", err)
+			}
+		}()
+		log.Info("metrics listening", "addr", mlis.Addr().String())
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- grpcSrv.Serve(lis) }()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(procv3.ExternalProcessor_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	log.Info("ext_proc listening", "addr", lis.Addr().String(), "tls", c.tlsCert != "", "journal", jr != nil,
+		"session_headers", c.sessionHeaders.values, "version", version)
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		log.Error("grpc server stopped", "err", err)
+	}
+
+	// Shutdown order: stop taking streams and let open ones finish (bounded),
+	// then the journal flushes what the streams handed it and drains NATS.
+	log.Info("shutting down", "timeout", c.shutdown)
+	hs.Shutdown()
+	deadline := time.Now().Add(c.shutdown)
+	stopped := make(chan struct{})
+	go func() { grpcSrv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(c.shutdown / 2):
+		// SSE streams rarely end on their own: cut them. Envoy fails open
+		// (failure_mode_allow) and the client keeps its stream.
+		grpcSrv.Stop()
+		<-stopped
+	}
+	table.Close()
+	dctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	jr.close(dctx, log)
+	if metricsSrv != nil {
+		metricsSrv.Shutdown(dctx)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func newGRPCServer(c *serveConfig) (*grpc.Server, error) {
+	opts := []grpc.ServerOption{
+		// Envoy keeps one connection and multiplexes every request on it.
+		grpc.MaxConcurrentStreams(1 << 20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("load TLS key pair: %w", err)
+		}
+		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if c.tlsClientCA != "" {
+			pem, err := os.ReadFile(c.tlsClientCA)
+			if err != nil {
+				return nil, fmt.Errorf("read client CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("client CA %s: no certificates", c.tlsClientCA)
+			}
+			tc.ClientCAs = pool
+			tc.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	return grpc.NewServer(opts...), nil
+}
+
+// opsHandler serves metrics, liveness, readiness and optionally pprof.
+func opsHandler(reg *prometheus.Registry, jr *journalRuntime, withPprof bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := jr.ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}

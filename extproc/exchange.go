@@ -1,0 +1,425 @@
+package extproc
+
+import (
+	"context"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+	"github.com/ssetrack/ssetrack/extproc/sse"
+)
+
+// exchange is the state of one HTTP request and its response. It belongs to
+// the goroutine serving the request's ext_proc stream.
+type exchange struct {
+	srv *Server
+	ctx context.Context
+
+	observe bool // Envoy's observability_mode: never answer
+
+	// From the request headers.
+	sessionID      string
+	lastEventID    string
+	hasLastEventID bool
+	method         string
+	stateless      bool // MCP version without sessions: observe only
+
+	sess   *session.Session // set while acquired
+	stream *session.Stream  // set for a tracked SSE response
+
+	sseBody  bool // the response body is SSE and streamed to us
+	ended    bool // the response body's end_of_stream was seen
+	parser   sse.Parser
+	out      []byte // reused replacement buffer
+	recorded bool   // a journal record was sent for the stream
+}
+
+func newExchange(s *Server, ctx context.Context) *exchange {
+	return &exchange{srv: s, ctx: ctx, parser: sse.Parser{MaxEventSize: s.cfg.MaxEventSize}}
+}
+
+// handle answers one message from Envoy; nil means no answer is due.
+func (x *exchange) handle(req *procv3.ProcessingRequest) *procv3.ProcessingResponse {
+	if req.GetObservabilityMode() {
+		x.observe = true
+	}
+	var resp *procv3.ProcessingResponse
+	switch r := req.Request.(type) {
+	case *procv3.ProcessingRequest_RequestHeaders:
+		resp = x.requestHeaders(r.RequestHeaders)
+	case *procv3.ProcessingRequest_ResponseHeaders:
+		resp = x.responseHeaders(r.ResponseHeaders)
+	case *procv3.ProcessingRequest_ResponseBody:
+		resp = x.responseBody(r.ResponseBody)
+	case *procv3.ProcessingRequest_RequestBody:
+		resp = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestBody{RequestBody: &procv3.BodyResponse{}}}
+	case *procv3.ProcessingRequest_RequestTrailers:
+		resp = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestTrailers{RequestTrailers: &procv3.TrailersResponse{}}}
+	case *procv3.ProcessingRequest_ResponseTrailers:
+		// Trailers end the body without an end_of_stream chunk. A partial
+		// event still held cannot be sent from here (a trailers response
+		// carries no body); a browser would discard it anyway.
+		x.endBody()
+		resp = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &procv3.TrailersResponse{}}}
+	default:
+		// A message this version does not know: nothing to answer.
+		return nil
+	}
+	if x.observe {
+		return nil
+	}
+	return resp
+}
+
+func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResponse {
+	cfg := &x.srv.cfg
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		key := hv.GetKey()
+		switch {
+		case key == headerLastEventID:
+			x.lastEventID, x.hasLastEventID = headerValue(hv), true
+		case key == headerProtocolVersion:
+			if v := headerValue(hv); v >= cfg.StatelessMCPVersion {
+				x.stateless = true
+			}
+		case key == ":method":
+			x.method = headerValue(hv)
+		case x.sessionID == "" && x.srv.headers[key]:
+			x.sessionID = x.validSessionID(headerValue(hv))
+		}
+	}
+	hr := &procv3.HeadersResponse{}
+	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}}
+	if cfg.InjectLastEventID && !x.hasLastEventID && x.sessionID != "" && !x.stateless && x.method == "GET" {
+		if id := x.latestLastID(); id != "" {
+			hr.Response = &procv3.CommonResponse{HeaderMutation: &procv3.HeaderMutation{
+				SetHeaders: []*corev3.HeaderValueOption{{
+					Header:       &corev3.HeaderValue{Key: headerLastEventID, RawValue: []byte(id)},
+					AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+				}},
+			}}
+			x.lastEventID, x.hasLastEventID = id, true
+		}
+	}
+	return resp
+}
+
+// latestLastID acquires the session early and returns the last event id of
+// its most recent stream.
+func (x *exchange) latestLastID() string {
+	if err := x.acquire(true); err != nil {
+		return ""
+	}
+	return x.sess.LatestLastID()
+}
+
+// validSessionID returns id if it can name a session, or "" (no session:
+// observed and forwarded, never deduplicated) for an id that is too long.
+func (x *exchange) validSessionID(id string) string {
+	if len(id) > x.srv.cfg.MaxSessionID {
+		x.srv.metrics.errors.WithLabelValues("session_id_too_long").Inc()
+		return ""
+	}
+	return id
+}
+
+func (x *exchange) acquire(load bool) error {
+	if x.sess != nil {
+		return nil
+	}
+	s, err := x.srv.cfg.Sessions.Acquire(x.ctx, x.sessionID, load)
+	if err != nil {
+		x.srv.metrics.errors.WithLabelValues("session_acquire").Inc()
+		return err
+	}
+	x.sess = s
+	return nil
+}
+
+func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResponse {
+	var contentType, encoding, status, respSession string
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		switch key := hv.GetKey(); {
+		case key == "content-type":
+			contentType = headerValue(hv)
+		case key == "content-encoding":
+			encoding = headerValue(hv)
+		case key == ":status":
+			status = headerValue(hv)
+		case respSession == "" && x.srv.headers[key]:
+			respSession = headerValue(hv)
+		}
+	}
+	hr := &procv3.HeadersResponse{}
+	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}}
+	m := x.srv.metrics
+
+	kind := kindSSE
+	switch {
+	case !isEventStream(contentType):
+		kind = kindPassthrough
+	case encoding != "" && !strings.EqualFold(encoding, "identity"):
+		kind = kindEncoded // compressed SSE: forwarded untouched, counted
+	case len(status) != 3 || status[0] != '2':
+		kind = kindError
+	}
+	m.responses.WithLabelValues(kind).Inc()
+	if kind != kindSSE || h.GetEndOfStream() {
+		// Body not needed: with a static STREAMED config, turn it off.
+		resp.ModeOverride = &filterv3.ProcessingMode{
+			RequestHeaderMode:  filterv3.ProcessingMode_SEND,
+			ResponseHeaderMode: filterv3.ProcessingMode_SEND,
+			RequestBodyMode:    filterv3.ProcessingMode_NONE,
+			ResponseBodyMode:   filterv3.ProcessingMode_NONE,
+		}
+		return resp
+	}
+
+	x.sseBody = true
+	m.streamsActive.Inc()
+	if x.sessionID == "" && respSession != "" {
+		// An MCP server assigns the session on its initialize response.
+		x.sessionID = x.validSessionID(respSession)
+	}
+	if x.sessionID != "" && !x.stateless {
+		x.openStream()
+	}
+	hr.Response = &procv3.CommonResponse{HeaderMutation: &procv3.HeaderMutation{
+		// Envoy streams the body in chunks we may resize: a length would lie.
+		RemoveHeaders: []string{"content-length"},
+	}}
+	resp.ModeOverride = &filterv3.ProcessingMode{
+		RequestHeaderMode:  filterv3.ProcessingMode_SEND,
+		ResponseHeaderMode: filterv3.ProcessingMode_SEND,
+		RequestBodyMode:    filterv3.ProcessingMode_NONE,
+		ResponseBodyMode:   filterv3.ProcessingMode_STREAMED,
+	}
+	return resp
+}
+
+// openStream binds the response to its session's stream.
+func (x *exchange) openStream() {
+	// A session named by the request may have history elsewhere (another
+	// replica, a previous process); one named first by this response is new.
+	load := x.sess == nil
+	if err := x.acquire(load); err != nil {
+		return // forwarded untracked
+	}
+	x.stream = x.sess.OpenStream(session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID})
+	m := x.srv.metrics
+	switch {
+	case !x.hasLastEventID:
+		if x.stream.Resumed() {
+			m.resumes.WithLabelValues("without_header").Inc()
+		}
+	case x.stream.Resumed():
+		m.resumes.WithLabelValues("matched").Inc()
+	default:
+		m.resumes.WithLabelValues("unknown").Inc()
+	}
+}
+
+func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
+	br := &procv3.BodyResponse{}
+	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
+	if !x.sseBody || x.ended {
+		// Not ours to touch, or after end_of_stream: answer, change nothing.
+		return resp
+	}
+	if out, changed := x.process(b.GetBody(), b.GetEndOfStream()); changed && !x.observe {
+		br.Response = &procv3.CommonResponse{BodyMutation: &procv3.BodyMutation{
+			Mutation: &procv3.BodyMutation_Body{Body: out},
+		}}
+	}
+	if b.GetEndOfStream() {
+		x.endBody()
+	}
+	return resp
+}
+
+// process parses one chunk and returns what to forward in its place:
+// complete events that the client does not have yet and everything that is
+// not an event, byte for byte; an incomplete trailing event is held for the
+// next chunk, and at end of stream whatever is held is forwarded unchanged.
+// changed is false when out is body itself.
+func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
+	m := x.srv.metrics
+	m.chunks.Inc()
+	m.bytesSeen.Add(float64(len(body)))
+
+	carried := x.parser.Pending() > 0
+	x.parser.Feed(body)
+	// Until something is dropped or held, the forwarded bytes are a prefix
+	// of body and need no copy: kept counts them. Once dirty, they are
+	// assembled in x.out.
+	dirty := carried
+	kept := 0
+	if dirty {
+		x.out = x.out[:0]
+	}
+	var seen, forwarded, deduped, oversize int
+	var rec *session.Record
+	locked := false
+	st := x.stream
+	tracked := !x.observe
+
+	for {
+		seg, ok := x.parser.Next()
+		if !ok {
+			break
+		}
+		drop := false
+		switch seg.Kind {
+		case sse.KindBlock:
+			if !seg.HasData && !seg.HasID {
+				break // comments, retry, blank lines: forwarded as they are
+			}
+			seen++
+			if st == nil {
+				forwarded++
+				break
+			}
+			if !locked {
+				st.Lock()
+				locked = true
+			}
+			var id []byte
+			if seg.HasID {
+				id = seg.ID
+			}
+			seq, dup := st.Deliver(id)
+			if dup {
+				// Never persisted twice; dropped unless Envoy only lets us
+				// observe.
+				deduped++
+				drop = tracked
+				if !drop {
+					forwarded++
+				}
+				break
+			}
+			forwarded++
+			if x.srv.cfg.Journal != nil {
+				rec = x.appendRecord(rec, seg, seq)
+			}
+			if seg.HasID {
+				st.SetLastID(seg.ID) // copies: seg.ID may alias the parser's carry buffer
+			}
+		case sse.KindOversize:
+			if seg.End {
+				oversize++
+			}
+		}
+		switch {
+		case drop && !dirty:
+			dirty = true
+			x.out = append(x.out[:0], body[:kept]...)
+		case drop:
+		case dirty:
+			x.out = append(x.out, seg.Raw...)
+		default:
+			kept += len(seg.Raw)
+		}
+	}
+	if locked {
+		st.Unlock()
+	}
+	if eos {
+		// Forwarded unchanged. Unless something was carried in (then dirty
+		// is set), the held tail is a suffix of body.
+		tail := x.parser.Flush()
+		if dirty {
+			x.out = append(x.out, tail...)
+		} else {
+			kept += len(tail)
+		}
+	}
+	if rec != nil && !x.srv.cfg.Journal.Append(*rec) {
+		m.journalDrops.Inc()
+	}
+	if seen > 0 {
+		m.eventsSeen.Add(float64(seen))
+		m.eventsForwarded.Add(float64(forwarded))
+	}
+	if deduped > 0 {
+		m.eventsDeduped.Add(float64(deduped))
+	}
+	if oversize > 0 {
+		m.eventsOversize.Add(float64(oversize))
+	}
+	if dirty {
+		out = x.out
+	} else {
+		out = body[:kept]
+	}
+	m.bytesForwarded.Add(float64(len(out)))
+	return out, len(out) != len(body) || dirty
+}
+
+// appendRecord adds a delivered event to the chunk's journal record.
+func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64) *session.Record {
+	if rec == nil {
+		rec = &session.Record{Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq}
+		x.recorded = true
+	}
+	rec.Data = append(rec.Data, seg.Raw...)
+	rec.Count++
+	rec.LastSeq = seq
+	if seg.HasID && len(seg.ID) > 0 {
+		id := string(seg.ID)
+		rec.IDs = append(rec.IDs, id)
+		if rec.FirstID == "" {
+			rec.FirstID = id
+		}
+		rec.LastID = id
+	}
+	return rec
+}
+
+// endBody closes the response's stream state once.
+func (x *exchange) endBody() {
+	if x.ended || !x.sseBody {
+		return
+	}
+	x.ended = true
+	x.srv.metrics.streamsActive.Dec()
+	if x.stream != nil && x.recorded && x.srv.cfg.Journal != nil {
+		if !x.srv.cfg.Journal.Append(session.Record{Session: x.sessionID, Stream: x.stream.ID(), End: true}) {
+			x.srv.metrics.journalDrops.Inc()
+		}
+	}
+}
+
+// close releases what the exchange holds; the gRPC stream is over (the
+// response ended, or the client or Envoy went away).
+func (x *exchange) close() {
+	x.endBody()
+	if x.sess != nil {
+		x.srv.cfg.Sessions.Release(x.sess)
+		x.sess = nil
+	}
+}
+
+// headerValue returns a header's value: Envoy sends raw_value, older
+// versions value.
+func headerValue(h *corev3.HeaderValue) string {
+	if len(h.GetRawValue()) > 0 {
+		return string(h.GetRawValue())
+	}
+	return h.GetValue()
+}
+
+// isEventStream reports whether a content-type is text/event-stream,
+// ignoring case and parameters.
+func isEventStream(ct string) bool {
+	const want = "text/event-stream"
+	ct = strings.TrimSpace(ct)
+	if len(ct) < len(want) || !strings.EqualFold(ct[:len(want)], want) {
+		return false
+	}
+	rest := strings.TrimSpace(ct[len(want):])
+	return rest == "" || rest[0] == ';'
+}

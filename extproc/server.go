@@ -1,0 +1,126 @@
+// Package extproc is ssetrack's Envoy external processor: Envoy's ext_proc
+// messages in, decisions out. One gRPC stream carries one HTTP request; the
+// goroutine serving it owns all per-request state (no locks), and reaches
+// shared state only through the session table and the journal.
+package extproc
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+
+	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+	"github.com/ssetrack/ssetrack/extproc/sse"
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultSessionHeader  = "mcp-session-id"
+	DefaultMaxSessionID   = 4096
+	DefaultStatelessMCP   = "2026-07-28"
+	headerLastEventID     = "last-event-id"
+	headerProtocolVersion = "mcp-protocol-version"
+)
+
+// Config configures a Server. The zero value (with a Sessions table) works.
+type Config struct {
+	// SessionHeaders are the request (and response) headers that carry the
+	// session id, lower-case, first match wins. Default: mcp-session-id.
+	SessionHeaders []string
+	// MaxSessionID caps a session id's length; a longer id is treated as no
+	// session (the response is forwarded and observed, never deduplicated).
+	MaxSessionID int
+	// MaxEventSize is the largest SSE block ssetrack parses and tracks;
+	// larger ones are forwarded untouched. 0: sse.DefaultMaxEventSize.
+	MaxEventSize int
+	// InjectLastEventID sets last-event-id on the upstream request of a GET
+	// that has none, from the session's most recent stream: for upstreams
+	// with a single stream per session.
+	InjectLastEventID bool
+	// StatelessMCPVersion is the first MCP protocol version without sessions
+	// or resumption; such traffic is observed only. Empty: DefaultStatelessMCP.
+	StatelessMCPVersion string
+	// Sessions holds the sessions; required.
+	Sessions *session.Table
+	// Journal receives delivered events; nil disables persistence.
+	Journal session.Journal
+	// Registerer receives the metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Server implements Envoy's ExternalProcessor gRPC service.
+type Server struct {
+	procv3.UnimplementedExternalProcessorServer
+
+	cfg     Config
+	headers map[string]bool // session headers, for lookups
+	metrics *metrics
+	log     *slog.Logger
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Sessions == nil {
+		return nil, errors.New("extproc: config has no session table")
+	}
+	if len(cfg.SessionHeaders) == 0 {
+		cfg.SessionHeaders = []string{DefaultSessionHeader}
+	}
+	for i, h := range cfg.SessionHeaders {
+		cfg.SessionHeaders[i] = strings.ToLower(strings.TrimSpace(h))
+	}
+	if cfg.MaxSessionID <= 0 {
+		cfg.MaxSessionID = DefaultMaxSessionID
+	}
+	if cfg.MaxEventSize <= 0 {
+		cfg.MaxEventSize = sse.DefaultMaxEventSize
+	}
+	if cfg.StatelessMCPVersion == "" {
+		cfg.StatelessMCPVersion = DefaultStatelessMCP
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:     cfg,
+		headers: map[string]bool{},
+		log:     cfg.Logger,
+	}
+	for _, h := range cfg.SessionHeaders {
+		s.headers[h] = true
+	}
+	s.metrics = newMetrics(cfg.Registerer, func() float64 { return float64(cfg.Sessions.Len()) })
+	return s, nil
+}
+
+// Process serves one HTTP request's ext_proc stream.
+func (s *Server) Process(stream procv3.ExternalProcessor_ProcessServer) error {
+	x := newExchange(s, stream.Context())
+	defer x.close()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		}
+		resp := x.handle(req)
+		if resp == nil {
+			continue
+		}
+		if err := stream.Send(resp); err != nil {
+			s.metrics.errors.WithLabelValues("send").Inc()
+			return err
+		}
+	}
+}

@@ -1,0 +1,426 @@
+package extproc
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+)
+
+// harness runs a Server behind real gRPC on an in-memory listener.
+type harness struct {
+	srv    *Server
+	client procv3.ExternalProcessorClient
+}
+
+func newHarness(tb testing.TB, mutate func(*Config)) *harness {
+	tb.Helper()
+	table := session.NewTable(session.Config{Window: 1024})
+	cfg := Config{Sessions: table, Registerer: prometheus.NewRegistry()}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	lis := bufconn.Listen(1 << 20)
+	gs := grpc.NewServer()
+	procv3.RegisterExternalProcessorServer(gs, srv)
+	go gs.Serve(lis)
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		conn.Close()
+		gs.Stop()
+		table.Close()
+	})
+	return &harness{srv: srv, client: procv3.NewExternalProcessorClient(conn)}
+}
+
+func headerMap(kv ...string) *corev3.HeaderMap {
+	m := &corev3.HeaderMap{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
+	}
+	return m
+}
+
+// request is one HTTP exchange as Envoy would present it.
+type request struct {
+	reqHeaders  []string // key, value pairs
+	respHeaders []string
+	chunks      [][]byte
+	observe     bool
+}
+
+// result is what ssetrack answered.
+type result struct {
+	reqResp  *procv3.HeadersResponse
+	respResp *procv3.ProcessingResponse
+	body     []byte // what Envoy would forward to the client
+	answers  int    // body responses received
+}
+
+func sseHeaders(extra ...string) []string {
+	return append([]string{":status", "200", "content-type", "text/event-stream"}, extra...)
+}
+
+// run plays req through a new ext_proc stream and applies the answers as
+// Envoy does: each body response replaces (or keeps) the chunk it answers.
+func (h *harness) run(tb testing.TB, req request) result {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := h.client.Process(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	send := func(r *procv3.ProcessingRequest) {
+		r.ObservabilityMode = req.observe
+		if err := stream.Send(r); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	recv := func() *procv3.ProcessingResponse {
+		r, err := stream.Recv()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return r
+	}
+	var res result
+	send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: &procv3.HttpHeaders{Headers: headerMap(append([]string{":method", "GET", ":path", "/mcp"}, req.reqHeaders...)...), EndOfStream: true}}})
+	if !req.observe {
+		res.reqResp = recv().GetRequestHeaders()
+	}
+	send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: &procv3.HttpHeaders{Headers: headerMap(req.respHeaders...)}}})
+	if !req.observe {
+		res.respResp = recv()
+	}
+	for i, c := range req.chunks {
+		send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseBody{
+			ResponseBody: &procv3.HttpBody{Body: c, EndOfStream: i == len(req.chunks)-1}}})
+		if req.observe {
+			res.body = append(res.body, c...)
+			continue
+		}
+		br := recv().GetResponseBody()
+		if br == nil {
+			tb.Fatalf("chunk %d: answer is not a body response", i)
+		}
+		res.answers++
+		if mut := br.GetResponse().GetBodyMutation(); mut != nil {
+			res.body = append(res.body, mut.GetBody()...)
+		} else {
+			res.body = append(res.body, c...)
+		}
+	}
+	stream.CloseSend()
+	// The server ends the stream once it has handled everything; an answer
+	// here is one too many (in observability mode, any answer is).
+	if r, err := stream.Recv(); err == nil {
+		tb.Fatalf("unexpected answer %v", r)
+	}
+	return res
+}
+
+func split(s string, at ...int) [][]byte {
+	var out [][]byte
+	prev := 0
+	for _, a := range at {
+		out = append(out, []byte(s[prev:a]))
+		prev = a
+	}
+	return append(out, []byte(s[prev:]))
+}
+
+func TestResponseHeadersModes(t *testing.T) {
+	h := newHarness(t, nil)
+	tests := []struct {
+		name       string
+		headers    []string
+		wantStream bool
+	}{
+		{"sse", sseHeaders(), true},
+		{"sse with charset", []string{":status", "200", "content-type", "Text/Event-Stream; charset=utf-8"}, true},
+		{"json", []string{":status", "200", "content-type", "application/json"}, false},
+		{"no content type", []string{":status", "200"}, false},
+		{"gzip sse", sseHeaders("content-encoding", "gzip"), false},
+		{"identity sse", sseHeaders("content-encoding", "identity"), true},
+		{"sse error status", []string{":status", "500", "content-type", "text/event-stream"}, false},
+		{"lookalike type", []string{":status", "200", "content-type", "text/event-streamx"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := h.run(t, request{respHeaders: tt.headers})
+			mode := res.respResp.GetModeOverride()
+			if mode == nil {
+				t.Fatal("no mode_override")
+			}
+			streamed := mode.GetResponseBodyMode() == filterv3.ProcessingMode_STREAMED
+			if streamed != tt.wantStream {
+				t.Errorf("response body mode %v, want streamed=%v", mode.GetResponseBodyMode(), tt.wantStream)
+			}
+			removed := res.respResp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetRemoveHeaders()
+			if tt.wantStream && (len(removed) != 1 || removed[0] != "content-length") {
+				t.Errorf("removed headers %q, want content-length", removed)
+			}
+		})
+	}
+}
+
+const mcpStream = "id: 1\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n" +
+	": keep-alive\n\n" +
+	"id: 2\r\ndata: line one\r\ndata: line two\r\n\r\n" +
+	"data: no id here\n\n" +
+	"retry: 1000\n\n" +
+	"id: 3\rdata: cr only\r\r" +
+	"id: 4\ndata: last\n\n" +
+	"data: partial tail"
+
+// TestEverySplitForwardsInput: without a session nothing is dropped, so at
+// any split into up to three chunks the client gets the input exactly.
+func TestEverySplitForwardsInput(t *testing.T) {
+	h := newHarness(t, nil)
+	for i := 0; i <= len(mcpStream); i++ {
+		for j := i; j <= len(mcpStream); j += 7 {
+			res := h.run(t, request{respHeaders: sseHeaders(), chunks: split(mcpStream, i, j)})
+			if string(res.body) != mcpStream {
+				t.Fatalf("split %d,%d: forwarded\n%q\nwant\n%q", i, j, res.body, mcpStream)
+			}
+			if res.answers != 3 {
+				t.Fatalf("split %d,%d: %d answers for 3 chunks", i, j, res.answers)
+			}
+		}
+	}
+}
+
+func TestHoldsPartialEvent(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	stream, err := h.client.Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: &procv3.HttpHeaders{Headers: headerMap(sseHeaders()...)}}})
+	stream.Recv()
+	var got []string
+	for i, c := range []string{"id: 1\ndata: a\n\nid: 2\nda", "ta: b\n", "\n", "data: tail"} {
+		stream.Send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseBody{
+			ResponseBody: &procv3.HttpBody{Body: []byte(c), EndOfStream: i == 3}}})
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := c
+		if m := r.GetResponseBody().GetResponse().GetBodyMutation(); m != nil {
+			body = string(m.GetBody())
+		}
+		got = append(got, body)
+	}
+	want := []string{"id: 1\ndata: a\n\n", "", "id: 2\ndata: b\n\n", "data: tail"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("forwarded %q, want %q", got, want)
+	}
+}
+
+func TestDedupAcrossRequests(t *testing.T) {
+	h := newHarness(t, nil)
+	first := "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\n"
+	res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first)})
+	if string(res.body) != first {
+		t.Fatalf("first stream changed: %q", res.body)
+	}
+	// The upstream replays from 2 although the client has 3.
+	replay := "id: 2\ndata: b\n\n: hi\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n"
+	want := ": hi\n\nid: 4\ndata: d\n\n"
+	for i := 0; i <= len(replay); i++ {
+		h := newHarness(t, nil)
+		h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first)})
+		res := h.run(t, request{
+			reqHeaders:  []string{"mcp-session-id", "S", "last-event-id", "3"},
+			respHeaders: sseHeaders(),
+			chunks:      split(replay, i),
+		})
+		if string(res.body) != want {
+			t.Fatalf("split %d: forwarded %q, want %q", i, res.body, want)
+		}
+	}
+	// Another session with the same ids is independent.
+	res = h.run(t, request{reqHeaders: []string{"mcp-session-id", "T"}, respHeaders: sseHeaders(), chunks: split(first)})
+	if string(res.body) != first {
+		t.Errorf("session T lost events: %q", res.body)
+	}
+	if got := testutil.ToFloat64(h.srv.metrics.eventsDeduped); got != 0 {
+		t.Errorf("deduplicated %v in the shared harness, want 0", got)
+	}
+}
+
+func TestSessionFromResponseHeader(t *testing.T) {
+	h := newHarness(t, nil)
+	first := "id: 1\ndata: a\n\n"
+	h.run(t, request{respHeaders: sseHeaders("mcp-session-id", "assigned"), chunks: split(first)})
+	res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "assigned"}, respHeaders: sseHeaders(), chunks: split(first + "id: 2\ndata: b\n\n")})
+	if want := "id: 2\ndata: b\n\n"; string(res.body) != want {
+		t.Errorf("forwarded %q, want %q", res.body, want)
+	}
+}
+
+func TestBadInputIsForwarded(t *testing.T) {
+	// Each input is forwarded unchanged: nothing in it is a duplicate.
+	tests := []struct {
+		name  string
+		input string
+	}{
+		{"invalid utf-8", "id: \xff\xfe\ndata: \xc3\x28\n\n"},
+		{"nul bytes", "id: a\x00b\ndata: \x00\x00\n\n"},
+		{"no newline at all", strings.Repeat("x", 100000)},
+		{"only newlines", "\n\n\r\n\r\r\n"},
+		{"binary", "\x00\x01\x02\xff\r\n\n:\n\n"},
+		{"field without colon", "data\nid\n\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(tt.input, len(tt.input)/2)})
+			if string(res.body) != tt.input {
+				t.Errorf("forwarded %q, want the input", res.body)
+			}
+		})
+	}
+}
+
+func TestSessionIDs(t *testing.T) {
+	stream := "id: 1\ndata: a\n\n"
+	tests := []struct {
+		name    string
+		id      string
+		deduped bool // a second identical stream in the same session is dropped
+	}{
+		{"plain", "abc", true},
+		{"dots and wildcards", "a.b.*.>", true},
+		{"spaces and unicode", "x y ✓", true},
+		{"at the cap", strings.Repeat("s", DefaultMaxSessionID), true},
+		{"over the cap: no session", strings.Repeat("s", DefaultMaxSessionID+1), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			h.run(t, request{reqHeaders: []string{"mcp-session-id", tt.id}, respHeaders: sseHeaders(), chunks: split(stream)})
+			res := h.run(t, request{reqHeaders: []string{"mcp-session-id", tt.id}, respHeaders: sseHeaders(), chunks: split(stream)})
+			if got := len(res.body) == 0; got != tt.deduped {
+				t.Errorf("second stream forwarded %q; want deduped=%v", res.body, tt.deduped)
+			}
+		})
+	}
+}
+
+func TestStatelessMCPVersionNotDeduplicated(t *testing.T) {
+	h := newHarness(t, nil)
+	stream := "id: 1\ndata: a\n\n"
+	hdr := []string{"mcp-session-id", "S", "mcp-protocol-version", "2026-07-28"}
+	h.run(t, request{reqHeaders: hdr, respHeaders: sseHeaders(), chunks: split(stream)})
+	res := h.run(t, request{reqHeaders: hdr, respHeaders: sseHeaders(), chunks: split(stream)})
+	if string(res.body) != stream {
+		t.Errorf("forwarded %q, want the stream untouched", res.body)
+	}
+}
+
+func TestObservabilityModeNeverMutates(t *testing.T) {
+	h := newHarness(t, nil)
+	stream := "id: 1\ndata: a\n\n"
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(stream)})
+	// In observability mode Envoy expects no answers; the harness would
+	// block on one that never comes, so a stray answer shows up on the
+	// next normal request instead.
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(stream), observe: true})
+	if got := testutil.ToFloat64(h.srv.metrics.eventsDeduped); got != 1 {
+		t.Errorf("duplicates seen %v, want 1", got)
+	}
+}
+
+func TestInjectLastEventID(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.InjectLastEventID = true })
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split("id: 7\ndata: a\n\n")})
+	res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split("id: 8\ndata: b\n\n")})
+	set := res.reqResp.GetResponse().GetHeaderMutation().GetSetHeaders()
+	if len(set) != 1 || set[0].GetHeader().GetKey() != "last-event-id" || string(set[0].GetHeader().GetRawValue()) != "7" ||
+		set[0].GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+		t.Errorf("request header mutation %v, want last-event-id: 7", set)
+	}
+}
+
+// recorder is a Journal that keeps what it is given.
+type recorder struct {
+	mu   sync.Mutex
+	recs []session.Record
+}
+
+func (r *recorder) Append(rec session.Record) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recs = append(r.recs, rec)
+	return true
+}
+
+func (r *recorder) Load(context.Context, string) (*session.History, error) { return nil, nil }
+
+func TestJournalRecords(t *testing.T) {
+	rec := &recorder{}
+	h := newHarness(t, func(c *Config) { c.Journal = rec })
+	first := "id: 1\ndata: a\n\n: c\n\ndata: b\n\nid: 2\ndata: c\n\n"
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first, 20)})
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split("id: 2\ndata: c\n\nid: 3\ndata: d\n\n")})
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var data bytes.Buffer
+	var ids []string
+	var seqs []uint64
+	ends := 0
+	for _, r := range rec.recs {
+		if r.Session != "S" {
+			t.Errorf("record for session %q", r.Session)
+		}
+		if r.End {
+			ends++
+			continue
+		}
+		data.Write(r.Data)
+		ids = append(ids, r.IDs...)
+		seqs = append(seqs, r.FirstSeq, r.LastSeq)
+	}
+	if want := "id: 1\ndata: a\n\ndata: b\n\nid: 2\ndata: c\n\nid: 3\ndata: d\n\n"; data.String() != want {
+		t.Errorf("journal data %q, want %q", data.String(), want)
+	}
+	if fmt.Sprint(ids) != "[1 2 3]" {
+		t.Errorf("ids %v", ids)
+	}
+	if fmt.Sprint(seqs) != "[1 1 2 3 4 4]" {
+		t.Errorf("seq ranges %v, want [1 1 2 3 4 4]", seqs)
+	}
+	if ends != 2 {
+		t.Errorf("%d end records, want 2", ends)
+	}
+}

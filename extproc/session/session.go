@@ -1,0 +1,262 @@
+// Package session keeps the cross-request state of SSE sessions: for each
+// session its streams, their last event ids, a per-session sequence and a
+// bounded dedup window of delivered event ids.
+//
+// A Table is shared by all ext_proc streams; a Session is shared by the
+// requests of one session, which may run concurrently (an MCP client holds a
+// GET stream open while POST responses stream too). Each Session has its own
+// mutex; a Stream belongs to the goroutine serving one HTTP response.
+package session
+
+import (
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// maxStreams bounds the streams a session remembers; the least recently
+// opened are forgotten first (their ids stay in the dedup window).
+const maxStreams = 32
+
+// Session is the state of one session. Its methods are safe for concurrent
+// use; the fields are guarded by mu.
+type Session struct {
+	id    string
+	table *Table
+
+	// ready is closed once the session's history has been loaded (or found
+	// absent); until then no stream may use it.
+	ready chan struct{}
+
+	mu         sync.Mutex
+	win        window
+	seq        uint64 // last sequence number assigned
+	streams    []streamInfo
+	nextStream uint32
+
+	// Guarded by the table shard's mutex.
+	active     int   // open streams
+	lastUsed   int64 // unix nanoseconds
+	prev, next *Session
+	evicted    bool
+}
+
+type streamInfo struct {
+	num    uint32
+	id     string
+	lastID []byte // reused: updated once per chunk without allocating
+}
+
+// ID returns the session id.
+func (s *Session) ID() string { return s.id }
+
+// Resume describes how a new response relates to the session's past.
+type Resume struct {
+	// LastEventID is the client's Last-Event-ID request header.
+	LastEventID string
+	// HasLastEventID reports whether the header was present.
+	HasLastEventID bool
+}
+
+// Stream is one SSE response of a session. It belongs to the goroutine
+// serving that response. Deliver must be called between Lock and Unlock.
+type Stream struct {
+	sess *Session
+	num  uint32
+	id   string
+
+	// matched is set when the response resumes a known stream after a
+	// Last-Event-ID the session had recorded at position cutoff: ids of that
+	// stream delivered after cutoff and before start may be delivered again,
+	// since the client said it has not seen them.
+	matched bool
+	cutoff  uint64
+	start   uint64
+	// continued is set when the response continues a stream the session
+	// already knew (matched by Last-Event-ID or by its last id).
+	continued bool
+}
+
+// OpenStream starts a new response in the session. A resume whose
+// Last-Event-ID the session delivered continues the stream that carried it;
+// otherwise the response is a new stream.
+func (s *Session) OpenStream(r Resume) *Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := &Stream{sess: s, start: s.win.next}
+	if r.HasLastEventID && r.LastEventID != "" {
+		if slot := s.win.find(s.table.hash(r.LastEventID)); slot >= 0 {
+			st.num = s.win.streams[slot]
+			st.matched = true
+			st.cutoff = s.win.position(slot)
+		} else {
+			for i := range s.streams {
+				if string(s.streams[i].lastID) == r.LastEventID {
+					st.num = s.streams[i].num
+					break
+				}
+			}
+		}
+	}
+	if info := s.stream(st.num); info != nil {
+		st.id = info.id
+		st.continued = true
+		if r.HasLastEventID {
+			info.lastID = append(info.lastID[:0], r.LastEventID...)
+		}
+	} else {
+		s.nextStream++
+		st.num = s.nextStream
+		st.id = newStreamID()
+		if len(s.streams) == maxStreams {
+			copy(s.streams, s.streams[1:])
+			s.streams = s.streams[:maxStreams-1]
+		}
+		s.streams = append(s.streams, streamInfo{num: st.num, id: st.id, lastID: []byte(r.LastEventID)})
+	}
+	return st
+}
+
+// stream returns the info of stream num, or nil. s.mu must be held.
+func (s *Session) stream(num uint32) *streamInfo {
+	if num == 0 {
+		return nil
+	}
+	for i := range s.streams {
+		if s.streams[i].num == num {
+			return &s.streams[i]
+		}
+	}
+	return nil
+}
+
+// ID returns the stream id, stable across resumes of the stream.
+func (st *Stream) ID() string { return st.id }
+
+// Session returns the stream's session.
+func (st *Stream) Session() *Session { return st.sess }
+
+// Resumed reports whether the response continues a stream the session knew.
+func (st *Stream) Resumed() bool { return st.continued }
+
+// Lock locks the session for a run of Deliver calls (one response chunk).
+func (st *Stream) Lock() { st.sess.mu.Lock() }
+
+// Unlock ends a run of Deliver calls.
+func (st *Stream) Unlock() { st.sess.mu.Unlock() }
+
+// Deliver decides whether an event with the given id goes to the client and
+// records it if so. An empty id (no id field, or an id that resets the last
+// id) is never a duplicate. It returns the event's per-session sequence
+// number, or dup set and seq 0 when the client already has the event.
+func (st *Stream) Deliver(id []byte) (seq uint64, dup bool) {
+	s := st.sess
+	if len(id) > 0 {
+		h := s.table.hashBytes(id)
+		if slot := s.win.find(h); slot >= 0 {
+			pos := s.win.position(slot)
+			redeliver := st.matched && s.win.streams[slot] == st.num && pos > st.cutoff && pos < st.start
+			if !redeliver {
+				return 0, true
+			}
+		}
+		s.win.add(h, st.num)
+	}
+	s.seq++
+	return s.seq, false
+}
+
+// SetLastID records the stream's last event id (copied). s.mu must be held
+// (call it between Lock and Unlock).
+func (st *Stream) SetLastID(id []byte) {
+	if info := st.sess.stream(st.num); info != nil {
+		info.lastID = append(info.lastID[:0], id...)
+	}
+}
+
+// LastID returns the stream's last event id as the session knows it.
+func (st *Stream) LastID() string {
+	st.sess.mu.Lock()
+	defer st.sess.mu.Unlock()
+	if info := st.sess.stream(st.num); info != nil {
+		return string(info.lastID)
+	}
+	return ""
+}
+
+// LatestLastID returns the last event id of the session's most recently
+// opened stream, or "".
+func (s *Session) LatestLastID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.streams); n > 0 {
+		return string(s.streams[n-1].lastID)
+	}
+	return ""
+}
+
+// restore applies a journal history to a new session.
+func (s *Session) restore(h *History) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seq = h.Seq
+	nums := map[string]uint32{}
+	num := func(id string) uint32 {
+		if n, ok := nums[id]; ok {
+			return n
+		}
+		s.nextStream++
+		nums[id] = s.nextStream
+		return s.nextStream
+	}
+	for _, st := range h.Streams {
+		n := num(st.Stream)
+		if len(s.streams) == maxStreams {
+			copy(s.streams, s.streams[1:])
+			s.streams = s.streams[:maxStreams-1]
+		}
+		s.streams = append(s.streams, streamInfo{num: n, id: st.Stream, lastID: []byte(st.LastEventID)})
+	}
+	events := h.Events
+	if len(events) > len(s.win.hashes) {
+		events = events[len(events)-len(s.win.hashes):]
+	}
+	for _, e := range events {
+		if e.ID != "" {
+			s.win.add(s.table.hash(e.ID), num(e.Stream))
+		}
+		if e.Seq > s.seq {
+			s.seq = e.Seq
+		}
+	}
+}
+
+// footprint reports the session's approximate heap bytes.
+func (s *Session) footprint() int {
+	n := int(sessionSize) + s.win.bytes() + len(s.id) + cap(s.streams)*int(streamInfoSize)
+	for _, st := range s.streams {
+		n += len(st.id) + cap(st.lastID)
+	}
+	return n
+}
+
+var streamSeq struct {
+	sync.Mutex
+	prefix string
+	n      uint64
+}
+
+// newStreamID returns an id unique across processes: a random per-process
+// prefix and a counter.
+func newStreamID() string {
+	streamSeq.Lock()
+	defer streamSeq.Unlock()
+	if streamSeq.prefix == "" {
+		streamSeq.prefix = strconv.FormatUint(rand.Uint64()>>16, 36)
+	}
+	streamSeq.n++
+	return streamSeq.prefix + "-" + strconv.FormatUint(streamSeq.n, 36)
+}
+
+func now() int64 { return time.Now().UnixNano() }

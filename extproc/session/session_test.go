@@ -1,0 +1,347 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestWindowMatchesModel checks the ring + index against a plain model: an
+// id is in the window when it is among the last n records.
+func TestWindowMatchesModel(t *testing.T) {
+	for _, size := range []int{1, 2, 3, 7, 64, 100} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			w := newWindow(size)
+			var records []uint64
+			rng := rand.New(rand.NewPCG(1, uint64(size)))
+			for step := 0; step < 20000; step++ {
+				// Small key space so ids repeat and collide in the index.
+				h := rng.Uint64N(uint64(3 * size))
+				if rng.IntN(4) == 0 {
+					h |= 1 << 40 // same low bits, different hash
+				}
+				inModel := false
+				for _, r := range records[max(0, len(records)-size):] {
+					inModel = inModel || r == h
+				}
+				if found := w.find(h) >= 0; found != inModel {
+					t.Fatalf("step %d: find(%d)=%v, model has it: %v", step, h, found, inModel)
+				}
+				if rng.IntN(2) == 0 {
+					w.add(h, 1)
+					records = append(records, h)
+				}
+			}
+		})
+	}
+}
+
+func TestWindowEvictsOldest(t *testing.T) {
+	w := newWindow(4)
+	for h := uint64(1); h <= 6; h++ {
+		w.add(h, 1)
+	}
+	for h := uint64(1); h <= 6; h++ {
+		want := h >= 3
+		if got := w.find(h) >= 0; got != want {
+			t.Errorf("find(%d) = %v, want %v", h, got, want)
+		}
+	}
+	if s := w.find(6); w.position(s) != 5 {
+		t.Errorf("position of newest = %d, want 5", w.position(s))
+	}
+}
+
+func newTestTable(t *testing.T, cfg Config) *Table {
+	t.Helper()
+	tb := NewTable(cfg)
+	t.Cleanup(tb.Close)
+	return tb
+}
+
+func acquire(t *testing.T, tb *Table, id string) *Session {
+	t.Helper()
+	s, err := tb.Acquire(context.Background(), id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// deliver runs ids through a stream and returns which were delivered.
+func deliver(st *Stream, ids ...string) []string {
+	st.Lock()
+	defer st.Unlock()
+	var out []string
+	for _, id := range ids {
+		if _, dup := st.Deliver([]byte(id)); !dup {
+			out = append(out, id)
+			if id != "" {
+				st.SetLastID([]byte(id))
+			}
+		}
+	}
+	return out
+}
+
+func TestDedupSemantics(t *testing.T) {
+	tests := []struct {
+		name   string
+		first  []string // delivered on the first stream
+		resume Resume
+		second []string // what the upstream sends on the second request
+		want   []string
+	}{
+		{
+			name:   "resume with header, upstream overlaps",
+			first:  []string{"1", "2", "3", "4"},
+			resume: Resume{LastEventID: "4", HasLastEventID: true},
+			second: []string{"3", "4", "5", "6"},
+			want:   []string{"5", "6"},
+		},
+		{
+			name:   "resume with header before the last delivered: the client lost 3 and 4",
+			first:  []string{"1", "2", "3", "4"},
+			resume: Resume{LastEventID: "2", HasLastEventID: true},
+			second: []string{"2", "3", "4", "5"},
+			want:   []string{"3", "4", "5"},
+		},
+		{
+			name:   "resume without header drops everything delivered",
+			first:  []string{"1", "2", "3"},
+			second: []string{"1", "2", "3", "4"},
+			want:   []string{"4"},
+		},
+		{
+			name:   "unknown Last-Event-ID: dedup against the session",
+			first:  []string{"1", "2"},
+			resume: Resume{LastEventID: "nope", HasLastEventID: true},
+			second: []string{"1", "2", "3"},
+			want:   []string{"3"},
+		},
+		{
+			name:   "events without ids are never dropped",
+			first:  []string{"", "", "1"},
+			second: []string{"", "1", ""},
+			want:   []string{"", ""},
+		},
+		{
+			name:   "duplicates inside one stream",
+			second: []string{"a", "a", "b", "a"},
+			want:   []string{"a", "b"},
+		},
+		{
+			name:   "redelivered events are not delivered twice in the resumed stream",
+			first:  []string{"1", "2", "3"},
+			resume: Resume{LastEventID: "1", HasLastEventID: true},
+			second: []string{"2", "2", "3", "3"},
+			want:   []string{"2", "3"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tb := newTestTable(t, Config{Window: 64})
+			s := acquire(t, tb, "sess")
+			st1 := s.OpenStream(Resume{})
+			deliver(st1, tt.first...)
+			st2 := s.OpenStream(tt.resume)
+			got := deliver(st2, tt.second...)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("delivered %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestResumeContinuesStream(t *testing.T) {
+	tb := newTestTable(t, Config{})
+	s := acquire(t, tb, "sess")
+	a := s.OpenStream(Resume{})
+	b := s.OpenStream(Resume{})
+	deliver(a, "a1", "a2")
+	deliver(b, "b1")
+	r := s.OpenStream(Resume{LastEventID: "a2", HasLastEventID: true})
+	if r.ID() != a.ID() || !r.Resumed() {
+		t.Errorf("resume after a2 got stream %q (resumed %v), want %q", r.ID(), r.Resumed(), a.ID())
+	}
+	if got := r.LastID(); got != "a2" {
+		t.Errorf("last id = %q, want a2", got)
+	}
+	n := s.OpenStream(Resume{LastEventID: "zz", HasLastEventID: true})
+	if n.ID() == a.ID() || n.ID() == b.ID() || n.Resumed() {
+		t.Errorf("unknown id resumed stream %q", n.ID())
+	}
+}
+
+func TestSessionsIndependent(t *testing.T) {
+	tb := newTestTable(t, Config{})
+	a := acquire(t, tb, "A").OpenStream(Resume{})
+	b := acquire(t, tb, "B").OpenStream(Resume{})
+	deliver(a, "1", "2")
+	if got := deliver(b, "1", "2"); len(got) != 2 {
+		t.Errorf("session B delivered %q, want both", got)
+	}
+}
+
+func TestSequenceNumbers(t *testing.T) {
+	tb := newTestTable(t, Config{})
+	s := acquire(t, tb, "S")
+	a, b := s.OpenStream(Resume{}), s.OpenStream(Resume{})
+	var seqs []uint64
+	for _, step := range []struct {
+		st *Stream
+		id string
+	}{{a, "1"}, {b, "x"}, {a, "1"}, {a, ""}, {b, "y"}} {
+		step.st.Lock()
+		seq, dup := step.st.Deliver([]byte(step.id))
+		step.st.Unlock()
+		if !dup {
+			seqs = append(seqs, seq)
+		}
+	}
+	if fmt.Sprint(seqs) != "[1 2 3 4]" {
+		t.Errorf("seqs %v, want [1 2 3 4]", seqs)
+	}
+}
+
+func TestEvictionByCapPrefersIdle(t *testing.T) {
+	tb := newTestTable(t, Config{MaxSessions: 2 * shardCount}) // two per shard
+	busy := acquire(t, tb, "busy")
+	deliver(busy.OpenStream(Resume{}), "1")
+	// Fill busy's shard with idle sessions; busy must survive.
+	sh := tb.shard("busy")
+	for i := 0; i < 100; i++ {
+		id := "idle" + strconv.Itoa(i)
+		if tb.shard(id) != sh {
+			continue
+		}
+		tb.Release(acquire(t, tb, id))
+	}
+	sh.mu.Lock()
+	_, ok := sh.m["busy"]
+	n := len(sh.m)
+	sh.mu.Unlock()
+	if !ok {
+		t.Error("busy session evicted while idle ones were there")
+	}
+	if n > tb.perShard {
+		t.Errorf("shard holds %d sessions, cap %d", n, tb.perShard)
+	}
+}
+
+func TestEvictionByTTL(t *testing.T) {
+	tb := newTestTable(t, Config{TTL: time.Hour})
+	idle := acquire(t, tb, "idle")
+	tb.Release(idle)
+	open := acquire(t, tb, "open")
+	_ = open
+	if n := tb.evictIdle(now() + int64(2*time.Hour)); n != 1 {
+		t.Errorf("evicted %d, want 1", n)
+	}
+	if tb.Len() != 1 {
+		t.Errorf("len %d, want 1 (the session with an open stream)", tb.Len())
+	}
+	// A new request for the evicted session starts it fresh.
+	s := acquire(t, tb, "idle")
+	if got := deliver(s.OpenStream(Resume{}), "1"); len(got) != 1 {
+		t.Errorf("fresh session dropped %q", got)
+	}
+}
+
+type fakeHistory struct{ h *History }
+
+func (f fakeHistory) Append(Record) bool { return true }
+func (f fakeHistory) Load(ctx context.Context, id string) (*History, error) {
+	return f.h, nil
+}
+
+func TestRestoreFromHistory(t *testing.T) {
+	h := &History{
+		Seq:     10,
+		Streams: []StreamState{{Stream: "s-1", LastEventID: "9"}},
+		Events:  []EventRef{{ID: "8", Stream: "s-1", Seq: 9}, {ID: "9", Stream: "s-1", Seq: 10}},
+	}
+	tb := newTestTable(t, Config{Journal: fakeHistory{h}})
+	s, err := tb.Acquire(context.Background(), "S", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.OpenStream(Resume{LastEventID: "9", HasLastEventID: true})
+	if st.ID() != "s-1" {
+		t.Errorf("stream %q, want s-1", st.ID())
+	}
+	if got := deliver(st, "8", "9", "10"); fmt.Sprint(got) != "[10]" {
+		t.Errorf("delivered %q, want [10]", got)
+	}
+	st.Lock()
+	seq, _ := st.Deliver([]byte("11"))
+	st.Unlock()
+	if seq != 12 {
+		t.Errorf("seq %d, want 12 (history ended at 10)", seq)
+	}
+}
+
+func TestConcurrentStreams(t *testing.T) {
+	tb := newTestTable(t, Config{Window: 4096})
+	s := acquire(t, tb, "S")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	delivered := map[string]int{}
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := s.OpenStream(Resume{})
+			for i := 0; i < 500; i++ {
+				got := deliver(st, strconv.Itoa(i))
+				mu.Lock()
+				for _, id := range got {
+					delivered[id]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for id, n := range delivered {
+		if n != 1 {
+			t.Fatalf("id %s delivered %d times", id, n)
+		}
+	}
+	if len(delivered) != 500 {
+		t.Fatalf("delivered %d distinct ids, want 500", len(delivered))
+	}
+}
+
+// TestFootprint measures the heap per session at the two window sizes the
+// closing notes report, with ids delivered to fill the window.
+func TestFootprint(t *testing.T) {
+	for _, window := range []int{64, 1024} {
+		const n = 2000
+		tb := newTestTable(t, Config{Window: window, MaxSessions: 10 * n})
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for i := 0; i < n; i++ {
+			s := acquire(t, tb, fmt.Sprintf("session-%08d", i))
+			st := s.OpenStream(Resume{})
+			st.Lock()
+			for e := 0; e < window; e++ {
+				st.Deliver([]byte(strconv.Itoa(e)))
+			}
+			st.SetLastID([]byte(strconv.Itoa(window - 1)))
+			st.Unlock()
+			tb.Release(s)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		per := float64(after.HeapAlloc-before.HeapAlloc) / n
+		t.Logf("window %d: %.0f bytes per session (heap), %d by footprint()", window, per, acquire(t, tb, "session-00000000").footprint())
+		runtime.KeepAlive(tb)
+	}
+}

@@ -1,0 +1,291 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultWindow      = 1024
+	DefaultTTL         = 30 * time.Minute
+	DefaultMaxSessions = 100_000
+	DefaultLoadTimeout = 100 * time.Millisecond
+)
+
+// ErrClosed is returned by Acquire after Close.
+var ErrClosed = errors.New("session: table closed")
+
+// Config sets a Table's bounds. The zero value uses the defaults above.
+type Config struct {
+	// Window is the number of delivered ids each session remembers for
+	// dedup (at most 32768).
+	Window int
+	// TTL evicts a session that had no open stream for this long.
+	TTL time.Duration
+	// MaxSessions caps the sessions held; past it the least recently used
+	// session without open streams is evicted (or, if all are busy, the least
+	// recently used one: its open streams keep working, detached).
+	MaxSessions int
+	// Journal, if set, is asked for a session's history when a request names
+	// a session this table does not hold.
+	Journal Journal
+	// LoadTimeout bounds a journal Load on the request path.
+	LoadTimeout time.Duration
+	// Logger receives eviction and load errors; nil discards.
+	Logger *slog.Logger
+}
+
+const shardCount = 64
+
+// Table holds the sessions. It is safe for concurrent use: sessions are
+// spread over shards, each guarded by its own mutex, which also guards the
+// shard's LRU list and the sessions' active counts.
+type Table struct {
+	cfg      Config
+	seed     maphash.Seed
+	shards   [shardCount]shard
+	perShard int
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+type shard struct {
+	mu sync.Mutex
+	m  map[string]*Session
+	// LRU list: head is the most recently used, tail the least.
+	head, tail *Session
+	_          [40]byte // keep shards on separate cache lines
+}
+
+// NewTable returns a table and starts its eviction sweeper; Close stops it.
+func NewTable(cfg Config) *Table {
+	if cfg.Window <= 0 {
+		cfg.Window = DefaultWindow
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.LoadTimeout <= 0 {
+		cfg.LoadTimeout = DefaultLoadTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	t := &Table{
+		cfg:      cfg,
+		seed:     maphash.MakeSeed(),
+		perShard: max(1, (cfg.MaxSessions+shardCount-1)/shardCount),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	for i := range t.shards {
+		t.shards[i].m = make(map[string]*Session)
+	}
+	go t.sweep()
+	return t
+}
+
+func (t *Table) hash(s string) uint64 { return maphash.String(t.seed, s) }
+
+func (t *Table) hashBytes(b []byte) uint64 { return maphash.Bytes(t.seed, b) }
+
+func (t *Table) shard(id string) *shard {
+	return &t.shards[t.hash(id)%shardCount]
+}
+
+// Acquire returns the session with the given id, creating it if needed, and
+// counts one more open stream on it; Release undoes that. When load is set
+// and the session is new, its history is read from the journal first
+// (bounded by Config.LoadTimeout); a session first named by an upstream's
+// response is new by definition and needs no load.
+func (t *Table) Acquire(ctx context.Context, id string, load bool) (*Session, error) {
+	select {
+	case <-t.stop:
+		return nil, ErrClosed
+	default:
+	}
+	sh := t.shard(id)
+	sh.mu.Lock()
+	s, ok := sh.m[id]
+	if ok {
+		sh.unlink(s)
+	} else {
+		s = &Session{id: id, table: t, ready: make(chan struct{}), win: newWindow(t.cfg.Window)}
+		sh.m[id] = s
+		if len(sh.m) > t.perShard {
+			t.evictOne(sh)
+		}
+	}
+	s.active++
+	s.lastUsed = now()
+	sh.pushFront(s)
+	sh.mu.Unlock()
+
+	if !ok {
+		if load && t.cfg.Journal != nil {
+			t.load(ctx, s)
+		}
+		close(s.ready)
+		return s, nil
+	}
+	select {
+	case <-s.ready:
+		return s, nil
+	case <-ctx.Done():
+		t.Release(s)
+		return nil, ctx.Err()
+	}
+}
+
+func (t *Table) load(ctx context.Context, s *Session) {
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.LoadTimeout)
+	defer cancel()
+	h, err := t.cfg.Journal.Load(ctx, s.id)
+	if err != nil {
+		// The session goes on without history: dedup starts empty, which can
+		// let a duplicate through but never drops an event.
+		t.cfg.Logger.Warn("load session history", "session", ShortID(s.id), "err", err)
+		return
+	}
+	if h != nil {
+		s.restore(h)
+	}
+}
+
+// Release marks one stream of s closed.
+func (t *Table) Release(s *Session) {
+	sh := t.shard(s.id)
+	sh.mu.Lock()
+	s.active--
+	s.lastUsed = now()
+	sh.mu.Unlock()
+}
+
+// evictOne removes the least recently used session of sh, preferring one
+// without open streams. sh.mu must be held.
+func (t *Table) evictOne(sh *shard) {
+	victim := sh.tail
+	for s := sh.tail; s != nil; s = s.prev {
+		if s.active == 0 {
+			victim = s
+			break
+		}
+	}
+	if victim != nil {
+		sh.remove(victim)
+	}
+}
+
+func (sh *shard) remove(s *Session) {
+	sh.unlink(s)
+	delete(sh.m, s.id)
+	s.evicted = true
+}
+
+func (sh *shard) unlink(s *Session) {
+	if s.prev != nil {
+		s.prev.next = s.next
+	} else if sh.head == s {
+		sh.head = s.next
+	}
+	if s.next != nil {
+		s.next.prev = s.prev
+	} else if sh.tail == s {
+		sh.tail = s.prev
+	}
+	s.prev, s.next = nil, nil
+}
+
+func (sh *shard) pushFront(s *Session) {
+	s.next = sh.head
+	if sh.head != nil {
+		sh.head.prev = s
+	}
+	sh.head = s
+	if sh.tail == nil {
+		sh.tail = s
+	}
+}
+
+// sweep evicts idle sessions until Close.
+func (t *Table) sweep() {
+	defer close(t.done)
+	tick := time.NewTicker(max(t.cfg.TTL/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+			t.evictIdle(now())
+		}
+	}
+}
+
+// evictIdle removes sessions without open streams idle for longer than TTL.
+func (t *Table) evictIdle(nowNanos int64) (n int) {
+	cutoff := nowNanos - int64(t.cfg.TTL)
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for s := sh.tail; s != nil; {
+			prev := s.prev
+			if s.active == 0 && s.lastUsed < cutoff {
+				sh.remove(s)
+				n++
+			}
+			s = prev
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Len returns the number of sessions held.
+func (t *Table) Len() int {
+	n := 0
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Close stops the sweeper. Sessions stay usable by streams that hold them.
+func (t *Table) Close() {
+	t.once.Do(func() { close(t.stop) })
+	<-t.done
+}
+
+// ShortID returns a short, non-reversible tag of a session id for logs:
+// session ids are bearer-like secrets in MCP and never logged whole.
+func ShortID(id string) string {
+	h := maphash.Comparable(logSeed, id)
+	const digits = "0123456789abcdef"
+	var b [8]byte
+	for i := range b {
+		b[i] = digits[h>>(60-4*i)&0xf]
+	}
+	return string(b[:])
+}
+
+// logSeed is fixed per process so one session keeps one tag in the logs.
+var logSeed = maphash.MakeSeed()
+
+var (
+	sessionSize    = unsafe.Sizeof(Session{})
+	streamInfoSize = unsafe.Sizeof(streamInfo{})
+)
