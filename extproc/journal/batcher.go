@@ -1,0 +1,358 @@
+package journal
+
+import (
+	"container/heap"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// This file is the batcher goroutine: everything in it runs on that one
+// goroutine (Publisher.run), except the small per-publish goroutines that
+// wait for an ack and report back on Publisher.results.
+
+// pending is a batch being filled or waiting to be (re)published.
+type pending struct {
+	Batch
+	at      []time.Time // enqueue time of each record, for latency
+	gen     uint64      // identifies the open batch for its deadline timer
+	msg     *nats.Msg   // built when first published
+	tries   int
+	firstTx time.Time
+}
+
+// lane is one session's publishing state. A lane exists while the session
+// has anything pending, and is deleted when idle.
+type lane struct {
+	session  string
+	subject  string
+	open     *pending   // accepting records
+	ready    []*pending // sealed, in sequence order
+	inflight *pending
+	waiting  bool   // queued for a global in-flight slot
+	retryGen uint64 // non-zero while a retry timer is armed
+}
+
+func (l *lane) idle() bool {
+	return l.open == nil && len(l.ready) == 0 && l.inflight == nil && l.retryGen == 0
+}
+
+// result is the outcome of one publish attempt.
+type result struct {
+	lane *lane
+	ack  *jetstream.PubAck
+	err  error
+}
+
+// timer kinds in the batcher's heap.
+const (
+	timerDeadline = iota // an open batch reached Batch.MaxDelay
+	timerRetry           // a failed batch may be retried
+)
+
+type timerEntry struct {
+	at   time.Time
+	kind int
+	lane *lane
+	gen  uint64
+}
+
+type timerHeap []timerEntry
+
+func (h timerHeap) Len() int           { return len(h) }
+func (h timerHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timerHeap) Push(x any)        { *h = append(*h, x.(timerEntry)) }
+func (h *timerHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+// batcher is the state owned by the batcher goroutine.
+type batcher struct {
+	p        *Publisher
+	lanes    map[string]*lane
+	timers   timerHeap
+	waitq    []*lane
+	inflight int
+	gen      uint64
+	closing  bool
+}
+
+// run is the batcher goroutine.
+func (p *Publisher) run() {
+	defer close(p.done)
+	b := &batcher{p: p, lanes: make(map[string]*lane)}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	in := p.in
+	for {
+		if b.closing && len(b.lanes) == 0 {
+			return
+		}
+		b.resetTimer(timer)
+		select {
+		case q, ok := <-in:
+			if !ok {
+				in = nil
+				b.closing = true
+				b.sealAll()
+				continue
+			}
+			b.add(q)
+		case r := <-p.results:
+			b.done(r)
+		case <-timer.C:
+			b.fire(time.Now())
+		case <-p.abort:
+			b.dropAll()
+			return
+		}
+	}
+}
+
+func (b *batcher) resetTimer(t *time.Timer) {
+	d := time.Hour
+	if len(b.timers) > 0 {
+		d = max(time.Until(b.timers[0].at), 0)
+	}
+	t.Reset(d)
+}
+
+// add takes one record into its session's open batch.
+func (b *batcher) add(q queued) {
+	cfg := &b.p.cfg
+	rec := q.rec
+	l := b.lanes[rec.Session]
+	if rec.Count == 0 && len(rec.Data) == 0 {
+		// Nothing to persist; End still flushes the stream's batch.
+		if rec.End && l != nil && l.open != nil && l.open.Stream == rec.Stream {
+			b.seal(l)
+		}
+		b.p.release(1)
+		return
+	}
+	if l == nil {
+		l = &lane{session: rec.Session, subject: Subject(cfg.SubjectPrefix, rec.Session)}
+		b.lanes[rec.Session] = l
+	}
+	if o := l.open; o != nil {
+		contiguous := rec.FirstSeq == 0 || o.LastSeq == 0 || rec.FirstSeq == o.LastSeq+1
+		if o.Stream != rec.Stream || !contiguous ||
+			o.Count+rec.Count > cfg.Batch.MaxEvents || len(o.Data)+len(rec.Data) > cfg.Batch.MaxBytes {
+			b.seal(l)
+		}
+	}
+	if l.open == nil {
+		b.gen++
+		l.open = &pending{
+			Batch: Batch{
+				Session: rec.Session, Stream: rec.Stream,
+				FirstID: rec.FirstID, LastID: rec.LastID, Count: rec.Count,
+				FirstSeq: rec.FirstSeq, LastSeq: rec.LastSeq,
+				Data: rec.Data,
+			},
+			at:  []time.Time{q.at},
+			gen: b.gen,
+		}
+		heap.Push(&b.timers, timerEntry{at: q.at.Add(cfg.Batch.MaxDelay), kind: timerDeadline, lane: l, gen: b.gen})
+	} else {
+		o := l.open
+		if o.FirstID == "" {
+			o.FirstID = rec.FirstID
+		}
+		if rec.LastID != "" {
+			o.LastID = rec.LastID
+		}
+		if o.FirstSeq == 0 {
+			o.FirstSeq = rec.FirstSeq
+		}
+		if rec.LastSeq != 0 {
+			o.LastSeq = rec.LastSeq
+		}
+		o.Count += rec.Count
+		o.Data = append(o.Data, rec.Data...)
+		o.at = append(o.at, q.at)
+	}
+	if o := l.open; rec.End || o.Count >= cfg.Batch.MaxEvents || len(o.Data) >= cfg.Batch.MaxBytes {
+		b.seal(l)
+	}
+}
+
+// seal moves the lane's open batch to its ready queue.
+func (b *batcher) seal(l *lane) {
+	if l.open == nil {
+		return
+	}
+	l.ready = append(l.ready, l.open)
+	l.open = nil
+	b.trySend(l)
+}
+
+func (b *batcher) sealAll() {
+	for _, l := range b.lanes {
+		b.seal(l)
+	}
+}
+
+// trySend publishes the lane's next ready batch if the session has none in
+// flight and a global slot is free.
+func (b *batcher) trySend(l *lane) {
+	if l.inflight != nil || len(l.ready) == 0 || l.retryGen != 0 {
+		return
+	}
+	if b.inflight >= b.p.cfg.MaxInFlight {
+		if !l.waiting {
+			l.waiting = true
+			b.waitq = append(b.waitq, l)
+		}
+		return
+	}
+	pb := l.ready[0]
+	l.ready[0] = nil
+	l.ready = l.ready[1:]
+	l.inflight = pb
+	b.inflight++
+	if pb.msg == nil {
+		pb.msg = &nats.Msg{
+			Subject: l.subject,
+			Data:    pb.Data,
+			Header:  pb.header(MsgID(pb.Session, pb.Stream, pb.FirstSeq)),
+		}
+		pb.firstTx = time.Now()
+	}
+	pb.tries++
+	if pb.tries > 1 {
+		b.p.m.retries.Inc()
+		b.p.m.nRetries.Add(1)
+	}
+	go b.p.publish(l, pb.msg)
+}
+
+// publish runs on its own goroutine: one publish attempt and its ack.
+func (p *Publisher) publish(l *lane, msg *nats.Msg) {
+	paf, err := p.js.PublishMsgAsync(msg)
+	var ack *jetstream.PubAck
+	if err == nil {
+		// The JetStream context times acks out after PublishTimeout; the
+		// timer here is a backstop.
+		t := time.NewTimer(2 * p.cfg.PublishTimeout)
+		select {
+		case ack = <-paf.Ok():
+		case err = <-paf.Err():
+		case <-t.C:
+			err = jetstream.ErrAsyncPublishTimeout
+		}
+		t.Stop()
+	}
+	p.results <- result{lane: l, ack: ack, err: err}
+}
+
+// done handles a publish outcome.
+func (b *batcher) done(r result) {
+	p := b.p
+	l := r.lane
+	pb := l.inflight
+	l.inflight = nil
+	b.inflight--
+	if r.err == nil {
+		now := time.Now()
+		p.m.batches.Inc()
+		p.m.events.Add(float64(pb.Count))
+		p.m.nBatches.Add(1)
+		p.m.nEvents.Add(uint64(pb.Count))
+		for _, t := range pb.at {
+			p.m.latency.Observe(now.Sub(t).Seconds())
+			if p.ackHook != nil {
+				p.ackHook(now.Sub(t))
+			}
+		}
+		p.release(len(pb.at))
+		p.state.update(pb.Session, pb.Stream, pb.LastID, pb.LastSeq)
+	} else {
+		p.m.errors.Inc()
+		p.m.nErrors.Add(1)
+		// A retry must land inside the duplicate window of the first try,
+		// or it could store the batch twice.
+		budget := p.cfg.DuplicateWindow - p.cfg.PublishTimeout
+		if isPermanent(r.err) || time.Since(pb.firstTx) >= budget {
+			p.log.Error("journal batch lost", "session", shortID(pb.Session),
+				"first_seq", pb.FirstSeq, "events", pb.Count, "tries", pb.tries, "err", r.err)
+			p.m.drop(dropGaveUp, len(pb.at))
+			p.release(len(pb.at))
+		} else {
+			p.log.Debug("journal publish failed, retrying", "session", shortID(pb.Session),
+				"first_seq", pb.FirstSeq, "tries", pb.tries, "err", r.err)
+			l.ready = append([]*pending{pb}, l.ready...)
+			b.gen++
+			l.retryGen = b.gen
+			wait := min(50*time.Millisecond<<min(pb.tries-1, 6), 2*time.Second)
+			heap.Push(&b.timers, timerEntry{at: time.Now().Add(wait), kind: timerRetry, lane: l, gen: b.gen})
+		}
+	}
+	b.trySend(l)
+	for len(b.waitq) > 0 && b.inflight < p.cfg.MaxInFlight {
+		w := b.waitq[0]
+		b.waitq[0] = nil
+		b.waitq = b.waitq[1:]
+		w.waiting = false
+		b.trySend(w)
+	}
+	b.forget(l)
+}
+
+// fire handles due timers.
+func (b *batcher) fire(now time.Time) {
+	for len(b.timers) > 0 && !b.timers[0].at.After(now) {
+		e := heap.Pop(&b.timers).(timerEntry)
+		l := e.lane
+		switch e.kind {
+		case timerDeadline:
+			if l.open != nil && l.open.gen == e.gen {
+				b.seal(l)
+			}
+		case timerRetry:
+			if l.retryGen == e.gen {
+				l.retryGen = 0
+				b.trySend(l)
+			}
+		}
+		b.forget(l)
+	}
+}
+
+// forget deletes an idle lane.
+func (b *batcher) forget(l *lane) {
+	if l.idle() && !l.waiting && b.lanes[l.session] == l {
+		delete(b.lanes, l.session)
+	}
+}
+
+// dropAll counts everything still held as lost (Shutdown timed out).
+func (b *batcher) dropAll() {
+	n := 0
+	for _, l := range b.lanes {
+		for _, pb := range l.ready {
+			n += len(pb.at)
+		}
+		if l.open != nil {
+			n += len(l.open.at)
+		}
+		if l.inflight != nil {
+			n += len(l.inflight.at)
+		}
+	}
+	// Records still in the closed input channel.
+	for q := range b.p.in {
+		_ = q
+		n++
+	}
+	if n > 0 {
+		b.p.m.drop("shutdown", n)
+		b.p.release(n)
+		b.p.log.Error("journal shutdown timed out, records lost", "records", n)
+	}
+}

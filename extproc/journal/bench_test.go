@@ -1,0 +1,128 @@
+package journal
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// BenchmarkPersist compares, in one run against one server, the batching
+// Publisher with a raw async publish per event of the same events. It
+// reports both rates and their ratio.
+func BenchmarkPersist(b *testing.B) {
+	s := startTestServer(b)
+	nc := connect(b, s.ClientURL())
+	const sessions, perRound = 16, 20000
+	var batched, raw time.Duration
+	events := 0
+	round := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		round++
+		// Batched: one event per record, as the processor hands them over.
+		cfg := Config{Stream: fmt.Sprintf("BB%d", round), SubjectPrefix: fmt.Sprintf("bb%d", round), Bucket: fmt.Sprintf("bb%d", round), Storage: 0}
+		p := newPublisher(b, nc, cfg)
+		recs := make([]int, sessions)
+		start := time.Now()
+		for i := range perRound {
+			sid := i % sessions
+			recs[sid]++
+			if !p.Append(record(fmt.Sprintf("bench-%d", sid), "s", recs[sid], 1, false)) {
+				b.Fatal("append refused")
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		if err := p.Shutdown(ctx); err != nil {
+			b.Fatal(err)
+		}
+		cancel()
+		batched += time.Since(start)
+
+		// Raw: the same events, one async publish each, same stream setup.
+		rcfg := Config{Stream: fmt.Sprintf("BR%d", round), SubjectPrefix: fmt.Sprintf("br%d", round), Bucket: fmt.Sprintf("br%d", round)}.withDefaults()
+		js := jsOf(b, nc)
+		if _, _, err := setup(context.Background(), js, rcfg); err != nil {
+			b.Fatal(err)
+		}
+		clear(recs)
+		start = time.Now()
+		for i := range perRound {
+			sid := i % sessions
+			recs[sid]++
+			r := record(fmt.Sprintf("bench-%d", sid), "s", recs[sid], 1, false)
+			bt := Batch{Session: r.Session, Stream: r.Stream, FirstID: r.FirstID, LastID: r.LastID, Count: 1, FirstSeq: r.FirstSeq, LastSeq: r.LastSeq}
+			msg := &nats.Msg{Subject: Subject(rcfg.SubjectPrefix, r.Session), Data: r.Data, Header: bt.header(MsgID(r.Session, r.Stream, r.FirstSeq))}
+			if _, err := js.PublishMsgAsync(msg); err != nil {
+				b.Fatal(err)
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(60 * time.Second):
+			b.Fatal("raw publishes not acked")
+		}
+		raw += time.Since(start)
+		events += perRound
+	}
+	bRate := float64(events) / batched.Seconds()
+	rRate := float64(events) / raw.Seconds()
+	b.ReportMetric(bRate, "batched-events/s")
+	b.ReportMetric(rRate, "raw-events/s")
+	b.ReportMetric(bRate/rRate, "batched/raw")
+}
+
+// BenchmarkLatency20k paces ~20k events/s (one event per record over 50
+// sessions) for 2 s and reports enqueue-to-ack latency percentiles and the
+// coalescing ratio. It reports, never asserts.
+func BenchmarkLatency20k(b *testing.B) {
+	s := startTestServer(b)
+	nc := connect(b, s.ClientURL())
+	const rate, dur, sessions = 20000, 2 * time.Second, 50
+	var lats []time.Duration
+	var st Stats
+	round := 0
+	for b.Loop() {
+		round++
+		cfg := Config{Stream: fmt.Sprintf("L%d", round), SubjectPrefix: fmt.Sprintf("l%d", round), Bucket: fmt.Sprintf("l%d", round)}
+		p := newPublisher(b, nc, cfg)
+		var got []time.Duration
+		p.ackHook = func(d time.Duration) { got = append(got, d) } // batcher goroutine only
+		seq := make([]int, sessions)
+		total := int(rate * dur.Seconds())
+		tick := time.Millisecond
+		perTick := rate / 1000
+		start := time.Now()
+		sent := 0
+		for sent < total {
+			for range perTick {
+				sid := sent % sessions
+				seq[sid]++
+				p.Append(record(fmt.Sprintf("lat-%d", sid), "s", seq[sid], 1, false))
+				sent++
+			}
+			// Pace against the wall clock, not the sleep granularity.
+			if ahead := time.Duration(sent)*time.Second/rate - time.Since(start); ahead > 0 {
+				time.Sleep(min(ahead, tick))
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := p.Shutdown(ctx); err != nil {
+			b.Fatal(err)
+		}
+		cancel()
+		b.Logf("offered %d events in %v (%.0f/s)", sent, time.Since(start), float64(sent)/time.Since(start).Seconds())
+		lats = append(lats, got...)
+		st = p.Stats()
+	}
+	slices.Sort(lats)
+	q := func(f float64) float64 { return float64(lats[int(f*float64(len(lats)-1))]) / float64(time.Millisecond) }
+	b.ReportMetric(q(0.50), "p50-ms")
+	b.ReportMetric(q(0.99), "p99-ms")
+	b.ReportMetric(q(1), "max-ms")
+	b.ReportMetric(float64(st.Events)/float64(max(st.KVWrites, 1)), "events/kv-write")
+	b.ReportMetric(float64(st.Events)/float64(max(st.Batches, 1)), "events/batch")
+}

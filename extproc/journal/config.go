@@ -1,0 +1,246 @@
+package journal
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultStream          = "SSETRACK"
+	DefaultSubjectPrefix   = "ssetrack.events"
+	DefaultBucket          = "ssetrack-sessions"
+	DefaultDuplicateWindow = 2 * time.Minute
+	DefaultQueueSize       = 65536
+	DefaultBatchEvents     = 256
+	DefaultBatchBytes      = 64 << 10
+	DefaultBatchDelay      = 20 * time.Millisecond
+	DefaultStateInterval   = 100 * time.Millisecond
+	DefaultPublishTimeout  = 5 * time.Second
+	DefaultMaxInFlight     = 256
+	DefaultDrainTimeout    = 10 * time.Second
+	DefaultHistoryEvents   = 1024
+	DefaultLoadTimeout     = 2 * time.Second
+)
+
+// Config configures the JetStream layout and the Publisher. The zero value
+// is usable: every zero field takes the default written next to it.
+type Config struct {
+	// Stream is the JetStream stream name. Default "SSETRACK".
+	Stream string
+	// SubjectPrefix is prepended to each session's subject token; the
+	// stream captures SubjectPrefix + ".>". Default "ssetrack.events".
+	SubjectPrefix string
+	// Bucket is the KV bucket holding session state. Default
+	// "ssetrack-sessions".
+	Bucket string
+
+	// Storage selects file (the zero value) or memory storage for the
+	// stream and the bucket.
+	Storage jetstream.StorageType
+	// Replicas is the replica count of the stream and the bucket, 1..3.
+	// Default 1.
+	Replicas int
+	// MaxAge bounds how long batches are kept. Zero keeps them forever.
+	MaxAge time.Duration
+	// MaxBytes bounds the stream's size; the oldest batches are discarded
+	// first. Zero means unlimited.
+	MaxBytes int64
+	// MaxMsgsPerSubject bounds the batches kept per session. Zero means
+	// unlimited.
+	MaxMsgsPerSubject int64
+	// DuplicateWindow is the stream's Nats-Msg-Id dedup window. A batch is
+	// retried only while it is younger than this window, so that a retry is
+	// always a server-side duplicate. Default 2m.
+	DuplicateWindow time.Duration
+
+	// QueueSize bounds the records the Publisher holds, from Append until
+	// their batch is acknowledged (or given up). Append drops records
+	// beyond it. Default 65536.
+	QueueSize int
+	// Batch bounds one JetStream message.
+	Batch BatchConfig
+	// StateInterval is the KV flush cycle: each session's state is written
+	// at most once per interval, however many events it had. Default 100ms.
+	StateInterval time.Duration
+	// PublishTimeout bounds the wait for one publish acknowledgement before
+	// the batch is retried with the same message id. Default 5s.
+	PublishTimeout time.Duration
+	// MaxInFlight bounds unacknowledged batch publishes over all sessions
+	// (each session has at most one). Default 256.
+	MaxInFlight int
+	// DrainTimeout bounds Shutdown when its context has no deadline.
+	// Default 10s.
+	DrainTimeout time.Duration
+
+	// HistoryEvents is how many of a session's most recent event ids Load
+	// returns. Default 1024.
+	HistoryEvents int
+	// LoadTimeout bounds one Load when its context has no earlier
+	// deadline. Default 2s.
+	LoadTimeout time.Duration
+}
+
+// BatchConfig bounds a batch: it is published as soon as one bound is hit,
+// and at the end of its stream.
+type BatchConfig struct {
+	// MaxEvents is the most events in one batch. Default 256.
+	MaxEvents int
+	// MaxBytes is the most payload bytes in one batch. A single record
+	// larger than this is published alone. Default 64 KiB.
+	MaxBytes int
+	// MaxDelay is how long the first record of a batch waits for more.
+	// Default 20ms.
+	MaxDelay time.Duration
+}
+
+// withDefaults returns c with zero fields set to their defaults.
+func (c Config) withDefaults() Config {
+	def := func(v *string, d string) {
+		if *v == "" {
+			*v = d
+		}
+	}
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defI := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.Stream, DefaultStream)
+	def(&c.SubjectPrefix, DefaultSubjectPrefix)
+	def(&c.Bucket, DefaultBucket)
+	defI(&c.Replicas, 1)
+	defD(&c.DuplicateWindow, DefaultDuplicateWindow)
+	defI(&c.QueueSize, DefaultQueueSize)
+	defI(&c.Batch.MaxEvents, DefaultBatchEvents)
+	defI(&c.Batch.MaxBytes, DefaultBatchBytes)
+	defD(&c.Batch.MaxDelay, DefaultBatchDelay)
+	defD(&c.StateInterval, DefaultStateInterval)
+	defD(&c.PublishTimeout, DefaultPublishTimeout)
+	defI(&c.MaxInFlight, DefaultMaxInFlight)
+	defD(&c.DrainTimeout, DefaultDrainTimeout)
+	defI(&c.HistoryEvents, DefaultHistoryEvents)
+	defD(&c.LoadTimeout, DefaultLoadTimeout)
+	return c
+}
+
+// validate reports every problem of a defaulted config at once.
+func (c Config) validate() error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, a...)...))
+	}
+	if c.Replicas < 1 || c.Replicas > 3 {
+		bad("replicas %d not in 1..3", c.Replicas)
+	}
+	if c.Storage != jetstream.FileStorage && c.Storage != jetstream.MemoryStorage {
+		bad("unknown storage %v", c.Storage)
+	}
+	if !validSubjectPrefix(c.SubjectPrefix) {
+		bad("subject prefix %q", c.SubjectPrefix)
+	}
+	for _, n := range []struct{ what, v string }{{"stream", c.Stream}, {"bucket", c.Bucket}} {
+		if !validName(n.v) {
+			bad("%s name %q", n.what, n.v)
+		}
+	}
+	for _, d := range []struct {
+		what string
+		v    time.Duration
+	}{
+		{"duplicate window", c.DuplicateWindow}, {"batch max delay", c.Batch.MaxDelay},
+		{"state interval", c.StateInterval}, {"publish timeout", c.PublishTimeout},
+		{"drain timeout", c.DrainTimeout}, {"load timeout", c.LoadTimeout},
+	} {
+		if d.v < 0 {
+			bad("negative %s", d.what)
+		}
+	}
+	if c.MaxAge < 0 || c.MaxBytes < 0 || c.MaxMsgsPerSubject < 0 {
+		bad("negative stream limit")
+	}
+	if c.QueueSize < 0 || c.Batch.MaxEvents < 0 || c.Batch.MaxBytes < 0 || c.MaxInFlight < 0 || c.HistoryEvents < 0 {
+		bad("negative size")
+	}
+	if c.PublishTimeout >= c.DuplicateWindow {
+		bad("publish timeout %v must be shorter than the duplicate window %v", c.PublishTimeout, c.DuplicateWindow)
+	}
+	return errors.Join(errs...)
+}
+
+// validName accepts JetStream stream and bucket names.
+func validName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// validSubjectPrefix accepts literal subjects: dot-separated non-empty
+// tokens without wildcards or whitespace.
+func validSubjectPrefix(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '*' || c == '>' || c <= ' ' || c == 0x7f:
+			return false
+		case c == '.' && s[i-1] == '.':
+			return false
+		}
+	}
+	return true
+}
+
+// streamConfig is the JetStream stream holding the batches.
+func (c Config) streamConfig() jetstream.StreamConfig {
+	sc := jetstream.StreamConfig{
+		Name:              c.Stream,
+		Description:       "ssetrack SSE event batches, one subject per session",
+		Subjects:          []string{c.SubjectPrefix + ".>"},
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		Storage:           c.Storage,
+		Replicas:          c.Replicas,
+		MaxAge:            c.MaxAge,
+		MaxBytes:          -1,
+		MaxMsgs:           -1,
+		MaxMsgsPerSubject: -1,
+		Duplicates:        c.DuplicateWindow,
+		AllowDirect:       true,
+	}
+	if c.MaxBytes > 0 {
+		sc.MaxBytes = c.MaxBytes
+	}
+	if c.MaxMsgsPerSubject > 0 {
+		sc.MaxMsgsPerSubject = c.MaxMsgsPerSubject
+	}
+	return sc
+}
+
+// kvConfig is the bucket holding session state, latest value only.
+func (c Config) kvConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      c.Bucket,
+		Description: "ssetrack session state, one key per session",
+		History:     1,
+		TTL:         c.MaxAge,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+	}
+}

@@ -1,0 +1,33 @@
+// Package journal persists sessions' SSE events to NATS JetStream and reads
+// them back. It is the only package of ssetrack that imports NATS.
+//
+// # Layout in JetStream
+//
+// Events are stored in one stream (Config.Stream, default "SSETRACK") with
+// one subject per session: Config.SubjectPrefix + "." + SubjectToken(id),
+// e.g. "ssetrack.events.c2Vzcy0x". A message is a batch: consecutive events
+// of one (session, stream) pair. Its payload is the events' SSE bytes as
+// received, itself a valid SSE stream, and its headers are:
+//
+//	Ssetrack-Session    session id (see EncodeHeaderValue)
+//	Ssetrack-Stream     stream id within the session
+//	Ssetrack-First-Id   first non-empty event id in the batch (may be absent)
+//	Ssetrack-Last-Id    last non-empty event id in the batch (may be absent)
+//	Ssetrack-Count      number of events in the payload
+//	Ssetrack-First-Seq  per-session sequence number of the first event
+//	Ssetrack-Last-Seq   per-session sequence number of the last event
+//	Nats-Msg-Id         MsgID(session, stream, first seq)
+//
+// Per-session sequence numbers grow by one per event across all streams of a
+// session, so a consumer detects a gap when a batch's First-Seq is not the
+// previous batch's Last-Seq + 1.
+//
+// Session state lives in the KV bucket Config.Bucket (default
+// "ssetrack-sessions") under the key SubjectToken(id), as JSON (see State).
+//
+// # Goroutines
+//
+// A Publisher owns two goroutines: the batcher, which owns every pending
+// batch and the per-session publish lanes, and the state writer, which owns
+// the KV writes. Append may be called from any goroutine and never blocks.
+package journal

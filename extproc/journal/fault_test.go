@@ -1,0 +1,159 @@
+package journal
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildNATSServer builds the nats-server binary from the module cache.
+func buildNATSServer(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "nats-server")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Skipf("SKIPPING fault test: cannot build nats-server: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// natsProc is a nats-server child process.
+type natsProc struct {
+	cmd *exec.Cmd
+}
+
+func startNATS(t *testing.T, bin string, port int, dir string) *natsProc {
+	t.Helper()
+	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			t.Fatal("nats-server did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return &natsProc{cmd: cmd}
+}
+
+func (n *natsProc) stop() {
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = n.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = n.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// TestServerRestart stops a separate nats-server for a few seconds while
+// records are appended, restarts it on the same port and store, and checks
+// every appended event is stored exactly once.
+func TestServerRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test builds and restarts a nats-server process")
+	}
+	bin := buildNATSServer(t)
+	port, dir := freePort(t), t.TempDir()
+	srv := startNATS(t, bin, port, dir)
+	defer func() { srv.stop() }()
+
+	nc := connect(t, fmt.Sprintf("nats://127.0.0.1:%d", port))
+	cfg := Config{PublishTimeout: time.Second, MaxInFlight: 64}
+	p := newPublisher(t, nc, cfg)
+
+	const sessions, perSession = 8, 1500
+	next := make([]int, sessions)
+	appendRound := func() {
+		for s := range sessions {
+			n := 3
+			if next[s]+n > perSession {
+				n = perSession - next[s]
+			}
+			if n <= 0 {
+				continue
+			}
+			if !p.Append(record(fmt.Sprintf("fault-%d", s), "s", next[s]+1, n, false)) {
+				t.Fatal("append refused")
+			}
+			next[s] += n
+		}
+	}
+	done := func() bool { return next[sessions-1] >= perSession }
+	rounds := 0
+	stopped := false
+	for !done() {
+		appendRound()
+		rounds++
+		switch rounds {
+		case 100:
+			srv.stop()
+			stopped = true
+			t.Logf("server stopped after %d events/session", next[0])
+		case 300:
+			srv = startNATS(t, bin, port, dir)
+			stopped = false
+			t.Logf("server restarted after %d events/session", next[0])
+		}
+		time.Sleep(10 * time.Millisecond) // ~3 s of downtime
+	}
+	if stopped {
+		srv = startNATS(t, bin, port, dir)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := p.Stats()
+	t.Logf("stats %+v", st)
+	if st.Dropped != 0 || st.Events != sessions*perSession {
+		t.Errorf("dropped %d, published %d events, want %d", st.Dropped, st.Events, sessions*perSession)
+	}
+	js := jsOf(t, nc)
+	for s := range sessions {
+		sid := fmt.Sprintf("fault-%d", s)
+		seen := map[string]int{}
+		err := NewReader(js, cfg).ReadEvents(ctx, sid, ReadOptions{}, func(ev Event) error {
+			seen[ev.ID]++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i <= perSession; i++ {
+			if c := seen[fmt.Sprintf("s-%d", i)]; c != 1 {
+				t.Fatalf("%s: event s-%d stored %d times", sid, i, c)
+			}
+		}
+		if len(seen) != perSession {
+			t.Errorf("%s: %d distinct events stored, want %d", sid, len(seen), perSession)
+		}
+	}
+}

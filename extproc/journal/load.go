@@ -1,0 +1,162 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+)
+
+// Load returns what JetStream holds for a session: its KV state and the ids
+// of its most recent Config.HistoryEvents events, read back from its
+// subject. It returns (nil, nil) when neither exists.
+//
+// How it reads: the last message on the session's subject gives the
+// newest per-session sequence number S. A binary search over stream
+// sequences (direct gets of "next message on this subject at or after n",
+// about log2(stream length) round trips) finds the batch holding event
+// S-HistoryEvents+1, and an ordered consumer reads forward from there to
+// that last message. Each payload is split into events to recover their
+// ids. Load is bounded by ctx and Config.LoadTimeout; events recorded but
+// not yet acknowledged are not included.
+func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.History, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.LoadTimeout)
+	defer cancel()
+	h, st, err := loadHistory(ctx, p.js, p.stream, p.kv, p.cfg, sessionID)
+	p.m.loadTimer.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("load session %s: %w", shortID(sessionID), err)
+	}
+	if h != nil {
+		p.state.seed(sessionID, st)
+	}
+	return h, nil
+}
+
+// loadHistory is Load without the publisher. st is the merged state.
+func loadHistory(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, kv jetstream.KeyValue, cfg Config, sid string) (*session.History, State, error) {
+	st, err := getState(ctx, kv, sid)
+	if err != nil {
+		return nil, st, err
+	}
+	haveKV := st.Seq > 0 || len(st.Streams) > 0
+	subj := Subject(cfg.SubjectPrefix, sid)
+	last, err := stream.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		last, err = nil, nil
+	}
+	if err != nil {
+		return nil, st, fmt.Errorf("get last batch: %w", err)
+	}
+	if !haveKV && last == nil {
+		return nil, st, nil
+	}
+	streams := make(map[string]string, len(st.Streams))
+	for k, v := range st.Streams {
+		streams[k] = v
+	}
+	kvSeq := st.Seq
+	h := &session.History{Seq: st.Seq}
+	if last != nil {
+		lb, err := decodeBatch(last.Header, last.Data, last.Sequence, last.Time)
+		if err != nil {
+			return nil, st, err
+		}
+		h.Seq = max(h.Seq, lb.LastSeq)
+		n := uint64(cfg.HistoryEvents)
+		target := uint64(1)
+		if lb.LastSeq > n {
+			target = lb.LastSeq - n + 1
+		}
+		from := last.Sequence
+		if lb.FirstSeq > target {
+			from, err = findStart(ctx, stream, subj, target, last.Sequence)
+			if err != nil {
+				return nil, st, err
+			}
+		}
+		occ := jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{subj},
+			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:    from,
+		}
+		var evs []session.EventRef
+		err = scanBatches(ctx, js, cfg.Stream, occ, last.Sequence, func(b Batch) error {
+			batchEvents(&b, func(ev sseEvent, seq uint64) bool {
+				if ev.HasID && ev.ID != "" && seq >= target {
+					evs = append(evs, session.EventRef{ID: ev.ID, Stream: b.Stream, Seq: seq})
+				}
+				return true
+			})
+			if b.LastSeq > kvSeq { // newer than the KV value
+				if b.LastID != "" {
+					streams[b.Stream] = b.LastID
+				} else if _, ok := streams[b.Stream]; !ok {
+					streams[b.Stream] = ""
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, st, fmt.Errorf("read history: %w", err)
+		}
+		if len(evs) > cfg.HistoryEvents {
+			evs = evs[len(evs)-cfg.HistoryEvents:]
+		}
+		h.Events = evs
+	}
+	names := make([]string, 0, len(streams))
+	for k := range streams {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		h.Streams = append(h.Streams, session.StreamState{Stream: k, LastEventID: streams[k]})
+	}
+	st.Seq, st.Streams = h.Seq, streams
+	return h, st, nil
+}
+
+// findStart returns the stream sequence of the last batch on subj whose
+// first event sequence is <= target, or of the first batch if none is:
+// where to start reading to see event target. It relies on batches of a
+// session being stored in sequence order.
+func findStart(ctx context.Context, stream jetstream.Stream, subj string, target, lastSeq uint64) (uint64, error) {
+	// next returns the first batch on subj at or after stream sequence n.
+	next := func(n uint64) (uint64, uint64, error) {
+		m, err := stream.GetMsg(ctx, n, jetstream.WithGetMsgSubject(subj))
+		if err != nil {
+			return 0, 0, fmt.Errorf("get batch: %w", err)
+		}
+		fs, err := strconv.ParseUint(m.Header.Get(HeaderFirstSeq), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%w: %s header", ErrBadBatch, HeaderFirstSeq)
+		}
+		return m.Sequence, fs, nil
+	}
+	lo, fs, err := next(1)
+	if err != nil || fs > target {
+		return lo, err
+	}
+	hi := lastSeq
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		s, fs, err := next(mid)
+		if err != nil {
+			return 0, err
+		}
+		if fs <= target {
+			lo = s
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo, nil
+}

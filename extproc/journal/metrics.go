@@ -1,0 +1,112 @@
+package journal
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Stats is a snapshot of a Publisher's counters since it started.
+type Stats struct {
+	// QueueDepth is the records held now: queued, batching or in flight.
+	QueueDepth int64
+	// Appended counts records accepted by Append.
+	Appended uint64
+	// Dropped counts records lost: queue full, closed, or given up after
+	// retries (see DroppedQueueFull).
+	Dropped uint64
+	// DroppedQueueFull counts the records Append refused for a full queue.
+	DroppedQueueFull uint64
+	// Batches and Events count acknowledged batches and their events.
+	Batches, Events uint64
+	// PublishErrors counts failed publish attempts; PublishRetries the
+	// attempts that followed one.
+	PublishErrors, PublishRetries uint64
+	// KVWrites counts session state writes; Events/KVWrites is the
+	// coalescing ratio.
+	KVWrites uint64
+}
+
+// metrics holds the Prometheus collectors and plain counters for Stats.
+type metrics struct {
+	depth     prometheus.Gauge
+	dropped   *prometheus.CounterVec
+	batches   prometheus.Counter
+	events    prometheus.Counter
+	errors    prometheus.Counter
+	retries   prometheus.Counter
+	latency   prometheus.Histogram
+	kvWrites  prometheus.Counter
+	kvErrors  prometheus.Counter
+	loadTimer prometheus.Histogram
+
+	nAppended, nDropped, nDroppedFull, nBatches, nEvents atomic.Uint64
+	nErrors, nRetries, nKVWrites                         atomic.Uint64
+}
+
+// Reasons a record is dropped, the label of records_dropped_total.
+const (
+	dropQueueFull = "queue_full"
+	dropClosed    = "closed"
+	dropGaveUp    = "publish_failed"
+)
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		depth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ssetrack_journal_queue_depth",
+			Help: "Records held by the journal publisher: queued, batching or awaiting an ack.",
+		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssetrack_journal_records_dropped_total",
+			Help: "Records lost by the journal, by reason (queue_full, closed, publish_failed).",
+		}, []string{"reason"}),
+		batches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_journal_batches_published_total",
+			Help: "Batches acknowledged by JetStream.",
+		}),
+		events: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_journal_events_published_total",
+			Help: "Events in batches acknowledged by JetStream.",
+		}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_journal_publish_errors_total",
+			Help: "Failed batch publish attempts (each is retried until the duplicate window runs out).",
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_journal_publish_retries_total",
+			Help: "Batch publish attempts after a failed one, with the same message id.",
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ssetrack_journal_publish_latency_seconds",
+			Help:    "Time from a record's Append to its batch's JetStream ack.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		kvWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_journal_kv_writes_total",
+			Help: "Session state writes to the KV bucket (coalesced: at most one per session per cycle).",
+		}),
+		kvErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_journal_kv_errors_total",
+			Help: "Failed session state writes (retried next cycle).",
+		}),
+		loadTimer: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ssetrack_journal_load_seconds",
+			Help:    "Time to load a session's history from JetStream.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.depth, m.dropped, m.batches, m.events, m.errors, m.retries,
+			m.latency, m.kvWrites, m.kvErrors, m.loadTimer)
+	}
+	return m
+}
+
+func (m *metrics) drop(reason string, n int) {
+	m.dropped.WithLabelValues(reason).Add(float64(n))
+	m.nDropped.Add(uint64(n))
+	if reason == dropQueueFull {
+		m.nDroppedFull.Add(uint64(n))
+	}
+}

@@ -1,0 +1,227 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+)
+
+// Publisher is the JetStream implementation of session.Journal.
+//
+// Append hands records to a bounded queue and returns at once. One batcher
+// goroutine owns all batching state: it coalesces consecutive records of a
+// (session, stream) pair into batches and publishes them asynchronously.
+// Each session has at most one batch in flight, and a failed batch is
+// retried (same Nats-Msg-Id, so a retry that follows a lost ack is a
+// server-side duplicate) before the session's next batch is sent: batches
+// of one session land in sequence order, while sessions proceed in
+// parallel up to Config.MaxInFlight. Records stay counted against
+// Config.QueueSize until their batch is acknowledged, so memory is bounded
+// during a NATS outage too.
+//
+// Methods are safe for concurrent use.
+type Publisher struct {
+	cfg    Config
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	kv     jetstream.KeyValue
+	log    *slog.Logger
+	m      *metrics
+	state  *stateWriter
+
+	mu     sync.RWMutex // guards closed and closing in; Append holds it shared
+	closed bool
+	in     chan queued
+
+	// held counts records from Append until ack or loss; it bounds memory.
+	held        atomic.Int64
+	lastDropLog atomic.Int64
+
+	results chan result
+	abort   chan struct{} // closed when Shutdown's context expires
+	done    chan struct{} // closed when the batcher returns
+
+	// ackHook, set by tests before any Append, sees each record's
+	// enqueue-to-ack latency on the batcher goroutine.
+	ackHook func(time.Duration)
+}
+
+var _ session.Journal = (*Publisher)(nil)
+
+// queued is a record with its enqueue time, the start of its latency.
+type queued struct {
+	rec session.Record
+	at  time.Time
+}
+
+// New creates or updates the stream and the KV bucket described by cfg on
+// the connection nc and starts a Publisher. log may be nil (no logs); reg
+// may be nil (metrics not registered). The caller keeps ownership of nc and
+// drains it after Shutdown.
+func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Publisher, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(cfg.MaxInFlight+16),
+		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream context: %w", err)
+	}
+	stream, kv, err := setup(ctx, js, cfg)
+	if err != nil {
+		return nil, err
+	}
+	m := newMetrics(reg)
+	// KV writes get their own async publish context so a large cycle never
+	// stalls batch publishes.
+	kvjs, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream context: %w", err)
+	}
+	p := &Publisher{
+		cfg:     cfg,
+		js:      js,
+		stream:  stream,
+		kv:      kv,
+		log:     log,
+		m:       m,
+		state:   newStateWriter(kvjs, kv, cfg, log, m),
+		in:      make(chan queued, cfg.QueueSize),
+		results: make(chan result, cfg.MaxInFlight),
+		abort:   make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go p.state.run()
+	go p.run()
+	return p, nil
+}
+
+// setup creates or updates the stream and the bucket.
+func setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Stream, jetstream.KeyValue, error) {
+	stream, err := js.CreateOrUpdateStream(ctx, cfg.streamConfig())
+	if err != nil {
+		return nil, nil, fmt.Errorf("create stream %s: %w", cfg.Stream, err)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg.kvConfig())
+	if err != nil {
+		return nil, nil, fmt.Errorf("create kv bucket %s: %w", cfg.Bucket, err)
+	}
+	return stream, kv, nil
+}
+
+// Append queues rec for publishing. It never blocks: it returns false, and
+// counts the loss, when the publisher holds Config.QueueSize records or is
+// shutting down. The publisher owns rec's slices afterwards.
+func (p *Publisher) Append(rec session.Record) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		p.m.drop(dropClosed, 1)
+		return false
+	}
+	if n := p.held.Add(1); n > int64(p.cfg.QueueSize) {
+		p.held.Add(-1)
+		p.m.drop(dropQueueFull, 1)
+		p.logDrop(rec.Session)
+		return false
+	}
+	// held <= QueueSize == cap(in) bounds len(in), so this never blocks.
+	p.in <- queued{rec: rec, at: time.Now()}
+	p.m.nAppended.Add(1)
+	p.m.depth.Inc()
+	return true
+}
+
+// logDrop logs queue-full losses at most once per second.
+func (p *Publisher) logDrop(sessionID string) {
+	now := time.Now().UnixNano()
+	last := p.lastDropLog.Load()
+	if now-last < int64(time.Second) || !p.lastDropLog.CompareAndSwap(last, now) {
+		return
+	}
+	p.log.Warn("journal queue full, dropping records",
+		"session", shortID(sessionID), "queue_size", p.cfg.QueueSize,
+		"dropped_total", p.m.nDroppedFull.Load())
+}
+
+// release forgets n records (acknowledged or lost).
+func (p *Publisher) release(n int) {
+	p.held.Add(int64(-n))
+	p.m.depth.Sub(float64(n))
+}
+
+// Stats returns the publisher's counters.
+func (p *Publisher) Stats() Stats {
+	m := p.m
+	return Stats{
+		QueueDepth:       p.held.Load(),
+		Appended:         m.nAppended.Load(),
+		Dropped:          m.nDropped.Load(),
+		DroppedQueueFull: m.nDroppedFull.Load(),
+		Batches:          m.nBatches.Load(),
+		Events:           m.nEvents.Load(),
+		PublishErrors:    m.nErrors.Load(),
+		PublishRetries:   m.nRetries.Load(),
+		KVWrites:         m.nKVWrites.Load(),
+	}
+}
+
+// Shutdown stops accepting records, publishes every pending batch, waits for
+// their acks and writes the final session state. It is bounded by ctx, or
+// by Config.DrainTimeout when ctx has no deadline; records still unpublished
+// then are counted as lost and ctx's error is returned. A second call
+// returns ErrClosed.
+func (p *Publisher) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	p.closed = true
+	close(p.in)
+	p.mu.Unlock()
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.cfg.DrainTimeout)
+		defer cancel()
+	}
+	var err error
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		close(p.abort)
+		<-p.done
+	}
+	if serr := p.state.stop(ctx); err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("journal shutdown: %w", err)
+	}
+	return nil
+}
+
+// isPermanent reports publish errors a retry cannot fix.
+func isPermanent(err error) bool {
+	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) ||
+		errors.Is(err, nats.ErrConnectionClosed)
+}

@@ -1,0 +1,256 @@
+package journal
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestBatching(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	evSize := len(must(events("s", 1, 1)))
+	tests := []struct {
+		name   string
+		batch  BatchConfig
+		recs   int  // one-event records
+		end    bool // End on the last record
+		wait   time.Duration
+		counts []int
+	}{
+		{"count", BatchConfig{MaxEvents: 10, MaxDelay: time.Hour}, 25, true, 0, []int{10, 10, 5}},
+		{"bytes", BatchConfig{MaxBytes: 3 * evSize, MaxDelay: time.Hour}, 7, true, 0, []int{3, 3, 1}},
+		{"time", BatchConfig{MaxDelay: 30 * time.Millisecond}, 4, false, 0, []int{4}},
+		{"end", BatchConfig{MaxDelay: time.Hour}, 3, true, 0, []int{3}},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Config{Stream: fmt.Sprintf("B%d", i), SubjectPrefix: fmt.Sprintf("b%d", i), Bucket: fmt.Sprintf("b%d", i), Batch: tc.batch}
+			p := newPublisher(t, nc, cfg)
+			sid := "batch-" + tc.name
+			for r := 1; r <= tc.recs; r++ {
+				p.Append(record(sid, "s", r, 1, tc.end && r == tc.recs))
+			}
+			waitFor(t, 5*time.Second, "acks", func() bool { return p.Stats().Events == uint64(tc.recs) })
+			bs := readAll(t, jsOf(t, nc), cfg, sid)
+			if len(bs) != len(tc.counts) {
+				t.Fatalf("%d batches, want %d", len(bs), len(tc.counts))
+			}
+			seq := uint64(1)
+			for k, b := range bs {
+				if b.Count != tc.counts[k] || b.FirstSeq != seq || b.LastSeq != seq+uint64(b.Count)-1 {
+					t.Errorf("batch %d: count %d seq %d..%d, want count %d from %d", k, b.Count, b.FirstSeq, b.LastSeq, tc.counts[k], seq)
+				}
+				if b.FirstID != fmt.Sprintf("s-%d", seq) || b.LastID != fmt.Sprintf("s-%d", b.LastSeq) || b.Stream != "s" {
+					t.Errorf("batch %d: ids %q..%q stream %q", k, b.FirstID, b.LastID, b.Stream)
+				}
+				want, _ := events("s", int(seq), b.Count)
+				if string(b.Data) != string(want) {
+					t.Errorf("batch %d payload %q", k, b.Data)
+				}
+				seq = b.LastSeq + 1
+			}
+		})
+	}
+}
+
+// TestStreamSwitch checks that a record of another stream of the session
+// closes the open batch, so batches never interleave sequence ranges.
+func TestStreamSwitch(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{Batch: BatchConfig{MaxDelay: 10 * time.Millisecond}}
+	p := newPublisher(t, nc, cfg)
+	p.Append(record("sw", "a", 1, 2, false))
+	p.Append(record("sw", "b", 3, 2, false))
+	p.Append(record("sw", "a", 5, 2, false))
+	waitFor(t, 5*time.Second, "acks", func() bool { return p.Stats().Events == 6 })
+	bs := readAll(t, jsOf(t, nc), cfg, "sw")
+	var got []string
+	for _, b := range bs {
+		got = append(got, fmt.Sprintf("%s:%d-%d", b.Stream, b.FirstSeq, b.LastSeq))
+	}
+	if strings.Join(got, " ") != "a:1-2 b:3-4 a:5-6" {
+		t.Errorf("batches %v", got)
+	}
+}
+
+func must[T any](v T, _ ...any) T { return v }
+
+// TestDedup publishes the same batch twice: JetStream keeps one message.
+func TestDedup(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{}.withDefaults()
+	js := jsOf(t, nc)
+	ctx := context.Background()
+	if _, _, err := setup(ctx, js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := events("s", 1, 3)
+	b := Batch{Session: "dup", Stream: "s", FirstID: "s-1", LastID: "s-3", Count: 3, FirstSeq: 1, LastSeq: 3, Data: data}
+	var acks []*jetstream.PubAck
+	for range 2 {
+		msg := &nats.Msg{Subject: Subject(cfg.SubjectPrefix, "dup"), Data: data, Header: b.header(MsgID("dup", "s", 1))}
+		ack, err := js.PublishMsg(ctx, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks = append(acks, ack)
+	}
+	if acks[0].Duplicate || !acks[1].Duplicate || acks[0].Sequence != acks[1].Sequence {
+		t.Errorf("acks %+v %+v", acks[0], acks[1])
+	}
+	if n := len(readAll(t, js, cfg, "dup")); n != 1 {
+		t.Errorf("%d messages, want 1", n)
+	}
+	if MsgID("dup", "s", 1) == MsgID("dup", "t", 1) || MsgID("a", "bc", 1) == MsgID("ab", "c", 1) {
+		t.Error("MsgID collides")
+	}
+}
+
+// TestQueueFull fills the queue while NATS is gone: Append refuses at once
+// and counts the loss.
+func TestQueueFull(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	p := newPublisher(t, nc, Config{QueueSize: 10, PublishTimeout: 200 * time.Millisecond})
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ok := 0
+	start := time.Now()
+	for i := 1; i <= 1000; i++ {
+		if p.Append(record("full", "s", i, 1, false)) {
+			ok++
+		}
+	}
+	elapsed := time.Since(start)
+	st := p.Stats()
+	if ok != 10 || st.DroppedQueueFull != 990 || st.QueueDepth != 10 {
+		t.Errorf("accepted %d, stats %+v", ok, st)
+	}
+	t.Logf("1000 appends against a full queue took %v", elapsed)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := p.Shutdown(ctx); err == nil {
+		t.Error("shutdown without NATS succeeded")
+	}
+	if st := p.Stats(); st.QueueDepth != 0 || st.Dropped != 1000 {
+		t.Errorf("after shutdown %+v", st)
+	}
+	if p.Append(record("full", "s", 1, 1, false)) {
+		t.Error("append after shutdown accepted")
+	}
+}
+
+// TestKVCoalescing appends many small records and checks that state writes
+// are coalesced and the final value is right.
+func TestKVCoalescing(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{Batch: BatchConfig{MaxEvents: 16}}
+	p := newPublisher(t, nc, cfg)
+	const n = 2000
+	for i := 1; i <= n; i++ {
+		stream := "a"
+		if i > n/2 {
+			stream = "b"
+		}
+		p.Append(record("kv", stream, i, 1, false))
+	}
+	waitFor(t, 10*time.Second, "acks", func() bool { return p.Stats().Events == n })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := p.Stats()
+	t.Logf("events %d, batches %d, kv writes %d: %.1f events per kv write", st.Events, st.Batches, st.KVWrites, float64(st.Events)/float64(st.KVWrites))
+	if st.KVWrites == 0 || st.KVWrites >= st.Batches {
+		t.Errorf("kv writes %d not coalesced (batches %d)", st.KVWrites, st.Batches)
+	}
+	kv, err := jsOf(t, nc).KeyValue(ctx, DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, SubjectToken("kv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v State
+	if err := json.Unmarshal(e.Value(), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Seq != n || v.Streams["a"] != fmt.Sprintf("a-%d", n/2) || v.Streams["b"] != fmt.Sprintf("b-%d", n) || v.Epoch == 0 {
+		t.Errorf("state %+v", v)
+	}
+}
+
+// TestLoad rebuilds a session's history with a fresh publisher.
+func TestLoad(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{HistoryEvents: 100, Batch: BatchConfig{MaxEvents: 7}}
+	p := newPublisher(t, nc, cfg)
+	const n = 1000
+	for i := 1; i <= n; i++ {
+		stream := "a"
+		if i%3 == 0 {
+			stream = "b"
+		}
+		p.Append(record("load", stream, i, 1, false))
+		// Another session interleaved, so the subject is sparse.
+		p.Append(record("other", "x", i, 1, false))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	p2 := newPublisher(t, nc, cfg)
+	h, err := p2.Load(ctx, "load")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h == nil || h.Seq != n {
+		t.Fatalf("history %+v", h)
+	}
+	if len(h.Events) != 100 {
+		t.Fatalf("%d events, want 100", len(h.Events))
+	}
+	for k, e := range h.Events {
+		seq := uint64(n - 100 + 1 + k)
+		stream := "a"
+		if seq%3 == 0 {
+			stream = "b"
+		}
+		if e.Seq != seq || e.Stream != stream || e.ID != fmt.Sprintf("%s-%d", stream, seq) {
+			t.Fatalf("event %d: %+v, want seq %d", k, e, seq)
+		}
+	}
+	want := fmt.Sprintf("[{a a-%d} {b b-%d}]", n, n-1)
+	if got := fmt.Sprint(h.Streams); got != want {
+		t.Errorf("streams %s, want %s", got, want)
+	}
+	if h, err := p2.Load(ctx, "nobody"); h != nil || err != nil {
+		t.Errorf("unknown session: %+v, %v", h, err)
+	}
+	// The seeded state keeps stream a when only b continues.
+	p2.Append(record("load", "b", n+1, 1, true))
+	waitFor(t, 5*time.Second, "ack", func() bool { return p2.Stats().Events == 1 })
+	if err := p2.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v, err := getState(ctx, must(jsOf(t, nc).KeyValue(ctx, DefaultBucket)), "load")
+	if err != nil || v.Seq != n+1 || v.Streams["a"] != fmt.Sprintf("a-%d", n) {
+		t.Errorf("state after takeover %+v, %v", v, err)
+	}
+}

@@ -1,0 +1,109 @@
+package journal
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+var routingIDs = []string{
+	"a.b.c", "*", ">", "x y", "sess.>", "ünïcødé-セッション", strings.Repeat("z", 3000),
+	"a", "", " ", ".", "..", "\r\n", "\x00", "b64:abc", "=", "plain-id-123",
+	// Two ids whose plain encodings differ only by what a hash would use.
+	strings.Repeat("y", 150), strings.Repeat("y", 151),
+}
+
+func TestSubjectToken(t *testing.T) {
+	seen := map[string]string{}
+	for _, id := range routingIDs {
+		tok := SubjectToken(id)
+		if tok == "" || len(tok) > maxTokenLen {
+			t.Errorf("SubjectToken(%.20q) = %q: bad length", id, tok)
+		}
+		for i := 0; i < len(tok); i++ {
+			c := tok[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '=') {
+				t.Errorf("SubjectToken(%.20q) = %q: byte %q", id, tok, c)
+			}
+		}
+		hashed := strings.HasPrefix(tok, hashedPrefix)
+		if hashed != (len(id) == 0 || len(id) > 150) {
+			t.Errorf("SubjectToken(%.20q) hashed = %v", id, hashed)
+		}
+		if strings.Contains(tok[1:], "=") {
+			t.Errorf("SubjectToken(%.20q) = %q: '=' inside", id, tok)
+		}
+		if SubjectToken(id) != tok {
+			t.Errorf("SubjectToken(%.20q) not deterministic", id)
+		}
+		if prev, ok := seen[tok]; ok {
+			t.Errorf("ids %.20q and %.20q share token %q", prev, id, tok)
+		}
+		seen[tok] = id
+		if got := Subject("", id); got != DefaultSubjectPrefix+"."+tok {
+			t.Errorf("Subject = %q", got)
+		}
+	}
+}
+
+func TestHeaderValue(t *testing.T) {
+	for _, v := range []string{"abc", "", " lead", "trail ", "a\r\nb", "b64:x", strings.Repeat("q", 600), "\xff", "ok id 1"} {
+		enc := EncodeHeaderValue(v)
+		if strings.ContainsAny(enc, "\r\n") {
+			t.Errorf("EncodeHeaderValue(%q) = %q", v, enc)
+		}
+		got, err := DecodeHeaderValue(enc)
+		if err != nil || got != v {
+			t.Errorf("round trip %q: %q, %v", v, got, err)
+		}
+	}
+}
+
+// TestRouting publishes events of sessions with hostile ids and checks each
+// session finds exactly its own events under its own subject.
+func TestRouting(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{Storage: 1, Batch: BatchConfig{MaxDelay: 5 * time.Millisecond}}
+	p := newPublisher(t, nc, cfg)
+	for i, id := range routingIDs {
+		for j := 0; j < 3; j++ {
+			if !p.Append(record(id, "s", 1+j*(i+1), i+1, false)) {
+				t.Fatal("append refused")
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	js := jsOf(t, nc)
+	total := 0
+	for i, id := range routingIDs {
+		bs := readAll(t, js, cfg, id)
+		n := 0
+		for _, b := range bs {
+			if b.Session != id {
+				t.Errorf("session %.20q: found batch of %.20q", id, b.Session)
+			}
+			n += b.Count
+		}
+		if n != 3*(i+1) {
+			t.Errorf("session %.20q: %d events, want %d", id, n, 3*(i+1))
+		}
+		total += len(bs)
+	}
+	st, err := js.Stream(ctx, DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int(info.State.Msgs) != total || info.State.NumSubjects != uint64(len(routingIDs)) {
+		t.Errorf("stream has %d msgs on %d subjects, want %d on %d", info.State.Msgs, info.State.NumSubjects, total, len(routingIDs))
+	}
+}
