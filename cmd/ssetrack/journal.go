@@ -6,10 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ssetrack/ssetrack/extproc/journal"
 	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
@@ -122,11 +125,95 @@ func (r *journalRuntime) close(ctx context.Context, log *slog.Logger) {
 	}
 }
 
+// connConfig returns the NATS connection settings.
+func (j *journalFlags) connConfig(urls []string) journal.ConnConfig {
+	return journal.ConnConfig{
+		URLs:         urls,
+		CredsFile:    j.creds,
+		NKeySeedFile: j.nkey,
+		TLSCAFile:    j.tlsCA,
+		TLSCertFile:  j.tlsCert,
+		TLSKeyFile:   j.tlsKey,
+	}
+}
+
+// config returns the JetStream layout and publisher settings.
+func (j *journalFlags) config(window int) journal.Config {
+	return journal.Config{
+		Stream:            j.stream,
+		SubjectPrefix:     j.subject,
+		Bucket:            j.kvBucket,
+		Replicas:          j.replicas,
+		MaxAge:            j.maxAge,
+		MaxBytes:          j.maxBytes,
+		MaxMsgsPerSubject: j.maxPerSubj,
+		DuplicateWindow:   j.dupWindow,
+		QueueSize:         j.queueSize,
+		Batch: journal.BatchConfig{
+			MaxEvents: j.batchEvents,
+			MaxBytes:  j.batchBytes,
+			MaxDelay:  j.batchDelay,
+		},
+		PublishTimeout: j.publishTimeo,
+		HistoryEvents:  window,
+	}
+}
+
 // startJournal connects to NATS (or starts the embedded server) and starts
 // the publisher; nil when the journal is disabled.
 func startJournal(ctx context.Context, j *journalFlags, window int, log *slog.Logger, reg prometheus.Registerer) (*journalRuntime, error) {
 	if !j.enabled {
+		log.Warn("journal disabled: events are deduplicated but not persisted")
 		return nil, nil
 	}
-	return nil, errors.New("journal: not wired yet (use --journal=false)")
+	urls := j.urls.values
+	var embedded *journal.Server
+	if len(urls) == 0 {
+		dir := filepath.Join(j.dataDir, "jetstream")
+		srv, err := journal.StartServer(journal.ServerConfig{Listen: j.natsListen, DataDir: dir})
+		if err != nil {
+			return nil, fmt.Errorf("start embedded NATS: %w", err)
+		}
+		embedded = srv
+		urls = []string{srv.ClientURL()}
+		log.Info("embedded NATS JetStream running", "url", srv.ClientURL(), "store", dir)
+	}
+	stopEmbedded := func(ctx context.Context) {
+		if embedded != nil {
+			embedded.Shutdown(ctx)
+		}
+	}
+	nc, err := journal.Connect(j.connConfig(urls), log)
+	if err != nil {
+		stopEmbedded(context.Background())
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	pub, err := journal.New(ctx, nc, j.config(window), log, reg)
+	if err != nil {
+		nc.Close()
+		stopEmbedded(context.Background())
+		return nil, fmt.Errorf("start journal: %w", err)
+	}
+	return &journalRuntime{
+		journal: pub,
+		readyFn: func() error {
+			if st := nc.Status(); st != nats.CONNECTED {
+				return fmt.Errorf("NATS connection %s", st)
+			}
+			return nil
+		},
+		closeFn: func(ctx context.Context) error {
+			// Publisher first (flush and wait for acks), then the connection,
+			// then the embedded server.
+			err := pub.Shutdown(ctx)
+			if derr := nc.Drain(); derr != nil && err == nil {
+				err = derr
+			}
+			for !nc.IsClosed() && ctx.Err() == nil {
+				time.Sleep(10 * time.Millisecond)
+			}
+			stopEmbedded(ctx)
+			return err
+		},
+	}, nil
 }
