@@ -270,6 +270,9 @@ func newGRPCServer(c *serveConfig) (*grpc.Server, error) {
 	opts := []grpc.ServerOption{
 		// Envoy keeps one connection and multiplexes every request on it.
 		grpc.MaxConcurrentStreams(1 << 20),
+		// A body chunk is as large as Envoy's buffers allow; a 4 MiB cap
+		// (grpc-go's default) could reject one and break the stream.
+		grpc.MaxRecvMsgSize(64 << 20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
 	if c.tlsCert != "" {
