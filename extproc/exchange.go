@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -35,6 +36,7 @@ type exchange struct {
 	parser   sse.Parser
 	out      []byte // reused replacement buffer
 	recorded bool   // a journal record was sent for the stream
+	replay   []byte // events to send before the upstream's first event
 }
 
 func newExchange(s *Server, ctx context.Context) *exchange {
@@ -169,12 +171,7 @@ func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResp
 	m.responses.WithLabelValues(kind).Inc()
 	if kind != kindSSE || h.GetEndOfStream() {
 		// Body not needed: with a static STREAMED config, turn it off.
-		resp.ModeOverride = &filterv3.ProcessingMode{
-			RequestHeaderMode:  filterv3.ProcessingMode_SEND,
-			ResponseHeaderMode: filterv3.ProcessingMode_SEND,
-			RequestBodyMode:    filterv3.ProcessingMode_NONE,
-			ResponseBodyMode:   filterv3.ProcessingMode_NONE,
-		}
+		resp.ModeOverride = responseBodyMode(filterv3.ProcessingMode_NONE)
 		return resp
 	}
 
@@ -184,20 +181,34 @@ func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResp
 		// An MCP server assigns the session on its initialize response.
 		x.sessionID = x.validSessionID(respSession)
 	}
-	if x.sessionID != "" && !x.stateless {
-		x.openStream()
-	}
-	hr.Response = &procv3.CommonResponse{HeaderMutation: &procv3.HeaderMutation{
+	mut := &procv3.HeaderMutation{
 		// Envoy streams the body in chunks we may resize: a length would lie.
 		RemoveHeaders: []string{"content-length"},
-	}}
-	resp.ModeOverride = &filterv3.ProcessingMode{
+	}
+	if x.sessionID != "" && !x.stateless {
+		x.openStream()
+		if result := x.prepareReplay(); result != "" {
+			mut.SetHeaders = append(mut.SetHeaders, &corev3.HeaderValueOption{
+				Header:       &corev3.HeaderValue{Key: headerReplay, RawValue: []byte(result)},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			})
+		}
+	}
+	hr.Response = &procv3.CommonResponse{HeaderMutation: mut}
+	resp.ModeOverride = responseBodyMode(filterv3.ProcessingMode_STREAMED)
+	return resp
+}
+
+// responseBodyMode is the mode_override that sets the response body mode.
+// Envoy applies an override whole, so every field is written out; trailers
+// stay SKIP as in the recommended config.
+func responseBodyMode(m filterv3.ProcessingMode_BodySendMode) *filterv3.ProcessingMode {
+	return &filterv3.ProcessingMode{
 		RequestHeaderMode:  filterv3.ProcessingMode_SEND,
 		ResponseHeaderMode: filterv3.ProcessingMode_SEND,
 		RequestBodyMode:    filterv3.ProcessingMode_NONE,
-		ResponseBodyMode:   filterv3.ProcessingMode_STREAMED,
+		ResponseBodyMode:   m,
 	}
-	return resp
 }
 
 // openStream binds the response to its session's stream.
@@ -220,6 +231,53 @@ func (x *exchange) openStream() {
 	default:
 		m.resumes.WithLabelValues("unknown").Inc()
 	}
+}
+
+// Replay results, in the ssetrack-replay response header and the
+// ssetrack_replays_total metric.
+const (
+	replayDone       = "replayed"   // missed events are sent before the upstream's
+	replayMissing    = "missing"    // the client's Last-Event-ID is not in the journal
+	replayIncomplete = "incomplete" // the journal lacks some missed events: none sent
+	replayFailed     = "error"      // the journal read failed or timed out: none sent
+)
+
+// prepareReplay reads from the journal the events the resuming client
+// missed on its stream and marks them delivered to this response, so the
+// upstream's repeats are dropped; process sends them before the upstream's
+// first event. History is replayed whole or not at all: the result (for the
+// response header) tells the client which, "" when nothing was missed.
+func (x *exchange) prepareReplay() string {
+	rp, ok := x.srv.cfg.Journal.(session.Replayer)
+	if !x.srv.cfg.Replay || !ok || x.stream == nil || x.observe {
+		return ""
+	}
+	after, through, missed := x.stream.Missed()
+	if !missed {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(x.ctx, x.srv.cfg.ReplayTimeout)
+	defer cancel()
+	data, ids, err := rp.Replay(ctx, x.sessionID, x.stream.ID(), after, through)
+	result := replayDone
+	switch {
+	case errors.Is(err, session.ErrHistoryMissing):
+		result = replayMissing
+	case errors.Is(err, session.ErrHistoryIncomplete):
+		result = replayIncomplete
+	case err != nil:
+		result = replayFailed
+		x.srv.log.Warn("replay", "session", session.ShortID(x.sessionID), "err", err)
+	default:
+		x.stream.Lock()
+		for _, id := range ids {
+			x.stream.Replayed([]byte(id))
+		}
+		x.stream.Unlock()
+		x.replay = data
+	}
+	x.srv.metrics.replays.WithLabelValues(result).Inc()
+	return result
 }
 
 func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
@@ -260,6 +318,13 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	if dirty {
 		x.out = x.out[:0]
 	}
+	if x.replay != nil && !carried && len(body) > 0 && body[0] != 0xEF {
+		// Nothing forwarded yet and no BOM can start the stream: the missed
+		// events go first.
+		dirty = true
+		x.out = append(x.out[:0], x.replay...)
+		x.replay = nil
+	}
 	var seen, forwarded, deduped, oversize int
 	var rec *session.Record
 	locked := false
@@ -270,6 +335,15 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		seg, ok := x.parser.Next()
 		if !ok {
 			break
+		}
+		if x.replay != nil && seg.Kind != sse.KindBOM {
+			// After the stream's BOM, before its first block.
+			if !dirty {
+				dirty = true
+				x.out = append(x.out[:0], body[:kept]...)
+			}
+			x.out = append(x.out, x.replay...)
+			x.replay = nil
 		}
 		drop := false
 		switch seg.Kind {
@@ -331,6 +405,14 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		// Forwarded unchanged. Unless something was carried in (then dirty
 		// is set), the held tail is a suffix of body.
 		tail := x.parser.Flush()
+		if x.replay != nil {
+			if !dirty {
+				dirty = true
+				x.out = append(x.out[:0], body[:kept]...)
+			}
+			x.out = append(x.out, x.replay...)
+			x.replay = nil
+		}
 		if dirty {
 			x.out = append(x.out, tail...)
 		} else {

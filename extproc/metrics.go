@@ -22,6 +22,7 @@ type metrics struct {
 	chunks          prometheus.Counter
 	responses       *prometheus.CounterVec
 	resumes         *prometheus.CounterVec
+	replays         *prometheus.CounterVec
 	streamsActive   prometheus.Gauge
 	journalDrops    prometheus.Counter
 	errors          *prometheus.CounterVec
@@ -66,6 +67,10 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 			Name: "ssetrack_resumes_total",
 			Help: "SSE requests carrying Last-Event-ID, by whether the id was known to the session.",
 		}, []string{"result"}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssetrack_replays_total",
+			Help: "Resumes that missed events the gateway had delivered, by replay result (replayed, missing, incomplete, error).",
+		}, []string{"result"}),
 		streamsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ssetrack_streams_active",
 			Help: "SSE responses currently streaming through ssetrack.",
@@ -89,9 +94,12 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 	for _, r := range []string{"matched", "unknown", "without_header"} {
 		m.resumes.WithLabelValues(r)
 	}
+	for _, r := range []string{"replayed", "missing", "incomplete", "error"} {
+		m.replays.WithLabelValues(r)
+	}
 	if reg != nil {
 		reg.MustRegister(m.eventsSeen, m.eventsForwarded, m.eventsDeduped, m.eventsOversize,
-			m.bytesSeen, m.bytesForwarded, m.chunks, m.responses, m.resumes, m.streamsActive,
+			m.bytesSeen, m.bytesForwarded, m.chunks, m.responses, m.resumes, m.replays, m.streamsActive,
 			m.journalDrops, m.errors, m.sessions)
 	}
 	return m

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,8 @@ const (
 	DefaultSessionHeader  = "mcp-session-id"
 	DefaultMaxSessionID   = 4096
 	DefaultStatelessMCP   = "2026-07-28"
+	DefaultReplayTimeout  = 100 * time.Millisecond
+	headerReplay          = "ssetrack-replay"
 	headerLastEventID     = "last-event-id"
 	headerProtocolVersion = "mcp-protocol-version"
 )
@@ -44,6 +47,15 @@ type Config struct {
 	// that has none, from the session's most recent stream: for upstreams
 	// with a single stream per session.
 	InjectLastEventID bool
+	// Replay sends a resuming client, from the journal, the events its
+	// stream delivered after its Last-Event-ID, before the upstream's own;
+	// the upstream's repeats of them are then dropped. Needs a Journal that
+	// is a session.Replayer.
+	Replay bool
+	// ReplayTimeout bounds the journal read of a replay, which happens on
+	// the response headers' path (Envoy's message_timeout applies).
+	// Default 100ms.
+	ReplayTimeout time.Duration
 	// StatelessMCPVersion is the first MCP protocol version without sessions
 	// or resumption; such traffic is observed only. Empty: DefaultStatelessMCP.
 	StatelessMCPVersion string
@@ -83,6 +95,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxEventSize <= 0 {
 		cfg.MaxEventSize = sse.DefaultMaxEventSize
+	}
+	if cfg.ReplayTimeout <= 0 {
+		cfg.ReplayTimeout = DefaultReplayTimeout
 	}
 	if cfg.StatelessMCPVersion == "" {
 		cfg.StatelessMCPVersion = DefaultStatelessMCP

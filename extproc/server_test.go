@@ -424,3 +424,122 @@ func TestJournalRecords(t *testing.T) {
 		t.Errorf("%d end records, want 2", ends)
 	}
 }
+
+// replayer is a Journal that also replays, from what it was given.
+type replayer struct {
+	recorder
+	err error // returned instead of a replay when set
+}
+
+func (r *replayer) Replay(_ context.Context, sid, stream, after, through string) ([]byte, []string, error) {
+	if r.err != nil {
+		return nil, nil, r.err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var data []byte
+	var ids []string
+	found := false
+	for _, rec := range r.recs {
+		if rec.Session != sid || rec.Stream != stream || rec.End {
+			continue
+		}
+		// The test streams have one event per record.
+		if found {
+			data = append(data, rec.Data...)
+			ids = append(ids, rec.IDs...)
+			if rec.LastID == through {
+				return data, ids, nil
+			}
+		}
+		found = found || rec.LastID == after
+	}
+	if !found {
+		return nil, nil, session.ErrHistoryMissing
+	}
+	return nil, nil, session.ErrHistoryIncomplete
+}
+
+func TestReplayMissedEvents(t *testing.T) {
+	first := "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\n"
+	tests := []struct {
+		name     string
+		err      error
+		resumed  string // what the upstream sends on the resume
+		want     string
+		wantHdr  string
+		lastSeen string
+	}{
+		{
+			name:    "upstream continues live: the gateway sends 2 and 3",
+			resumed: "id: 4\ndata: d\n\n",
+			want:    "id: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n",
+			wantHdr: "replayed",
+		},
+		{
+			name:    "upstream replays too: its repeats are dropped",
+			resumed: "id: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n",
+			want:    "id: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n",
+			wantHdr: "replayed",
+		},
+		{
+			name:    "after the stream's BOM",
+			resumed: "\xef\xbb\xbfid: 4\ndata: d\n\n",
+			want:    "\xef\xbb\xbfid: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n",
+			wantHdr: "replayed",
+		},
+		{
+			name:    "history incomplete: nothing replayed, the upstream decides",
+			err:     session.ErrHistoryIncomplete,
+			resumed: "id: 2\ndata: b\n\nid: 4\ndata: d\n\n",
+			want:    "id: 2\ndata: b\n\nid: 4\ndata: d\n\n",
+			wantHdr: "incomplete",
+		},
+		{
+			name:    "history missing",
+			err:     session.ErrHistoryMissing,
+			resumed: "id: 4\ndata: d\n\n",
+			want:    "id: 4\ndata: d\n\n",
+			wantHdr: "missing",
+		},
+	}
+	for _, tt := range tests {
+		for cut := 0; cut <= len(tt.resumed); cut++ {
+			rp := &replayer{}
+			h := newHarness(t, func(c *Config) { c.Journal = rp; c.Replay = true })
+			// One event per chunk, so the replayer can cut by record.
+			h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first, 15, 30)})
+			rp.err = tt.err
+			res := h.run(t, request{
+				reqHeaders:  []string{"mcp-session-id", "S", "last-event-id", "1"},
+				respHeaders: sseHeaders(),
+				chunks:      split(tt.resumed, cut),
+			})
+			if string(res.body) != tt.want {
+				t.Fatalf("%s, cut %d: forwarded %q, want %q", tt.name, cut, res.body, tt.want)
+			}
+			var hdr string
+			for _, o := range res.respResp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
+				if o.GetHeader().GetKey() == headerReplay {
+					hdr = string(o.GetHeader().GetRawValue())
+				}
+			}
+			if hdr != tt.wantHdr {
+				t.Fatalf("%s: %s header %q, want %q", tt.name, headerReplay, hdr, tt.wantHdr)
+			}
+		}
+	}
+}
+
+func TestNoReplayWhenClientIsCurrent(t *testing.T) {
+	rp := &replayer{}
+	h := newHarness(t, func(c *Config) { c.Journal = rp; c.Replay = true })
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split("id: 1\ndata: a\n\n")})
+	res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "S", "last-event-id", "1"}, respHeaders: sseHeaders(), chunks: split("id: 2\ndata: b\n\n")})
+	if set := res.respResp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders(); len(set) != 0 {
+		t.Errorf("headers set %v, want none", set)
+	}
+	if string(res.body) != "id: 2\ndata: b\n\n" {
+		t.Errorf("forwarded %q", res.body)
+	}
+}

@@ -42,6 +42,8 @@ type serveConfig struct {
 	maxEventSize   int
 	maxSessionID   int
 	injectLastID   bool
+	replay         bool
+	replayTimeout  time.Duration
 	loadTimeout    time.Duration
 	logLevel       string
 	logFormat      string
@@ -66,6 +68,8 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.IntVar(&c.maxEventSize, "max-event-size", sse.DefaultMaxEventSize, "largest SSE event in `bytes` that is parsed and tracked; larger ones pass through untouched")
 	fs.IntVar(&c.maxSessionID, "max-session-id", extproc.DefaultMaxSessionID, "longest session id in `bytes`; a longer one is treated as no session")
 	fs.BoolVar(&c.injectLastID, "inject-last-event-id", false, "on a GET without Last-Event-ID, send the session's last event id upstream (single-stream SSE APIs)")
+	fs.BoolVar(&c.replay, "replay", true, "on a resume whose Last-Event-ID is behind what the stream delivered, send the missed events from JetStream first (all or none; see the ssetrack-replay response header)")
+	fs.DurationVar(&c.replayTimeout, "replay-timeout", extproc.DefaultReplayTimeout, "bound on reading a replay from JetStream on the response path")
 	fs.DurationVar(&c.loadTimeout, "load-timeout", session.DefaultLoadTimeout, "bound on reading an unknown session's history from JetStream on the request path")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
@@ -99,6 +103,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.maxSessionID < 1 {
 		errs = append(errs, fmt.Errorf("--max-session-id %d: want >= 1", c.maxSessionID))
+	}
+	if c.replayTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--replay-timeout %v: want > 0", c.replayTimeout))
 	}
 	if c.loadTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--load-timeout %v: want > 0", c.loadTimeout))
@@ -182,6 +189,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxSessionID:      c.maxSessionID,
 		MaxEventSize:      c.maxEventSize,
 		InjectLastEventID: c.injectLastID,
+		Replay:            c.replay,
+		ReplayTimeout:     c.replayTimeout,
 		Sessions:          table,
 		Journal:           sink,
 		Registerer:        reg,

@@ -1,6 +1,9 @@
 package session
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // Record is a run of consecutive delivered events of one stream of one
 // session, handed to a Journal. The processor builds one Record per response
@@ -71,3 +74,24 @@ type EventRef struct {
 	Stream string
 	Seq    uint64
 }
+
+// Replayer is implemented by journals that can give back a stream's events,
+// so a resuming client can be sent what passed the gateway but never reached
+// it.
+type Replayer interface {
+	// Replay returns the stored SSE bytes of the events of stream that
+	// followed the event after, through the event through, and the ids among
+	// them. It returns ErrHistoryMissing when after is not stored and
+	// ErrHistoryIncomplete when through is not (yet) stored: history is never
+	// replayed in part.
+	Replay(ctx context.Context, sessionID, stream, after, through string) (data []byte, ids []string, err error)
+}
+
+var (
+	// ErrHistoryMissing reports that the journal does not hold the event a
+	// replay should start after (never stored, or purged).
+	ErrHistoryMissing = errors.New("session: history missing")
+	// ErrHistoryIncomplete reports that the journal does not (yet) hold every
+	// event a replay should cover.
+	ErrHistoryIncomplete = errors.New("session: history incomplete")
+)

@@ -76,6 +76,9 @@ type Stream struct {
 	// continued is set when the response continues a stream the session
 	// already knew (matched by Last-Event-ID or by its last id).
 	continued bool
+	// missedAfter and missedThrough bound what the stream delivered after
+	// the client's Last-Event-ID: the events the client says it never got.
+	missedAfter, missedThrough string
 }
 
 // OpenStream starts a new response in the session. A resume whose
@@ -102,8 +105,10 @@ func (s *Session) OpenStream(r Resume) *Stream {
 	if info := s.stream(st.num); info != nil {
 		st.id = info.id
 		st.continued = true
-		if r.HasLastEventID {
-			info.lastID = append(info.lastID[:0], r.LastEventID...)
+		// lastID stays the last id delivered: the client's header may be
+		// behind it, and what lies between is what it missed.
+		if st.matched && len(info.lastID) > 0 && string(info.lastID) != r.LastEventID {
+			st.missedAfter, st.missedThrough = r.LastEventID, string(info.lastID)
 		}
 	} else {
 		s.nextStream++
@@ -116,6 +121,23 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		s.streams = append(s.streams, streamInfo{num: st.num, id: st.id, lastID: []byte(r.LastEventID)})
 	}
 	return st
+}
+
+// Missed reports the events the stream delivered that the resuming client
+// says it does not have: those after the id after, through the id through.
+// ok is false when the client has everything the stream delivered.
+func (st *Stream) Missed() (after, through string, ok bool) {
+	return st.missedAfter, st.missedThrough, st.missedAfter != ""
+}
+
+// Replayed records that an event already delivered (and persisted) once was
+// delivered again to this response, from the journal: the upstream's own
+// repeat of it is then a duplicate. Unlike Deliver it assigns no sequence
+// number. Call it between Lock and Unlock.
+func (st *Stream) Replayed(id []byte) {
+	if len(id) > 0 {
+		st.sess.win.add(st.sess.table.hashBytes(id), st.num)
+	}
 }
 
 // stream returns the info of stream num, or nil. s.mu must be held.
