@@ -1,7 +1,8 @@
 # ssetrack's build and test entry points. CI runs .ci/run, which runs `make test`.
 #
 #   make test               gofmt check, go vet, all tests with -race, end-to-end through a
-#                           real Envoy (installed by envoy/install.sh into .cache/envoy/)
+#                           real Envoy (installed by envoy/install.sh into .cache/envoy/),
+#                           then the end-to-end tests again on Envoy $(ENVOY_COMPAT_VERSION)
 #   make build              bin/ssetrack
 #   make bench              Go benchmarks (BENCH=regexp, BENCHTIME=duration)
 #   make test-envoy-compat  the end-to-end tests against Envoy $(ENVOY_COMPAT_VERSION)
@@ -45,14 +46,16 @@ vet:
 	$(GO) vet ./...
 
 # The Envoy binary is installed first (cached after the first run) and exported as
-# ENVOY_BIN, so the end-to-end tests in test/ run instead of skipping.
+# ENVOY_BIN, so the end-to-end tests in test/ run instead of skipping. The end-to-end tests
+# then run once more against an older Envoy, to show older gateways work.
 test:
 	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
 	export ENVOY_BIN; \
 	echo "make test: ENVOY_BIN=$$ENVOY_BIN"; \
 	$(MAKE) --no-print-directory fmt-check; \
 	$(GO) vet ./...; \
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 ./...; \
+	$(MAKE) --no-print-directory test-envoy-compat
 
 # test/ has no benchmarks (and its TestMain builds ssetrack), so it is left out.
 bench:
