@@ -27,6 +27,9 @@ type ServerConfig struct {
 	ReadyTimeout time.Duration
 }
 
+// embeddedMaxPayload is the embedded server's message size limit.
+const embeddedMaxPayload = 8 << 20
+
 // Server is an in-process nats-server with JetStream.
 type Server struct {
 	ns *server.Server
@@ -66,8 +69,12 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		StoreDir:           cfg.DataDir,
 		JetStreamMaxMemory: cfg.MaxMemory,
 		JetStreamMaxStore:  cfg.MaxStore,
-		NoLog:              true,
-		NoSigs:             true,
+		// A batch carries at least one whole event, up to ssetrack's
+		// --max-event-size (1 MiB by default) plus headers: the server's
+		// 1 MB default could refuse it.
+		MaxPayload: embeddedMaxPayload,
+		NoLog:      true,
+		NoSigs:     true,
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
