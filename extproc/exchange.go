@@ -3,6 +3,8 @@ package extproc
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/url"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -78,6 +80,9 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) *procv3.ProcessingRespo
 
 func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResponse {
 	cfg := &x.srv.cfg
+	var path string
+	var cookies []string
+	best := len(cfg.SessionHeaders) // index of the session header used
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		key := hv.GetKey()
 		switch {
@@ -89,10 +94,20 @@ func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingRespo
 			}
 		case key == ":method":
 			x.method = headerValue(hv)
-		case x.sessionID == "" && x.srv.headers[key]:
-			x.sessionID = x.validSessionID(headerValue(hv))
+		case key == ":path":
+			path = headerValue(hv)
+		case key == "cookie":
+			cookies = append(cookies, headerValue(hv))
+		default:
+			if i, ok := x.srv.headers[key]; ok && i < best {
+				best, x.sessionID = i, headerValue(hv)
+			}
 		}
 	}
+	if x.sessionID == "" {
+		x.sessionID = x.fallbackSessionID(path, cookies)
+	}
+	x.sessionID = x.validSessionID(x.sessionID)
 	hr := &procv3.HeadersResponse{}
 	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}}
 	if cfg.InjectLastEventID && !x.hasLastEventID && x.sessionID != "" && !x.stateless && x.method == "GET" {
@@ -116,6 +131,34 @@ func (x *exchange) latestLastID() string {
 		return ""
 	}
 	return x.sess.LatestLastID()
+}
+
+// fallbackSessionID finds a session id for requests without a session
+// header, as browsers' EventSource sends them: in the query parameter
+// Config.SessionQuery, then in the cookie Config.SessionCookie.
+func (x *exchange) fallbackSessionID(path string, cookies []string) string {
+	cfg := &x.srv.cfg
+	if cfg.SessionQuery != "" {
+		if _, query, ok := strings.Cut(path, "?"); ok {
+			if v, err := url.ParseQuery(query); err == nil && v.Get(cfg.SessionQuery) != "" {
+				return v.Get(cfg.SessionQuery)
+			}
+		}
+	}
+	if cfg.SessionCookie != "" {
+		for _, line := range cookies {
+			cs, err := http.ParseCookie(line)
+			if err != nil {
+				continue // a malformed cookie header names no session
+			}
+			for _, c := range cs {
+				if c.Name == cfg.SessionCookie && c.Value != "" {
+					return c.Value
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // validSessionID returns id if it can name a session, or "" (no session:
@@ -151,8 +194,14 @@ func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResp
 			encoding = headerValue(hv)
 		case key == ":status":
 			status = headerValue(hv)
-		case respSession == "" && x.srv.headers[key]:
-			respSession = headerValue(hv)
+		case key == "set-cookie" && respSession == "" && x.srv.cfg.SessionCookie != "":
+			if c, err := http.ParseSetCookie(headerValue(hv)); err == nil && c.Name == x.srv.cfg.SessionCookie {
+				respSession = c.Value
+			}
+		case respSession == "":
+			if _, ok := x.srv.headers[key]; ok {
+				respSession = headerValue(hv)
+			}
 		}
 	}
 	hr := &procv3.HeadersResponse{}

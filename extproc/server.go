@@ -37,6 +37,14 @@ type Config struct {
 	// SessionHeaders are the request (and response) headers that carry the
 	// session id, lower-case, first match wins. Default: mcp-session-id.
 	SessionHeaders []string
+	// SessionQuery, if set, names a query parameter of the request path
+	// that carries the session id when no session header does (browsers'
+	// EventSource cannot send headers).
+	SessionQuery string
+	// SessionCookie, if set, names a cookie that carries the session id
+	// when neither a header nor the query does; an upstream may also assign
+	// it with Set-Cookie on the first response.
+	SessionCookie string
 	// MaxSessionID caps a session id's length; a longer id is treated as no
 	// session (the response is forwarded and observed, never deduplicated).
 	MaxSessionID int
@@ -74,7 +82,7 @@ type Server struct {
 	procv3.UnimplementedExternalProcessorServer
 
 	cfg     Config
-	headers map[string]bool // session headers, for lookups
+	headers map[string]int // session headers, to their priority
 	metrics *metrics
 	log     *slog.Logger
 }
@@ -107,11 +115,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:     cfg,
-		headers: map[string]bool{},
+		headers: map[string]int{},
 		log:     cfg.Logger,
 	}
-	for _, h := range cfg.SessionHeaders {
-		s.headers[h] = true
+	for i, h := range cfg.SessionHeaders {
+		if _, dup := s.headers[h]; !dup {
+			s.headers[h] = i
+		}
 	}
 	s.metrics = newMetrics(cfg.Registerer, func() float64 { return float64(cfg.Sessions.Len()) })
 	return s, nil

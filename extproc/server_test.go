@@ -543,3 +543,47 @@ func TestNoReplayWhenClientIsCurrent(t *testing.T) {
 		t.Errorf("forwarded %q", res.body)
 	}
 }
+
+func TestSessionSources(t *testing.T) {
+	stream := "id: 1\ndata: a\n\n"
+	tests := []struct {
+		name    string
+		req     []string // request headers (":path" included)
+		resp    []string // extra response headers of the first response
+		deduped bool     // the second identical request is deduplicated
+		first   []string // request headers of the first request, if not req
+	}{
+		{"query parameter", []string{":path", "/events?sid=abc&x=1"}, nil, true, nil},
+		{"cookie", []string{"cookie", "a=b; ssetrack_sid=abc"}, nil, true, nil},
+		{"cookie set by the upstream", []string{"cookie", "ssetrack_sid=fresh"}, []string{"set-cookie", "ssetrack_sid=fresh; Path=/; HttpOnly"}, true, []string{":path", "/"}},
+		{"no session anywhere", []string{":path", "/events?other=1", "cookie", "x=y"}, nil, false, nil},
+		{"malformed cookie header", []string{"cookie", "\x00;;="}, nil, false, nil},
+		{"header wins over query", []string{"mcp-session-id", "h", ":path", "/?sid=q"}, nil, true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.SessionQuery = "sid"; c.SessionCookie = "ssetrack_sid" })
+			first := tt.req
+			if tt.first != nil {
+				first = tt.first
+			}
+			h.run(t, request{reqHeaders: first, respHeaders: sseHeaders(tt.resp...), chunks: split(stream)})
+			res := h.run(t, request{reqHeaders: tt.req, respHeaders: sseHeaders(), chunks: split(stream)})
+			if got := len(res.body) == 0; got != tt.deduped {
+				t.Errorf("second request forwarded %q; want deduped=%v", res.body, tt.deduped)
+			}
+		})
+	}
+}
+
+func TestSessionHeaderPriority(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.SessionHeaders = []string{"x-primary", "x-secondary"} })
+	stream := "id: 1\ndata: a\n\n"
+	// The first request names the session by the primary header only.
+	h.run(t, request{reqHeaders: []string{"x-primary", "P"}, respHeaders: sseHeaders(), chunks: split(stream)})
+	// The second carries both, the secondary first: the primary still wins.
+	res := h.run(t, request{reqHeaders: []string{"x-secondary", "S", "x-primary", "P"}, respHeaders: sseHeaders(), chunks: split(stream)})
+	if len(res.body) != 0 {
+		t.Errorf("forwarded %q: the session was taken from the secondary header", res.body)
+	}
+}

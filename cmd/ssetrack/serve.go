@@ -36,6 +36,8 @@ type serveConfig struct {
 	listen         string
 	metricsListen  string
 	sessionHeaders stringList
+	sessionQuery   string
+	sessionCookie  string
 	dedupWindow    int
 	sessionTTL     time.Duration
 	maxSessions    int
@@ -62,6 +64,8 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:9001", "`address` of the ext_proc gRPC listener (also serves gRPC health)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", "127.0.0.1:9090", "`address` of the HTTP listener for /metrics, /healthz, /readyz (empty: off)")
 	fs.Var(&c.sessionHeaders, "session-header", "request/response `header` carrying the session id; repeatable or comma-separated, first match wins (default mcp-session-id)")
+	fs.StringVar(&c.sessionQuery, "session-query", "", "query `parameter` carrying the session id when no session header does (for browsers' EventSource)")
+	fs.StringVar(&c.sessionCookie, "session-cookie", "", "`cookie` carrying the session id when neither a header nor the query does; may be set by the upstream")
 	fs.IntVar(&c.dedupWindow, "dedup-window", session.DefaultWindow, "delivered event ids remembered per session for dedup (1..32768)")
 	fs.DurationVar(&c.sessionTTL, "session-ttl", session.DefaultTTL, "evict a session from memory after this long without an open stream")
 	fs.IntVar(&c.maxSessions, "max-sessions", session.DefaultMaxSessions, "sessions held in memory at most; the least recently used go first")
@@ -186,6 +190,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	})
 	srv, err := extproc.New(extproc.Config{
 		SessionHeaders:    c.sessionHeaders.values,
+		SessionQuery:      c.sessionQuery,
+		SessionCookie:     c.sessionCookie,
 		MaxSessionID:      c.maxSessionID,
 		MaxEventSize:      c.maxEventSize,
 		InjectLastEventID: c.injectLastID,
