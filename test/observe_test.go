@@ -1,0 +1,69 @@
+package e2e
+
+import (
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ssetrack/ssetrack/extproc/journal"
+)
+
+// TestObservabilityMode runs envoy/envoy-observe.yaml: Envoy never waits
+// for ssetrack, so the client gets every byte the upstream sent, duplicates
+// included, while JetStream still gets each event once.
+func TestObservabilityMode(t *testing.T) {
+	if !journalEnabled() {
+		t.Skip("E2E_SSETRACK_ARGS has --journal=false")
+	}
+	fx := startFixture(t, "envoy-observe.yaml")
+	sid := newSession(t)
+	evs := numberedEvents(8)
+	path := fx.up.handle(func(n int, r *http.Request) reply {
+		if n == 0 {
+			b := encodeAll(evs[:5])
+			return reply{header: sessionHeader(sid), body: b, cuts: everyCut(len(b), 6)}
+		}
+		b := encodeAll(resumeFrom(evs, r.Header.Get("Last-Event-ID"), 2))
+		return reply{header: sessionHeader(sid), body: b, cuts: everyCut(len(b), 4)}
+	})
+	_, got1 := fx.get(t, path, sessionHeader(sid))
+	_, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"5"}})
+	sent := fx.up.sent(path)
+	expectBody(t, "first stream", got1, sent[0])
+	expectBody(t, "resumed stream (observed, not deduplicated)", got2, sent[1])
+
+	nc, err := nats.Connect(fx.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := encodeAll(evs) // 1..8, each once
+	var stored []byte
+	for try := 0; try < 200; try++ { // published asynchronously: bounded wait
+		stored, _, err = readSubject(js, journal.DefaultStream, journal.Subject("", sid))
+		if err == nil && len(stored) >= len(want) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Envoy does not wait for ssetrack here, so a request's messages may
+	// reach it after the next request's: each event is stored once, but the
+	// two streams' order is not guaranteed.
+	got := allIDs(stored)
+	slices.Sort(got) // ids 1..8: one digit each
+	if !slices.Equal(got, allIDs(want)) {
+		t.Errorf("JetStream holds ids %v (sorted), want %v", got, allIDs(want))
+	}
+}
+
