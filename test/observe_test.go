@@ -66,4 +66,3 @@ func TestObservabilityMode(t *testing.T) {
 		t.Errorf("JetStream holds ids %v (sorted), want %v", got, allIDs(want))
 	}
 }
-
