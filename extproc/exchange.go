@@ -2,6 +2,9 @@ package extproc
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"net/url"
@@ -28,7 +31,9 @@ type exchange struct {
 	lastEventID    string
 	hasLastEventID bool
 	method         string
-	stateless      bool // MCP version without sessions: observe only
+	stateless      bool   // MCP version without sessions: observe only
+	principal      string // keyed hash of the principal header, if configured
+	owner          bool   // the principal owns the session (may be replayed to)
 
 	sess   *session.Session // set while acquired
 	stream *session.Stream  // set for a tracked SSE response
@@ -98,6 +103,8 @@ func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingRespo
 			path = headerValue(hv)
 		case key == "cookie":
 			cookies = append(cookies, headerValue(hv))
+		case key == cfg.PrincipalHeader && key != "":
+			x.principal = principalHash(cfg.PrincipalKey, headerValue(hv))
 		default:
 			if i, ok := x.srv.headers[key]; ok && i < best {
 				best, x.sessionID = i, headerValue(hv)
@@ -269,6 +276,7 @@ func (x *exchange) openStream() {
 		return // forwarded untracked
 	}
 	x.stream = x.sess.OpenStream(session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID})
+	x.owner = x.sess.Bind(x.principal)
 	m := x.srv.metrics
 	switch {
 	case !x.hasLastEventID:
@@ -289,6 +297,7 @@ const (
 	replayMissing    = "missing"    // the client's Last-Event-ID is not in the journal
 	replayIncomplete = "incomplete" // the journal lacks some missed events: none sent
 	replayFailed     = "error"      // the journal read failed or timed out: none sent
+	replayDenied     = "denied"     // the caller is not the session's principal
 )
 
 // prepareReplay reads from the journal the events the resuming client
@@ -304,6 +313,10 @@ func (x *exchange) prepareReplay() string {
 	after, through, missed := x.stream.Missed()
 	if !missed {
 		return ""
+	}
+	if !x.owner {
+		x.srv.metrics.replays.WithLabelValues(replayDenied).Inc()
+		return replayDenied
 	}
 	ctx, cancel := context.WithTimeout(x.ctx, x.srv.cfg.ReplayTimeout)
 	defer cancel()
@@ -493,7 +506,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 // appendRecord adds a delivered event to the chunk's journal record.
 func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64) *session.Record {
 	if rec == nil {
-		rec = &session.Record{Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq}
+		rec = &session.Record{Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.principal}
 		x.recorded = true
 	}
 	rec.Data = append(rec.Data, seg.Raw...)
@@ -532,6 +545,17 @@ func (x *exchange) close() {
 		x.srv.cfg.Sessions.Release(x.sess)
 		x.sess = nil
 	}
+}
+
+// principalHash returns the keyed hash that stands for a principal: the raw
+// value (a bearer token, say) is never kept.
+func principalHash(key []byte, value string) string {
+	if value == "" {
+		return ""
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(value))
+	return hex.EncodeToString(m.Sum(nil)[:16])
 }
 
 // headerValue returns a header's value: Envoy sends raw_value, older

@@ -69,7 +69,7 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 		}, []string{"result"}),
 		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_replays_total",
-			Help: "Resumes that missed events the gateway had delivered, by replay result (replayed, missing, incomplete, error).",
+			Help: "Resumes that missed events the gateway had delivered, by replay result (replayed, missing, incomplete, error, denied).",
 		}, []string{"result"}),
 		streamsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ssetrack_streams_active",
@@ -94,7 +94,7 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 	for _, r := range []string{"matched", "unknown", "without_header"} {
 		m.resumes.WithLabelValues(r)
 	}
-	for _, r := range []string{"replayed", "missing", "incomplete", "error"} {
+	for _, r := range []string{"replayed", "missing", "incomplete", "error", "denied"} {
 		m.replays.WithLabelValues(r)
 	}
 	if reg != nil {

@@ -60,6 +60,14 @@ type Config struct {
 	// the upstream's repeats of them are then dropped. Needs a Journal that
 	// is a session.Replayer.
 	Replay bool
+	// PrincipalHeader, if set, names the request header that identifies the
+	// caller (e.g. authorization). A session is bound to the first caller
+	// seen on it, and replay is served to that caller only. Only a keyed
+	// hash of the value is kept (in memory and in the journal).
+	PrincipalHeader string
+	// PrincipalKey keys that hash; replicas must share it for a binding to
+	// hold across them and across restarts.
+	PrincipalKey []byte
 	// ReplayTimeout bounds the journal read of a replay, which happens on
 	// the response headers' path (Envoy's message_timeout applies).
 	// Default 100ms.
@@ -94,6 +102,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	if len(cfg.SessionHeaders) == 0 {
 		cfg.SessionHeaders = []string{DefaultSessionHeader}
+	}
+	cfg.PrincipalHeader = strings.ToLower(strings.TrimSpace(cfg.PrincipalHeader))
+	if cfg.PrincipalHeader != "" && len(cfg.PrincipalKey) == 0 {
+		return nil, errors.New("extproc: a principal header needs a principal key")
 	}
 	for i, h := range cfg.SessionHeaders {
 		cfg.SessionHeaders[i] = strings.ToLower(strings.TrimSpace(h))

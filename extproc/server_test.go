@@ -587,3 +587,54 @@ func TestSessionHeaderPriority(t *testing.T) {
 		t.Errorf("forwarded %q: the session was taken from the secondary header", res.body)
 	}
 }
+
+func TestReplayOnlyToOwner(t *testing.T) {
+	first := "id: 1\ndata: a\n\nid: 2\ndata: b\n\n"
+	tests := []struct {
+		name    string
+		creator string // authorization of the first request ("" none)
+		resumer string
+		want    string // Ssetrack-Replay
+	}{
+		{"owner", "Bearer alice", "Bearer alice", "replayed"},
+		{"another caller", "Bearer alice", "Bearer mallory", "denied"},
+		{"anonymous resume of a bound session", "Bearer alice", "", "denied"},
+		{"unbound session", "", "Bearer bob", "replayed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rp := &replayer{}
+			h := newHarness(t, func(c *Config) {
+				c.Journal, c.Replay = rp, true
+				c.PrincipalHeader, c.PrincipalKey = "Authorization", []byte("0123456789abcdef")
+			})
+			hdr := func(auth string, kv ...string) []string {
+				if auth != "" {
+					kv = append(kv, "authorization", auth)
+				}
+				return kv
+			}
+			h.run(t, request{reqHeaders: hdr(tt.creator, "mcp-session-id", "S"), respHeaders: sseHeaders(), chunks: split(first, 15)})
+			res := h.run(t, request{reqHeaders: hdr(tt.resumer, "mcp-session-id", "S", "last-event-id", "1"), respHeaders: sseHeaders(), chunks: split("id: 3\ndata: c\n\n")})
+			var got string
+			for _, o := range res.respResp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
+				if o.GetHeader().GetKey() == headerReplay {
+					got = string(o.GetHeader().GetRawValue())
+				}
+			}
+			if got != tt.want {
+				t.Errorf("%s = %q, want %q", headerReplay, got, tt.want)
+			}
+			if tt.want == "denied" && string(res.body) != "id: 3\ndata: c\n\n" {
+				t.Errorf("denied replay still forwarded %q", res.body)
+			}
+			rp.mu.Lock()
+			for _, rec := range rp.recs {
+				if strings.Contains(rec.Principal, "alice") || strings.Contains(rec.Principal, "Bearer") {
+					t.Errorf("record carries the raw principal %q", rec.Principal)
+				}
+			}
+			rp.mu.Unlock()
+		})
+	}
+}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -45,6 +47,8 @@ type serveConfig struct {
 	maxSessionID   int
 	injectLastID   bool
 	replay         bool
+	principalHdr   string
+	principalKey   string
 	replayTimeout  time.Duration
 	loadTimeout    time.Duration
 	logLevel       string
@@ -73,6 +77,8 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.IntVar(&c.maxSessionID, "max-session-id", extproc.DefaultMaxSessionID, "longest session id in `bytes`; a longer one is treated as no session")
 	fs.BoolVar(&c.injectLastID, "inject-last-event-id", false, "on a GET without Last-Event-ID, send the session's last event id upstream (single-stream SSE APIs)")
 	fs.BoolVar(&c.replay, "replay", true, "on a resume whose Last-Event-ID is behind what the stream delivered, send the missed events from JetStream first (all or none; see the ssetrack-replay response header)")
+	fs.StringVar(&c.principalHdr, "principal-header", "", "request `header` naming the caller (e.g. authorization): a session is bound to its first caller and replay is served to that caller only (only a keyed hash is kept)")
+	fs.StringVar(&c.principalKey, "principal-key-file", "", "`file` with the secret key for --principal-header hashes; replicas must share it (empty: a random key per process, so bindings do not survive a restart: replay is then denied)")
 	fs.DurationVar(&c.replayTimeout, "replay-timeout", extproc.DefaultReplayTimeout, "bound on reading a replay from JetStream on the response path")
 	fs.DurationVar(&c.loadTimeout, "load-timeout", session.DefaultLoadTimeout, "bound on reading an unknown session's history from JetStream on the request path")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
@@ -107,6 +113,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.maxSessionID < 1 {
 		errs = append(errs, fmt.Errorf("--max-session-id %d: want >= 1", c.maxSessionID))
+	}
+	if c.principalKey != "" && c.principalHdr == "" {
+		errs = append(errs, errors.New("--principal-key-file needs --principal-header"))
 	}
 	if c.replayTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--replay-timeout %v: want > 0", c.replayTimeout))
@@ -180,6 +189,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		sink = jr.journal
 	}
 
+	principalKey, err := loadPrincipalKey(c, log)
+	if err != nil {
+		jr.close(context.Background(), log)
+		return err
+	}
 	table := session.NewTable(session.Config{
 		Window:      c.dedupWindow,
 		TTL:         c.sessionTTL,
@@ -196,6 +210,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxEventSize:      c.maxEventSize,
 		InjectLastEventID: c.injectLastID,
 		Replay:            c.replay,
+		PrincipalHeader:   c.principalHdr,
+		PrincipalKey:      principalKey,
 		ReplayTimeout:     c.replayTimeout,
 		Sessions:          table,
 		Journal:           sink,
@@ -279,6 +295,28 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// loadPrincipalKey reads the key that hashes principals, or makes a random
+// one (with a warning) when --principal-header has no key file.
+func loadPrincipalKey(c *serveConfig, log *slog.Logger) ([]byte, error) {
+	if c.principalHdr == "" {
+		return nil, nil
+	}
+	if c.principalKey == "" {
+		log.Warn("--principal-header without --principal-key-file: a random key is used; session bindings do not survive a restart or span replicas, and replay is denied for sessions bound elsewhere")
+		key := make([]byte, 32)
+		_, err := rand.Read(key)
+		return key, err
+	}
+	key, err := os.ReadFile(c.principalKey)
+	if err != nil {
+		return nil, fmt.Errorf("read principal key: %w", err)
+	}
+	if key = bytes.TrimSpace(key); len(key) < 16 {
+		return nil, fmt.Errorf("principal key %s: want at least 16 bytes", c.principalKey)
+	}
+	return key, nil
 }
 
 func newGRPCServer(c *serveConfig) (*grpc.Server, error) {

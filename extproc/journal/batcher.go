@@ -32,6 +32,9 @@ type lane struct {
 	inflight *pending
 	waiting  bool   // queued for a global in-flight slot
 	retryGen uint64 // non-zero while a retry timer is armed
+	// principal is the session's principal hash from its records, kept in
+	// the session's KV state.
+	principal string
 }
 
 func (l *lane) idle() bool {
@@ -138,6 +141,9 @@ func (b *batcher) add(q queued) {
 	if l == nil {
 		l = &lane{session: rec.Session, subject: Subject(cfg.SubjectPrefix, rec.Session)}
 		b.lanes[rec.Session] = l
+	}
+	if l.principal == "" {
+		l.principal = rec.Principal
 	}
 	if o := l.open; o != nil {
 		contiguous := rec.FirstSeq == 0 || o.LastSeq == 0 || rec.FirstSeq == o.LastSeq+1
@@ -271,7 +277,7 @@ func (b *batcher) done(r result) {
 			}
 		}
 		p.release(len(pb.at))
-		p.state.update(pb.Session, pb.Stream, pb.LastID, pb.LastSeq)
+		p.state.update(pb.Session, pb.Stream, pb.LastID, pb.LastSeq, l.principal)
 	} else {
 		p.m.errors.Inc()
 		p.m.nErrors.Add(1)

@@ -63,7 +63,7 @@ func loadHistory(ctx context.Context, js jetstream.JetStream, stream jetstream.S
 		streams[k] = v
 	}
 	kvSeq := st.Seq
-	h := &session.History{Seq: st.Seq}
+	h := &session.History{Seq: st.Seq, Principal: st.Principal}
 	if last != nil {
 		lb, err := decodeBatch(last.Header, last.Data, last.Sequence, last.Time)
 		if err != nil {

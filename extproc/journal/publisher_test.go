@@ -254,3 +254,24 @@ func TestLoad(t *testing.T) {
 		t.Errorf("state after takeover %+v, %v", v, err)
 	}
 }
+
+func TestPrincipalSurvivesLoad(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	p := newPublisher(t, nc, Config{})
+	rec := record("owned", "a", 1, 3, true)
+	rec.Principal = "5e1f"
+	p.Append(rec)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h, err := newPublisher(t, nc, Config{}).Load(ctx, "owned")
+	if err != nil || h == nil {
+		t.Fatalf("load: %+v, %v", h, err)
+	}
+	if h.Principal != "5e1f" {
+		t.Errorf("principal %q after load, want 5e1f", h.Principal)
+	}
+}

@@ -20,6 +20,9 @@ type State struct {
 	// Streams maps each stream id of the session to its last event id
 	// (empty when its events had no ids).
 	Streams map[string]string `json:"streams"`
+	// Principal is the keyed hash of the principal the session is bound to
+	// (ssetrack serve --principal-header), absent when none.
+	Principal string `json:"principal,omitempty"`
 	// Epoch identifies the publisher incarnation that wrote the value (its
 	// start time in Unix milliseconds): a change tells a reader that
 	// another replica or a restart took the session over.
@@ -58,8 +61,9 @@ type stateWriter struct {
 
 // sessState is the state writer's copy of one session's state.
 type sessState struct {
-	seq     uint64
-	streams map[string]string
+	seq       uint64
+	streams   map[string]string
+	principal string
 	// merged is set once the bucket's value has been merged in (by Load or
 	// by a read before the first write), so a write never forgets streams
 	// another replica recorded.
@@ -94,11 +98,14 @@ func (w *stateWriter) get(sid string) *sessState {
 }
 
 // update records an acknowledged batch.
-func (w *stateWriter) update(sid, stream, lastID string, lastSeq uint64) {
+func (w *stateWriter) update(sid, stream, lastID string, lastSeq uint64, principal string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := w.get(sid)
 	st.seq = max(st.seq, lastSeq)
+	if st.principal == "" {
+		st.principal = principal
+	}
 	if lastID != "" {
 		st.streams[stream] = lastID
 	} else if _, ok := st.streams[stream]; !ok {
@@ -117,6 +124,9 @@ func (w *stateWriter) seed(sid string, s State) {
 
 func (st *sessState) merge(s State) {
 	st.seq = max(st.seq, s.Seq)
+	if st.principal == "" {
+		st.principal = s.Principal
+	}
 	for k, v := range s.Streams {
 		if _, ok := st.streams[k]; !ok {
 			st.streams[k] = v
@@ -207,7 +217,7 @@ func (w *stateWriter) cycle(ctx context.Context) int {
 		if !st.merged {
 			continue // stays dirty
 		}
-		v, err := json.Marshal(State{Seq: st.seq, Streams: st.streams, Epoch: w.epoch, Updated: now})
+		v, err := json.Marshal(State{Seq: st.seq, Streams: st.streams, Principal: st.principal, Epoch: w.epoch, Updated: now})
 		if err != nil {
 			continue
 		}

@@ -33,6 +33,9 @@ type Record struct {
 	// End marks the end of the stream: flush its pending batch. A Record
 	// with End set may carry no events.
 	End bool
+	// Principal is the keyed hash of the principal the session is bound to,
+	// empty when none is; the journal keeps the first one it sees.
+	Principal string
 }
 
 // Journal persists delivered events and gives back a session's history. The
@@ -54,6 +57,9 @@ type Journal interface {
 type History struct {
 	// Seq is the last per-session sequence number assigned.
 	Seq uint64
+	// Principal is the keyed hash of the principal the session is bound
+	// to, or empty.
+	Principal string
 	// Streams lists the session's streams with their last event ids.
 	Streams []StreamState
 	// Events lists the most recent delivered event ids, oldest first, at

@@ -32,6 +32,7 @@ type Session struct {
 	mu         sync.Mutex
 	win        window
 	seq        uint64 // last sequence number assigned
+	principal  string // keyed hash of the owner, "" until one is seen
 	streams    []streamInfo
 	nextStream uint32
 
@@ -207,6 +208,27 @@ func (st *Stream) LastID() string {
 	return ""
 }
 
+// Bind binds the session to principal (a keyed hash of it) unless it is
+// bound already, and reports whether principal owns the session: the one it
+// is bound to, or any while it is bound to none. Replay is served only to
+// the owner. An empty principal binds nothing.
+func (s *Session) Bind(principal string) (owner bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.principal == "" {
+		s.principal = principal
+		return true
+	}
+	return s.principal == principal
+}
+
+// Principal returns the principal the session is bound to, or "".
+func (s *Session) Principal() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.principal
+}
+
 // LatestLastID returns the last event id of the session's most recently
 // opened stream, or "".
 func (s *Session) LatestLastID() string {
@@ -223,6 +245,7 @@ func (s *Session) restore(h *History) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.seq = h.Seq
+	s.principal = h.Principal
 	nums := map[string]uint32{}
 	num := func(id string) uint32 {
 		if n, ok := nums[id]; ok {
