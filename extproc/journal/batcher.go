@@ -164,7 +164,11 @@ func (b *batcher) add(q queued) {
 			at:  []time.Time{q.at},
 			gen: b.gen,
 		}
-		heap.Push(&b.timers, timerEntry{at: q.at.Add(cfg.Batch.MaxDelay), kind: timerDeadline, lane: l, gen: b.gen})
+		// The delay runs from when the batcher opens the batch, not from the
+		// record's enqueue time: a batcher that lags behind a burst would
+		// otherwise find every deadline past and seal one-record batches,
+		// publishing most when it can least afford to.
+		heap.Push(&b.timers, timerEntry{at: time.Now().Add(cfg.Batch.MaxDelay), kind: timerDeadline, lane: l, gen: b.gen})
 	} else {
 		o := l.open
 		if o.FirstID == "" {
