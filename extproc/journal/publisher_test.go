@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
 func TestBatching(t *testing.T) {
@@ -274,4 +276,42 @@ func TestPrincipalSurvivesLoad(t *testing.T) {
 	if h.Principal != "5e1f" {
 		t.Errorf("principal %q after load, want 5e1f", h.Principal)
 	}
+}
+
+// TestBurstStillBatches: a burst the batcher lags behind must still be
+// published in full batches. (Batch deadlines once ran from each record's
+// enqueue time, so a lagging batcher found them all past and published one
+// record per message.)
+func TestBurstStillBatches(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	p := newPublisher(t, nc, Config{QueueSize: 1 << 16})
+	const sessions, n = 16, 50000
+	recs := make([]session.Record, n)
+	seqs := make([]int, sessions)
+	for i := range recs {
+		sid := i % sessions
+		seqs[sid]++
+		recs[i] = record(fmt.Sprintf("burst-%d", sid), "s", seqs[sid], 1, false)
+	}
+	for _, r := range recs {
+		if !p.Append(r) {
+			t.Fatal("append refused")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := p.Stats()
+	if st.Events != n {
+		t.Fatalf("published %d events, want %d", st.Events, n)
+	}
+	// Full batches would be 16 x ceil(3125/256) = 208; allow slack for a slow
+	// machine (and the race detector), but not one record per batch.
+	if st.Batches > 1000 {
+		t.Errorf("%d batches for %d events: batching collapsed under the burst", st.Batches, n)
+	}
+	t.Logf("%d events in %d batches", st.Events, st.Batches)
 }
