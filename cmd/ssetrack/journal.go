@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -192,7 +193,11 @@ func startJournal(ctx context.Context, j *journalFlags, window int, log *slog.Lo
 	if err != nil {
 		nc.Close()
 		stopEmbedded(context.Background())
-		return nil, fmt.Errorf("start journal: %w", err)
+		redacted := make([]string, len(urls))
+		for i, u := range urls {
+			redacted[i] = journal.RedactURL(u)
+		}
+		return nil, fmt.Errorf("start journal on NATS %s: %w", strings.Join(redacted, ","), err)
 	}
 	return &journalRuntime{
 		journal: pub,
