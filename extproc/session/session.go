@@ -91,9 +91,17 @@ func (s *Session) OpenStream(r Resume) *Stream {
 	st := &Stream{sess: s, start: s.win.next}
 	if r.HasLastEventID && r.LastEventID != "" {
 		if slot := s.win.find(s.table.hash(r.LastEventID)); slot >= 0 {
-			st.num = s.win.streams[slot]
-			st.matched = true
-			st.cutoff = s.win.position(slot)
+			// The slot knows its stream by tag; the session's remembered
+			// streams have distinct tags. A stream no longer remembered
+			// starts anew.
+			for i := range s.streams {
+				if tagOf(s.streams[i].num) == s.win.tag(slot) {
+					st.num = s.streams[i].num
+					st.matched = true
+					st.cutoff = s.win.position(slot)
+					break
+				}
+			}
 		} else {
 			for i := range s.streams {
 				if string(s.streams[i].lastID) == r.LastEventID {
@@ -179,7 +187,7 @@ func (st *Stream) Deliver(id []byte) (seq uint64, dup bool) {
 		h := s.table.hashBytes(id)
 		if slot := s.win.find(h); slot >= 0 {
 			pos := s.win.position(slot)
-			redeliver := st.matched && s.win.streams[slot] == st.num && pos > st.cutoff && pos < st.start
+			redeliver := st.matched && s.win.tag(slot) == tagOf(st.num) && pos > st.cutoff && pos < st.start
 			if !redeliver {
 				return 0, true
 			}
@@ -264,8 +272,8 @@ func (s *Session) restore(h *History) {
 		s.streams = append(s.streams, streamInfo{num: n, id: st.Stream, lastID: []byte(st.LastEventID)})
 	}
 	events := h.Events
-	if len(events) > len(s.win.hashes) {
-		events = events[len(events)-len(s.win.hashes):]
+	if len(events) > len(s.win.slots) {
+		events = events[len(events)-len(s.win.slots):]
 	}
 	for _, e := range events {
 		if e.ID != "" {

@@ -11,26 +11,34 @@ import (
 	"time"
 )
 
+// mix spreads small test keys over all 64 bits, as the keyed hash does:
+// the window keys on the top 56.
+func mix(k uint64) uint64 { return k * 0x9e3779b97f4a7c15 }
+
 // TestWindowMatchesModel checks the ring + index against a plain model: an
-// id is in the window when it is among the last n records.
+// id is in the window when it is among the last n records. Sizes up to 127
+// use one-byte index cells, larger ones two.
 func TestWindowMatchesModel(t *testing.T) {
-	for _, size := range []int{1, 2, 3, 7, 64, 100} {
+	for _, size := range []int{1, 2, 3, 7, 64, 100, 127, 128, 300} {
 		t.Run(strconv.Itoa(size), func(t *testing.T) {
 			w := newWindow(size)
+			if w.wide != (size > 127) {
+				t.Fatalf("wide index = %v for size %d", w.wide, size)
+			}
 			var records []uint64
 			rng := rand.New(rand.NewPCG(1, uint64(size)))
 			for step := 0; step < 20000; step++ {
 				// Small key space so ids repeat and collide in the index.
-				h := rng.Uint64N(uint64(3 * size))
+				h := mix(rng.Uint64N(uint64(3 * size)))
 				if rng.IntN(4) == 0 {
-					h |= 1 << 40 // same low bits, different hash
+					h ^= 1 << 60 // another id, same index home
 				}
 				inModel := false
 				for _, r := range records[max(0, len(records)-size):] {
 					inModel = inModel || r == h
 				}
 				if found := w.find(h) >= 0; found != inModel {
-					t.Fatalf("step %d: find(%d)=%v, model has it: %v", step, h, found, inModel)
+					t.Fatalf("step %d: find(%x)=%v, model has it: %v", step, h, found, inModel)
 				}
 				if rng.IntN(2) == 0 {
 					w.add(h, 1)
@@ -43,17 +51,31 @@ func TestWindowMatchesModel(t *testing.T) {
 
 func TestWindowEvictsOldest(t *testing.T) {
 	w := newWindow(4)
-	for h := uint64(1); h <= 6; h++ {
-		w.add(h, 1)
+	for k := uint64(1); k <= 6; k++ {
+		w.add(mix(k), 1)
 	}
-	for h := uint64(1); h <= 6; h++ {
-		want := h >= 3
-		if got := w.find(h) >= 0; got != want {
-			t.Errorf("find(%d) = %v, want %v", h, got, want)
+	for k := uint64(1); k <= 6; k++ {
+		want := k >= 3
+		if got := w.find(mix(k)) >= 0; got != want {
+			t.Errorf("find(%d) = %v, want %v", k, got, want)
 		}
 	}
-	if s := w.find(6); w.position(s) != 5 {
+	if s := w.find(mix(6)); w.position(s) != 5 {
 		t.Errorf("position of newest = %d, want 5", w.position(s))
+	}
+}
+
+func TestStreamTags(t *testing.T) {
+	// The last 32 stream numbers, wherever they fall, have distinct tags.
+	for first := uint32(1); first < 2000; first += 37 {
+		seen := map[uint64]bool{}
+		for n := first; n < first+maxStreams; n++ {
+			tag := tagOf(n)
+			if tag == 0 || seen[tag] {
+				t.Fatalf("streams %d..%d: tag %d repeats or is 0", first, first+maxStreams-1, tag)
+			}
+			seen[tag] = true
+		}
 	}
 }
 

@@ -118,10 +118,14 @@ func (t *Table) Acquire(ctx context.Context, id string, load bool) (*Session, er
 	sh := t.shard(id)
 	sh.mu.Lock()
 	s, ok := sh.m[id]
+	loading := !ok && load && t.cfg.Journal != nil
 	if ok {
 		sh.unlink(s)
 	} else {
-		s = &Session{id: id, table: t, ready: make(chan struct{}), win: newWindow(t.cfg.Window)}
+		s = &Session{id: id, table: t, ready: readyNow, win: newWindow(t.cfg.Window)}
+		if loading {
+			s.ready = make(chan struct{})
+		}
 		sh.m[id] = s
 		if len(sh.m) > t.perShard {
 			t.evictOne(sh)
@@ -132,11 +136,11 @@ func (t *Table) Acquire(ctx context.Context, id string, load bool) (*Session, er
 	sh.pushFront(s)
 	sh.mu.Unlock()
 
-	if !ok {
-		if load && t.cfg.Journal != nil {
-			t.load(ctx, s)
-		}
+	if loading {
+		t.load(ctx, s)
 		close(s.ready)
+	}
+	if !ok {
 		return s, nil
 	}
 	select {
@@ -281,6 +285,14 @@ func ShortID(id string) string {
 	}
 	return string(b[:])
 }
+
+// readyNow is the ready channel of sessions that load nothing: closed, and
+// shared so such sessions allocate no channel of their own.
+var readyNow = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // logSeed is fixed per process so one session keeps one tag in the logs.
 var logSeed = maphash.MakeSeed()

@@ -5,109 +5,143 @@ import "math/bits"
 // window is a session's bounded dedup window: the last n delivered event
 // ids, in delivery order, with an O(1) lookup by id hash.
 //
-// Ids are kept as 64-bit keyed hashes (see Table), never as strings, so the
-// memory per session is fixed by the window size: 12 bytes per slot plus a
-// 2-byte index cell per slot times two. A hash collision would drop an event
-// that is not a duplicate; with a per-process random key and at most 64Ki ids
-// per window the chance is below 2^-32 per session lifetime.
+// Each ring slot is one word: the top 56 bits of the id's keyed hash and an
+// 8-bit stream tag (see tagOf); 0 marks a slot whose id was delivered again
+// later (or never used). Ids are never kept as strings, so the memory per
+// session is fixed by the window size: 8 bytes per slot, plus an index of
+// two cells per slot, one byte each up to 127 slots and two bytes above.
 //
-// Slot i of the ring holds the event delivered at absolute position p with
+// A hash collision would drop an event that is not a duplicate. With a
+// per-process random key, 56 bits and at most 32768 ids per window, the
+// chance is below 2^-41 per event.
+//
+// Slot i of the ring holds the id recorded at absolute position p with
 // p%size == i; positions count every id ever recorded in the session.
 type window struct {
-	hashes  []uint64 // ring: id hash per slot
-	streams []uint32 // ring: stream number per slot; 0 = slot unused
-	index   []uint16 // open addressing, linear probing: slot+1, 0 = empty
-	next    uint64   // absolute position of the next record
+	slots []uint64 // ring: hash56<<8 | tag
+	index []byte   // open addressing, linear probing: slot+1, 0 = empty
+	wide  bool     // index cells are two bytes (little endian)
+	next  uint64   // absolute position of the next record
 }
+
+// maxWindow bounds a window: index cells must hold slot+1.
+const maxWindow = 1 << 15
 
 func newWindow(size int) window {
-	if size < 1 {
-		size = 1
+	size = min(max(size, 1), maxWindow)
+	cells := 1 << bits.Len(uint(2*size-1)) // power of two >= 2*size
+	w := window{slots: make([]uint64, size), wide: size > 0xff/2}
+	if w.wide {
+		w.index = make([]byte, 2*cells)
+	} else {
+		w.index = make([]byte, cells)
 	}
-	if size > 1<<15 {
-		size = 1 << 15
-	}
-	n := 1 << bits.Len(uint(2*size-1)) // power of two >= 2*size
-	return window{
-		hashes:  make([]uint64, size),
-		streams: make([]uint32, size),
-		index:   make([]uint16, n),
-	}
+	return w
 }
 
+// tagOf maps a stream number to its 8-bit tag, never 0. A session remembers
+// its last 32 streams, whose numbers are consecutive, so their tags differ.
+func tagOf(stream uint32) uint64 { return uint64(stream%255) + 1 }
+
 // bytes reports the window's heap footprint.
-func (w *window) bytes() int {
-	return cap(w.hashes)*8 + cap(w.streams)*4 + cap(w.index)*2
+func (w *window) bytes() int { return cap(w.slots)*8 + cap(w.index) }
+
+func (w *window) cells() uint64 {
+	if w.wide {
+		return uint64(len(w.index) / 2)
+	}
+	return uint64(len(w.index))
 }
+
+func (w *window) cell(i uint64) int {
+	if w.wide {
+		return int(w.index[2*i]) | int(w.index[2*i+1])<<8
+	}
+	return int(w.index[i])
+}
+
+func (w *window) setCell(i uint64, c int) {
+	if w.wide {
+		w.index[2*i], w.index[2*i+1] = byte(c), byte(c>>8)
+		return
+	}
+	w.index[i] = byte(c)
+}
+
+// home is the index cell where a lookup for hash h starts.
+func (w *window) home(h uint64) uint64 { return (h >> 8) & (w.cells() - 1) }
 
 // find returns the ring slot holding hash h, or -1.
 func (w *window) find(h uint64) int {
-	mask := uint64(len(w.index) - 1)
-	for i := h & mask; ; i = (i + 1) & mask {
-		c := w.index[i]
+	key := h >> 8
+	mask := w.cells() - 1
+	for i := w.home(h); ; i = (i + 1) & mask {
+		c := w.cell(i)
 		if c == 0 {
 			return -1
 		}
-		if w.hashes[c-1] == h && w.streams[c-1] != 0 {
-			return int(c - 1)
+		if v := w.slots[c-1]; v>>8 == key && v&0xff != 0 {
+			return c - 1
 		}
 	}
 }
 
+// tag returns the stream tag of ring slot s.
+func (w *window) tag(s int) uint64 { return w.slots[s] & 0xff }
+
 // position returns the absolute position of the record in ring slot s.
 func (w *window) position(s int) uint64 {
-	size := uint64(len(w.hashes))
+	size := uint64(len(w.slots))
 	last := w.next - 1 // position of the newest record
 	back := (last%size + size - uint64(s)) % size
 	return last - back
 }
 
-// add records hash h, delivered on stream st (st > 0), at the next position.
+// add records hash h, delivered on stream st, at the next position.
 func (w *window) add(h uint64, st uint32) {
 	if old := w.find(h); old >= 0 {
 		w.unindex(old)
-		w.streams[old] = 0
+		w.slots[old] = 0
 	}
-	size := uint64(len(w.hashes))
+	size := uint64(len(w.slots))
 	s := int(w.next % size)
-	if w.next >= size && w.streams[s] != 0 {
+	if w.next >= size && w.slots[s] != 0 {
 		w.unindex(s)
 	}
-	w.hashes[s] = h
-	w.streams[s] = st
+	w.slots[s] = h>>8<<8 | tagOf(st)
 	w.next++
-	mask := uint64(len(w.index) - 1)
-	i := h & mask
-	for w.index[i] != 0 {
+	mask := w.cells() - 1
+	i := w.home(h)
+	for w.cell(i) != 0 {
 		i = (i + 1) & mask
 	}
-	w.index[i] = uint16(s + 1)
+	w.setCell(i, s+1)
 }
 
 // unindex removes ring slot s from the index (backward-shift deletion, so
 // probe chains stay intact without tombstones).
 func (w *window) unindex(s int) {
-	mask := uint64(len(w.index) - 1)
-	i := w.hashes[s] & mask
-	for w.index[i] != uint16(s+1) {
-		if w.index[i] == 0 {
+	mask := w.cells() - 1
+	i := w.home(w.slots[s])
+	for w.cell(i) != s+1 {
+		if w.cell(i) == 0 {
 			return // not indexed
 		}
 		i = (i + 1) & mask
 	}
 	for {
-		w.index[i] = 0
+		w.setCell(i, 0)
 		j := i
 		for {
 			j = (j + 1) & mask
-			c := w.index[j]
+			c := w.cell(j)
 			if c == 0 {
 				return
 			}
-			home := w.hashes[c-1] & mask
+			home := w.home(w.slots[c-1])
 			// Move c back to the hole at i unless its home lies in (i, j].
 			if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
-				w.index[i] = c
+				w.setCell(i, c)
 				i = j
 				break
 			}
