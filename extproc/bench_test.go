@@ -145,7 +145,7 @@ func BenchmarkProcess(b *testing.B) {
 				x.sseBody = true
 				if tc.session {
 					x.sessionID = fmt.Sprint("s", i)
-					x.openStream()
+					x.openStream(context.Background())
 				}
 				for _, c := range chunks {
 					if i == b.N {

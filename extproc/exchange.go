@@ -134,7 +134,9 @@ func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingRespo
 // latestLastID acquires the session early and returns the last event id of
 // its most recent stream.
 func (x *exchange) latestLastID() string {
-	if err := x.acquire(true); err != nil {
+	ctx, cancel := context.WithTimeout(x.ctx, headerBudget)
+	defer cancel()
+	if err := x.acquire(ctx, true); err != nil {
 		return ""
 	}
 	return x.sess.LatestLastID()
@@ -178,11 +180,11 @@ func (x *exchange) validSessionID(id string) string {
 	return id
 }
 
-func (x *exchange) acquire(load bool) error {
+func (x *exchange) acquire(ctx context.Context, load bool) error {
 	if x.sess != nil {
 		return nil
 	}
-	s, err := x.srv.cfg.Sessions.Acquire(x.ctx, x.sessionID, load)
+	s, err := x.srv.cfg.Sessions.Acquire(ctx, x.sessionID, load)
 	if err != nil {
 		x.srv.metrics.errors.WithLabelValues("session_acquire").Inc()
 		return err
@@ -242,8 +244,14 @@ func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResp
 		RemoveHeaders: []string{"content-length"},
 	}
 	if x.sessionID != "" && !x.stateless {
-		x.openStream()
-		if result := x.prepareReplay(); result != "" {
+		// A history load and a replay read may both happen here, on one
+		// Envoy message: together they get one budget, under Envoy's
+		// default message_timeout, so Envoy never gives up on the stream.
+		ctx, cancel := context.WithTimeout(x.ctx, headerBudget)
+		x.openStream(ctx)
+		result := x.prepareReplay(ctx)
+		cancel()
+		if result != "" {
 			mut.SetHeaders = append(mut.SetHeaders, &corev3.HeaderValueOption{
 				Header:       &corev3.HeaderValue{Key: headerReplay, RawValue: []byte(result)},
 				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
@@ -268,11 +276,11 @@ func responseBodyMode(m filterv3.ProcessingMode_BodySendMode) *filterv3.Processi
 }
 
 // openStream binds the response to its session's stream.
-func (x *exchange) openStream() {
+func (x *exchange) openStream(ctx context.Context) {
 	// A session named by the request may have history elsewhere (another
 	// replica, a previous process); one named first by this response is new.
 	load := x.sess == nil
-	if err := x.acquire(load); err != nil {
+	if err := x.acquire(ctx, load); err != nil {
 		return // forwarded untracked
 	}
 	x.stream = x.sess.OpenStream(session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID})
@@ -305,7 +313,7 @@ const (
 // upstream's repeats are dropped; process sends them before the upstream's
 // first event. History is replayed whole or not at all: the result (for the
 // response header) tells the client which, "" when nothing was missed.
-func (x *exchange) prepareReplay() string {
+func (x *exchange) prepareReplay(ctx context.Context) string {
 	rp, ok := x.srv.cfg.Journal.(session.Replayer)
 	if !x.srv.cfg.Replay || !ok || x.stream == nil || x.observe {
 		return ""
@@ -318,7 +326,7 @@ func (x *exchange) prepareReplay() string {
 		x.srv.metrics.replays.WithLabelValues(replayDenied).Inc()
 		return replayDenied
 	}
-	ctx, cancel := context.WithTimeout(x.ctx, x.srv.cfg.ReplayTimeout)
+	ctx, cancel := context.WithTimeout(ctx, x.srv.cfg.ReplayTimeout)
 	defer cancel()
 	data, ids, err := rp.Replay(ctx, x.sessionID, x.stream.ID(), after, through)
 	result := replayDone

@@ -23,10 +23,14 @@ import (
 
 // Defaults for Config's zero fields.
 const (
-	DefaultSessionHeader  = "mcp-session-id"
-	DefaultMaxSessionID   = 4096
-	DefaultStatelessMCP   = "2026-07-28"
-	DefaultReplayTimeout  = 100 * time.Millisecond
+	DefaultSessionHeader = "mcp-session-id"
+	DefaultMaxSessionID  = 4096
+	DefaultStatelessMCP  = "2026-07-28"
+	DefaultReplayTimeout = 100 * time.Millisecond
+	// headerBudget bounds the journal reads (history load, replay) done
+	// while answering one header message: under Envoy's default 200ms
+	// message_timeout, past which Envoy would give up on the stream.
+	headerBudget          = 150 * time.Millisecond
 	headerReplay          = "ssetrack-replay"
 	headerLastEventID     = "last-event-id"
 	headerProtocolVersion = "mcp-protocol-version"
