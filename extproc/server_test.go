@@ -387,6 +387,8 @@ func (r *recorder) Append(rec session.Record) bool {
 
 func (r *recorder) Load(context.Context, string) (*session.History, error) { return nil, nil }
 
+func (r *recorder) Stale(context.Context, string) (bool, error) { return false, nil }
+
 func TestJournalRecords(t *testing.T) {
 	rec := &recorder{}
 	h := newHarness(t, func(c *Config) { c.Journal = rec })

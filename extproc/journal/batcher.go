@@ -156,7 +156,7 @@ func (b *batcher) add(q queued) {
 		b.gen++
 		l.open = &pending{
 			Batch: Batch{
-				Session: rec.Session, Stream: rec.Stream,
+				Session: rec.Session, Stream: rec.Stream, Writer: b.p.writer,
 				FirstID: rec.FirstID, LastID: rec.LastID, Count: rec.Count,
 				FirstSeq: rec.FirstSeq, LastSeq: rec.LastSeq,
 				Data: rec.Data,
@@ -230,7 +230,7 @@ func (b *batcher) trySend(l *lane) {
 		pb.msg = &nats.Msg{
 			Subject: l.subject,
 			Data:    pb.Data,
-			Header:  pb.header(MsgID(pb.Session, pb.Stream, pb.FirstSeq)),
+			Header:  pb.header(MsgID(pb.Session, pb.Stream, b.p.writer, pb.FirstSeq)),
 		}
 		pb.firstTx = time.Now()
 	}

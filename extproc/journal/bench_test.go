@@ -56,7 +56,7 @@ func BenchmarkPersist(b *testing.B) {
 		start = time.Now()
 		for _, r := range records {
 			bt := Batch{Session: r.Session, Stream: r.Stream, FirstID: r.FirstID, LastID: r.LastID, Count: 1, FirstSeq: r.FirstSeq, LastSeq: r.LastSeq}
-			msg := &nats.Msg{Subject: Subject(rcfg.SubjectPrefix, r.Session), Data: r.Data, Header: bt.header(MsgID(r.Session, r.Stream, r.FirstSeq))}
+			msg := &nats.Msg{Subject: Subject(rcfg.SubjectPrefix, r.Session), Data: r.Data, Header: bt.header(MsgID(r.Session, r.Stream, "bench", r.FirstSeq))}
 			if _, err := js.PublishMsgAsync(msg); err != nil {
 				b.Fatal(err)
 			}

@@ -16,7 +16,8 @@
 //	Ssetrack-Count      number of events in the payload
 //	Ssetrack-First-Seq  per-session sequence number of the first event
 //	Ssetrack-Last-Seq   per-session sequence number of the last event
-//	Nats-Msg-Id         MsgID(session, stream, first seq)
+//	Ssetrack-Writer     the publishing process (Publisher) that wrote the batch
+//	Nats-Msg-Id         MsgID(session, stream, writer, first seq)
 //
 // Per-session sequence numbers grow by one per event across all streams of a
 // session, so a consumer detects a gap when a batch's First-Seq is not the

@@ -20,6 +20,7 @@ const (
 	HeaderCount    = "Ssetrack-Count"
 	HeaderFirstSeq = "Ssetrack-First-Seq"
 	HeaderLastSeq  = "Ssetrack-Last-Seq"
+	HeaderWriter   = "Ssetrack-Writer"
 )
 
 // encodedPrefix marks a header value that EncodeHeaderValue encoded.
@@ -87,6 +88,9 @@ type Batch struct {
 	Sequence uint64
 	// Time is when JetStream stored the message.
 	Time time.Time
+	// Writer identifies the Publisher (one ssetrack process) that wrote the
+	// batch: random per process start, so replicas and restarts differ.
+	Writer string
 }
 
 // header builds the message headers of b.
@@ -103,6 +107,9 @@ func (b *Batch) header(msgID string) nats.Header {
 	h.Set(HeaderCount, strconv.Itoa(b.Count))
 	h.Set(HeaderFirstSeq, strconv.FormatUint(b.FirstSeq, 10))
 	h.Set(HeaderLastSeq, strconv.FormatUint(b.LastSeq, 10))
+	if b.Writer != "" {
+		h.Set(HeaderWriter, b.Writer)
+	}
 	h.Set(nats.MsgIdHdr, msgID)
 	return h
 }
@@ -136,6 +143,7 @@ func decodeBatch(h nats.Header, data []byte, seq uint64, t time.Time) (Batch, er
 	str(HeaderStream, &b.Stream, false)
 	str(HeaderFirstID, &b.FirstID, false)
 	str(HeaderLastID, &b.LastID, false)
+	b.Writer = h.Get(HeaderWriter)
 	b.Count = int(num(HeaderCount))
 	b.FirstSeq = num(HeaderFirstSeq)
 	b.LastSeq = num(HeaderLastSeq)

@@ -39,6 +39,8 @@ type metrics struct {
 	kvWrites  prometheus.Counter
 	kvErrors  prometheus.Counter
 	loadTimer prometheus.Histogram
+	// staleSessions counts cached sessions found written by another writer.
+	staleSessions prometheus.Counter
 
 	nAppended, nDropped, nDroppedFull, nBatches, nEvents atomic.Uint64
 	nErrors, nRetries, nKVWrites                         atomic.Uint64
@@ -95,10 +97,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time to load a session's history from JetStream.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		staleSessions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_journal_stale_sessions_total",
+			Help: "Cached sessions found last written by another ssetrack process, and so reloaded from JetStream.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.depth, m.dropped, m.batches, m.events, m.errors, m.retries,
-			m.latency, m.kvWrites, m.kvErrors, m.loadTimer)
+			m.latency, m.kvWrites, m.kvErrors, m.loadTimer, m.staleSessions)
 	}
 	return m
 }

@@ -54,6 +54,9 @@ type Publisher struct {
 	// ackHook, set by tests before any Append, sees each record's
 	// enqueue-to-ack latency on the batcher goroutine.
 	ackHook func(time.Duration)
+
+	// writer names this Publisher in batch headers and message ids.
+	writer string
 }
 
 var _ session.Journal = (*Publisher)(nil)
@@ -107,6 +110,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger, reg p
 		results: make(chan result, cfg.MaxInFlight),
 		abort:   make(chan struct{}),
 		done:    make(chan struct{}),
+		writer:  newWriterID(),
 	}
 	go p.state.run()
 	go p.run()

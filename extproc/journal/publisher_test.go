@@ -99,7 +99,7 @@ func TestDedup(t *testing.T) {
 	b := Batch{Session: "dup", Stream: "s", FirstID: "s-1", LastID: "s-3", Count: 3, FirstSeq: 1, LastSeq: 3, Data: data}
 	var acks []*jetstream.PubAck
 	for range 2 {
-		msg := &nats.Msg{Subject: Subject(cfg.SubjectPrefix, "dup"), Data: data, Header: b.header(MsgID("dup", "s", 1))}
+		msg := &nats.Msg{Subject: Subject(cfg.SubjectPrefix, "dup"), Data: data, Header: b.header(MsgID("dup", "s", "w", 1))}
 		ack, err := js.PublishMsg(ctx, msg)
 		if err != nil {
 			t.Fatal(err)
@@ -112,7 +112,8 @@ func TestDedup(t *testing.T) {
 	if n := len(readAll(t, js, cfg, "dup")); n != 1 {
 		t.Errorf("%d messages, want 1", n)
 	}
-	if MsgID("dup", "s", 1) == MsgID("dup", "t", 1) || MsgID("a", "bc", 1) == MsgID("ab", "c", 1) {
+	if MsgID("dup", "s", "w", 1) == MsgID("dup", "t", "w", 1) || MsgID("a", "bc", "w", 1) == MsgID("ab", "c", "w", 1) ||
+		MsgID("dup", "s", "w1", 1) == MsgID("dup", "s", "w2", 1) {
 		t.Error("MsgID collides")
 	}
 }
@@ -314,4 +315,42 @@ func TestBurstStillBatches(t *testing.T) {
 		t.Errorf("%d batches for %d events: batching collapsed under the burst", st.Batches, n)
 	}
 	t.Logf("%d events in %d batches", st.Events, st.Batches)
+}
+
+// TestTwoWritersNeverCollide: two replicas number a session's events
+// independently; their batches must both be stored, and each must see the
+// session as stale once the other wrote last.
+func TestTwoWritersNeverCollide(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	a := newPublisher(t, nc, Config{})
+	b := newPublisher(t, nc, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if stale, err := a.Stale(ctx, "shared"); err != nil || stale {
+		t.Fatalf("unknown session: stale %v, %v", stale, err)
+	}
+	a.Append(record("shared", "s", 1, 5, true))
+	waitFor(t, 5*time.Second, "a's batch", func() bool { return a.Stats().Events == 5 })
+	if stale, _ := a.Stale(ctx, "shared"); stale {
+		t.Error("a sees its own last batch as stale")
+	}
+	if stale, _ := b.Stale(ctx, "shared"); !stale {
+		t.Error("b does not see a's batch")
+	}
+	// b, with a stale copy, numbers from 1 again: same session, stream and
+	// first sequence as a's batch, other events.
+	rec := record("shared", "s", 1, 7, true)
+	b.Append(rec)
+	waitFor(t, 5*time.Second, "b's batch", func() bool { return b.Stats().Events == 7 })
+	batches := readAll(t, jsOf(t, nc), Config{}, "shared")
+	if len(batches) != 2 {
+		t.Fatalf("%d batches stored, want 2 (one per writer)", len(batches))
+	}
+	if batches[0].Writer == batches[1].Writer || batches[1].Count != 7 {
+		t.Errorf("stored %+v", batches)
+	}
+	if stale, _ := a.Stale(ctx, "shared"); !stale {
+		t.Error("a does not see b's batch")
+	}
 }

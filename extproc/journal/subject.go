@@ -41,13 +41,15 @@ func Subject(prefix, sessionID string) string {
 }
 
 // MsgID is the Nats-Msg-Id of the batch of session starting at per-session
-// sequence firstSeq on stream. It is deterministic, so a retried batch is a
-// duplicate the server drops within the stream's duplicate window. The
-// stream id is hashed in so that no two streams' batches collide even if a
-// sequence number were reused after lost state.
-func MsgID(sessionID, stream string, firstSeq uint64) string {
+// sequence firstSeq on stream, published by writer (one Publisher). It is
+// deterministic, so a retried batch is a duplicate the server drops within
+// the stream's duplicate window. The stream and the writer are hashed in, so
+// that no two streams' batches, and no two replicas' batches, collide even
+// when their sequence numbers overlap (replicas number a session's events
+// independently).
+func MsgID(sessionID, stream, writer string, firstSeq uint64) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%d:%s%d:%s", len(sessionID), sessionID, len(stream), stream)
+	fmt.Fprintf(h, "%d:%s%d:%s%d:%s", len(sessionID), sessionID, len(stream), stream, len(writer), writer)
 	sum := h.Sum(nil)
 	return fmt.Sprintf("%s.%d", base64.RawURLEncoding.EncodeToString(sum[:18]), firstSeq)
 }

@@ -51,6 +51,11 @@ type Journal interface {
 	// It returns (nil, nil) when the journal has nothing for the session.
 	// Load may do network I/O; callers bound it with ctx.
 	Load(ctx context.Context, sessionID string) (*History, error)
+	// Stale reports whether another writer (another replica, or this
+	// process before a restart) persisted events of the session after this
+	// process last did: a cached copy may then lack them and is reloaded.
+	// Stale may do network I/O; callers bound it with ctx.
+	Stale(ctx context.Context, sessionID string) (bool, error)
 }
 
 // History is a session's persisted state.

@@ -277,7 +277,8 @@ func TestEvictionByTTL(t *testing.T) {
 
 type fakeHistory struct{ h *History }
 
-func (f fakeHistory) Append(Record) bool { return true }
+func (f fakeHistory) Append(Record) bool                          { return true }
+func (f fakeHistory) Stale(context.Context, string) (bool, error) { return false, nil }
 func (f fakeHistory) Load(ctx context.Context, id string) (*History, error) {
 	return f.h, nil
 }
@@ -365,5 +366,46 @@ func TestFootprint(t *testing.T) {
 		per := float64(after.HeapAlloc-before.HeapAlloc) / n
 		t.Logf("window %d: %.0f bytes per session (heap), %d by footprint()", window, per, acquire(t, tb, "session-00000000").footprint())
 		runtime.KeepAlive(tb)
+	}
+}
+
+// staleJournal reports every session stale and has history for "S".
+type staleJournal struct{ h *History }
+
+func (j staleJournal) Append(Record) bool { return true }
+func (j staleJournal) Load(context.Context, string) (*History, error) {
+	return j.h, nil
+}
+func (j staleJournal) Stale(context.Context, string) (bool, error) { return true, nil }
+
+func TestStaleCopyIsReloaded(t *testing.T) {
+	// Another replica delivered 1..3 on stream r-1; this one cached the
+	// session before that.
+	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}},
+		Events: []EventRef{{ID: "1", Stream: "r-1", Seq: 1}, {ID: "2", Stream: "r-1", Seq: 2}, {ID: "3", Stream: "r-1", Seq: 3}}}
+	tb := newTestTable(t, Config{Journal: staleJournal{h}})
+	old, err := tb.Acquire(context.Background(), "S", false) // cached, history not read
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.Release(old)
+	s, err := tb.Acquire(context.Background(), "S", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s == old {
+		t.Fatal("the stale copy was kept")
+	}
+	st := s.OpenStream(Resume{LastEventID: "3", HasLastEventID: true})
+	if st.ID() != "r-1" {
+		t.Errorf("resume continued stream %q, want r-1", st.ID())
+	}
+	if got := deliver(st, "2", "3", "4"); fmt.Sprint(got) != "[4]" {
+		t.Errorf("delivered %v, want [4]", got)
+	}
+	// A copy in use is not dropped.
+	busy, _ := tb.Acquire(context.Background(), "S", true)
+	if busy != s {
+		t.Error("a copy with an open stream was replaced")
 	}
 }

@@ -116,6 +116,9 @@ func (t *Table) Acquire(ctx context.Context, id string, load bool) (*Session, er
 	default:
 	}
 	sh := t.shard(id)
+	if load && t.cfg.Journal != nil {
+		t.revalidate(ctx, sh, id)
+	}
 	sh.mu.Lock()
 	s, ok := sh.m[id]
 	loading := !ok && load && t.cfg.Journal != nil
@@ -150,6 +153,36 @@ func (t *Table) Acquire(ctx context.Context, id string, load bool) (*Session, er
 		t.Release(s)
 		return nil, ctx.Err()
 	}
+}
+
+// revalidate drops the cached copy of session id when another writer has
+// persisted the session since this process did (another replica served it,
+// say), so that Acquire loads it afresh. Only an idle copy is dropped: one
+// with open streams here is in use and stays as it is.
+func (t *Table) revalidate(ctx context.Context, sh *shard, id string) {
+	sh.mu.Lock()
+	s, ok := sh.m[id]
+	idle := ok && s.active == 0
+	sh.mu.Unlock()
+	if !idle {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.LoadTimeout)
+	defer cancel()
+	stale, err := t.cfg.Journal.Stale(ctx, id)
+	if err != nil {
+		// Keep the copy: at worst it lets a duplicate through.
+		t.cfg.Logger.Warn("check cached session", "session", ShortID(id), "err", err)
+		return
+	}
+	if !stale {
+		return
+	}
+	sh.mu.Lock()
+	if sh.m[id] == s && s.active == 0 {
+		sh.remove(s)
+	}
+	sh.mu.Unlock()
 }
 
 func (t *Table) load(ctx context.Context, s *Session) {
