@@ -20,12 +20,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -230,59 +228,6 @@ func newE2EClient(t *testing.T) *http.Client {
 	c := &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 200}}
 	t.Cleanup(c.CloseIdleConnections)
 	return c
-}
-
-// startEnvoyConfig starts Envoy with the given (already rendered) config text and fills
-// in fx.envoy, fx.adminURL and fx.proxyURL. It is fixture.startEnvoy for a config that is
-// not a shipped file as is.
-func startEnvoyConfig(t *testing.T, fx *fixture, name, cfg string, concurrency int) {
-	t.Helper()
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, name)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	adminPath := filepath.Join(dir, "admin-address")
-	level := os.Getenv("E2E_ENVOY_LOG_LEVEL")
-	if level == "" {
-		level = "warning"
-	}
-	p := startProcess(t, "envoy", envoyBin,
-		"-c", cfgPath,
-		"--use-dynamic-base-id",
-		"--admin-address-path", adminPath,
-		"--concurrency", strconv.Itoa(concurrency),
-		"--log-level", level,
-	)
-	fx.envoy = p
-	deadline := time.Now().Add(startTimeout)
-	for {
-		b, err := os.ReadFile(adminPath)
-		if err == nil && len(bytes.TrimSpace(b)) > 0 {
-			fx.adminURL = "http://" + string(bytes.TrimSpace(b))
-			break
-		}
-		if p.exited() || time.Now().After(deadline) {
-			t.Fatalf("envoy wrote no admin address (exited=%v)\n%s", p.exited(), p.logTail())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := waitReady(p, fx.adminURL+"/ready", func(code int, body []byte) bool {
-		return code == http.StatusOK && strings.TrimSpace(string(body)) == "LIVE"
-	}); err != nil {
-		t.Fatalf("envoy not ready: %v\n%s", err, p.logTail())
-	}
-	// The listener's port, from the admin (the config asks for port 0).
-	b, err := httpGet(fx.adminURL + "/listeners")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`::(127\.0\.0\.1:\d+)`).FindSubmatch(b)
-	if m == nil {
-		t.Fatalf("envoy /listeners: no loopback address in %q", b)
-	}
-	host, port, _ := net.SplitHostPort(string(m[1]))
-	fx.proxyURL = "http://" + net.JoinHostPort(host, port)
 }
 
 // replicaConfig derives the two-replica config from envoy/envoy.yaml: the ssetrack cluster

@@ -127,7 +127,6 @@ func (fx *fixture) restartSsetrack(t *testing.T) {
 
 func (fx *fixture) startEnvoy(t *testing.T, config string) {
 	t.Helper()
-	dir := t.TempDir()
 	src, err := os.ReadFile(filepath.Join(repoRoot, "envoy", config))
 	if err != nil {
 		t.Fatal(err)
@@ -139,8 +138,16 @@ func (fx *fixture) startEnvoy(t *testing.T, config string) {
 		9001:  fx.ssetrackGRPCPort,
 		9901:  0,
 	})
-	cfgPath := filepath.Join(dir, config)
-	if err := os.WriteFile(cfgPath, []byte(rendered), 0o644); err != nil {
+	startEnvoyConfig(t, fx, config, rendered, 2)
+}
+
+// startEnvoyConfig starts Envoy with the given (already rendered) config text on
+// concurrency workers and fills in fx.envoy, fx.adminURL and fx.proxyURL.
+func startEnvoyConfig(t *testing.T, fx *fixture, name, cfg string, concurrency int) {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, name)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	adminPath := filepath.Join(dir, "admin-address")
@@ -152,7 +159,7 @@ func (fx *fixture) startEnvoy(t *testing.T, config string) {
 		"-c", cfgPath,
 		"--use-dynamic-base-id",
 		"--admin-address-path", adminPath,
-		"--concurrency", "2",
+		"--concurrency", strconv.Itoa(concurrency),
 		"--log-level", level,
 	)
 	fx.envoy = p
