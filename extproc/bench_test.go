@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
 // noopProcessor answers every message without looking at it: the baseline
@@ -129,9 +131,10 @@ func BenchmarkProcess(b *testing.B) {
 	for _, tc := range []struct {
 		name    string
 		session bool
-	}{{"no-session", false}, {"session", true}} {
+		journal session.Journal
+	}{{"no-session", false, nil}, {"session", true, nil}, {"session+journal", true, discardJournal{}}} {
 		b.Run(tc.name, func(b *testing.B) {
-			h := newHarness(b, nil)
+			h := newHarness(b, func(c *Config) { c.Journal = tc.journal })
 			chunks := mcpChunks(4096)
 			var total int
 			for _, c := range chunks {
@@ -159,3 +162,13 @@ func BenchmarkProcess(b *testing.B) {
 		})
 	}
 }
+
+// discardJournal takes records and drops them: the cost of building them,
+// without NATS.
+type discardJournal struct{}
+
+func (discardJournal) Append(session.Record) bool { return true }
+func (discardJournal) Load(context.Context, string) (*session.History, error) {
+	return nil, nil
+}
+func (discardJournal) Stale(context.Context, string) (bool, error) { return false, nil }

@@ -44,6 +44,9 @@ type exchange struct {
 	out      []byte // reused replacement buffer
 	recorded bool   // a journal record was sent for the stream
 	replay   []byte // events to send before the upstream's first event
+	// recLastID is the last id among the events of the chunk's journal
+	// record (reused buffer).
+	recLastID []byte
 }
 
 func newExchange(s *Server, ctx context.Context) *exchange {
@@ -396,7 +399,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		x.replay = nil
 	}
 	var seen, forwarded, deduped, oversize int
-	var rec *session.Record
+	var rec session.Record // the chunk's delivered events, for the journal
 	locked := false
 	st := x.stream
 	tracked := !x.observe
@@ -447,7 +450,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 			}
 			forwarded++
 			if x.srv.cfg.Journal != nil {
-				rec = x.appendRecord(rec, seg, seq)
+				x.appendRecord(&rec, seg, seq, carried, len(body))
 			}
 			if seg.HasID {
 				st.SetLastID(seg.ID) // copies: seg.ID may alias the parser's carry buffer
@@ -489,7 +492,11 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 			kept += len(tail)
 		}
 	}
-	if rec != nil && !x.srv.cfg.Journal.Append(*rec) {
+	if len(x.recLastID) > 0 {
+		rec.LastID = string(x.recLastID) // once per chunk, not per event
+		x.recLastID = x.recLastID[:0]
+	}
+	if rec.Count > 0 && !x.srv.cfg.Journal.Append(rec) {
 		m.journalDrops.Inc()
 	}
 	if seen > 0 {
@@ -511,24 +518,31 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	return out, len(out) != len(body) || dirty
 }
 
-// appendRecord adds a delivered event to the chunk's journal record.
-func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64) *session.Record {
-	if rec == nil {
-		rec = &session.Record{Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.principal}
+// appendRecord adds a delivered event to the chunk's journal record. The
+// record's buffer is allocated once per chunk, sized for all of it: the
+// events come from the chunk and, when a block was carried over, from the
+// parser's carry buffer as well.
+func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64, carried bool, chunk int) {
+	if rec.Count == 0 {
+		size := chunk
+		if carried {
+			size += len(seg.Raw)
+		}
+		*rec = session.Record{
+			Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.principal,
+			Data: make([]byte, 0, max(size, len(seg.Raw))),
+		}
 		x.recorded = true
 	}
 	rec.Data = append(rec.Data, seg.Raw...)
 	rec.Count++
 	rec.LastSeq = seq
 	if seg.HasID && len(seg.ID) > 0 {
-		id := string(seg.ID)
-		rec.IDs = append(rec.IDs, id)
 		if rec.FirstID == "" {
-			rec.FirstID = id
+			rec.FirstID = string(seg.ID)
 		}
-		rec.LastID = id
+		x.recLastID = append(x.recLastID[:0], seg.ID...)
 	}
-	return rec
 }
 
 // endBody closes the response's stream state once.

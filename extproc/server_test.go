@@ -410,14 +410,14 @@ func TestJournalRecords(t *testing.T) {
 			continue
 		}
 		data.Write(r.Data)
-		ids = append(ids, r.IDs...)
+		ids = append(ids, r.FirstID, r.LastID)
 		seqs = append(seqs, r.FirstSeq, r.LastSeq)
 	}
 	if want := "id: 1\ndata: a\n\ndata: b\n\nid: 2\ndata: c\n\nid: 3\ndata: d\n\n"; data.String() != want {
 		t.Errorf("journal data %q, want %q", data.String(), want)
 	}
-	if fmt.Sprint(ids) != "[1 2 3]" {
-		t.Errorf("ids %v", ids)
+	if fmt.Sprint(ids) != "[1 1 2 2 3 3]" {
+		t.Errorf("first and last ids per record %v, want [1 1 2 2 3 3]", ids)
 	}
 	if fmt.Sprint(seqs) != "[1 1 2 3 4 4]" {
 		t.Errorf("seq ranges %v, want [1 1 2 3 4 4]", seqs)
@@ -449,7 +449,9 @@ func (r *replayer) Replay(_ context.Context, sid, stream, after, through string)
 		// The test streams have one event per record.
 		if found {
 			data = append(data, rec.Data...)
-			ids = append(ids, rec.IDs...)
+			if rec.LastID != "" {
+				ids = append(ids, rec.LastID)
+			}
 			if rec.LastID == through {
 				return data, ids, nil
 			}

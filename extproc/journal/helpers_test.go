@@ -77,7 +77,7 @@ func events(tag string, first, n int) ([]byte, []string) {
 func record(sid, stream string, first, n int, end bool) session.Record {
 	data, ids := events(stream, first, n)
 	r := session.Record{
-		Session: sid, Stream: stream, Count: n, Data: data, IDs: ids, End: end,
+		Session: sid, Stream: stream, Count: n, Data: data, End: end,
 		FirstSeq: uint64(first), LastSeq: uint64(first + n - 1),
 	}
 	if n > 0 {

@@ -17,7 +17,7 @@ func TestEmbeddedServerTakesLargestEvent(t *testing.T) {
 	p := newPublisher(t, nc, Config{})
 	data := append(append([]byte("id: big\ndata: "), bytes.Repeat([]byte("x"), 1<<20-20)...), "\n\n"...)
 	p.Append(session.Record{Session: "S", Stream: "s1", FirstID: "big", LastID: "big", Count: 1,
-		FirstSeq: 1, LastSeq: 1, Data: data, IDs: []string{"big"}, End: true})
+		FirstSeq: 1, LastSeq: 1, Data: data, End: true})
 	waitFor(t, 10*time.Second, "the large batch", func() bool { return len(readAll(t, jsOf(t, nc), Config{}, "S")) == 1 })
 	if got := readAll(t, jsOf(t, nc), Config{}, "S")[0].Data; !bytes.Equal(got, data) {
 		t.Errorf("stored %d bytes, want %d", len(got), len(data))

@@ -27,9 +27,6 @@ type Record struct {
 	// Data is the events' SSE bytes exactly as received, each event ending in
 	// its blank line: itself a valid SSE stream. The receiver owns it.
 	Data []byte
-	// IDs lists the event ids in Data, in order, one per event that had an
-	// id (empty ids are left out). The receiver owns it.
-	IDs []string
 	// End marks the end of the stream: flush its pending batch. A Record
 	// with End set may carry no events.
 	End bool
