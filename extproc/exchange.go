@@ -361,6 +361,7 @@ func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
 		return resp
 	}
 	if out, changed := x.process(b.GetBody(), b.GetEndOfStream()); changed && !x.observe {
+		x.srv.metrics.chunksRewritten.Inc()
 		br.Response = &procv3.CommonResponse{BodyMutation: &procv3.BodyMutation{
 			Mutation: &procv3.BodyMutation_Body{Body: out},
 		}}

@@ -20,6 +20,7 @@ type metrics struct {
 	bytesSeen       prometheus.Counter
 	bytesForwarded  prometheus.Counter
 	chunks          prometheus.Counter
+	chunksRewritten prometheus.Counter
 	responses       *prometheus.CounterVec
 	resumes         *prometheus.CounterVec
 	replays         *prometheus.CounterVec
@@ -58,6 +59,10 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 		chunks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_response_chunks_total",
 			Help: "Response body chunks processed.",
+		}),
+		chunksRewritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_response_chunks_rewritten_total",
+			Help: "Response body chunks answered with replacement bytes (a held partial event, a dropped duplicate or a replay) instead of passing unchanged.",
 		}),
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_responses_total",
@@ -99,7 +104,7 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.eventsSeen, m.eventsForwarded, m.eventsDeduped, m.eventsOversize,
-			m.bytesSeen, m.bytesForwarded, m.chunks, m.responses, m.resumes, m.replays, m.streamsActive,
+			m.bytesSeen, m.bytesForwarded, m.chunks, m.chunksRewritten, m.responses, m.resumes, m.replays, m.streamsActive,
 			m.journalDrops, m.errors, m.sessions)
 	}
 	return m

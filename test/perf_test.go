@@ -308,6 +308,9 @@ func (e *perfEnv) round(b *testing.B, w perfWorkload, s *perfSetup) perfResult {
 	}
 	if s.metricsURL != "" {
 		after := perfScrape(b, s.metricsURL+"/metrics")
+		if chunks := after.sub(ssetrackBefore, "ssetrack_response_chunks_total"); chunks > 0 {
+			b.ReportMetric(after.sub(ssetrackBefore, "ssetrack_response_chunks_rewritten_total")/chunks, "rewritten/chunk")
+		}
 		if d := after.sum("ssetrack_events_deduplicated_total") - ssetrackBefore.sum("ssetrack_events_deduplicated_total"); d != 0 {
 			b.Fatalf("ssetrack dropped %v events as duplicates: every id is new", d)
 		}
