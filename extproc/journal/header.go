@@ -21,7 +21,15 @@ const (
 	HeaderFirstSeq = "Ssetrack-First-Seq"
 	HeaderLastSeq  = "Ssetrack-Last-Seq"
 	HeaderWriter   = "Ssetrack-Writer"
+	// HeaderIDs is "payload" when First-Id and Last-Id are left out because
+	// an id is too long for a header: read them from the payload.
+	HeaderIDs = "Ssetrack-Ids"
 )
+
+// maxIDHeader is the longest event id written into a header. JetStream
+// refuses messages whose headers exceed 64 KiB, and an event id may be as
+// long as an event.
+const maxIDHeader = 1024
 
 // encodedPrefix marks a header value that EncodeHeaderValue encoded.
 const encodedPrefix = "b64:"
@@ -98,11 +106,15 @@ func (b *Batch) header(msgID string) nats.Header {
 	h := make(nats.Header, 9)
 	h.Set(HeaderSession, EncodeHeaderValue(b.Session))
 	h.Set(HeaderStream, EncodeHeaderValue(b.Stream))
-	if b.FirstID != "" {
-		h.Set(HeaderFirstID, EncodeHeaderValue(b.FirstID))
-	}
-	if b.LastID != "" {
-		h.Set(HeaderLastID, EncodeHeaderValue(b.LastID))
+	if len(b.FirstID) > maxIDHeader || len(b.LastID) > maxIDHeader {
+		h.Set(HeaderIDs, "payload")
+	} else {
+		if b.FirstID != "" {
+			h.Set(HeaderFirstID, EncodeHeaderValue(b.FirstID))
+		}
+		if b.LastID != "" {
+			h.Set(HeaderLastID, EncodeHeaderValue(b.LastID))
+		}
 	}
 	h.Set(HeaderCount, strconv.Itoa(b.Count))
 	h.Set(HeaderFirstSeq, strconv.FormatUint(b.FirstSeq, 10))
@@ -143,6 +155,17 @@ func decodeBatch(h nats.Header, data []byte, seq uint64, t time.Time) (Batch, er
 	str(HeaderStream, &b.Stream, false)
 	str(HeaderFirstID, &b.FirstID, false)
 	str(HeaderLastID, &b.LastID, false)
+	if h.Get(HeaderIDs) == "payload" {
+		scanEvents(data, func(ev sseEvent) bool {
+			if ev.HasID && ev.ID != "" {
+				if b.FirstID == "" {
+					b.FirstID = ev.ID
+				}
+				b.LastID = ev.ID
+			}
+			return true
+		})
+	}
 	b.Writer = h.Get(HeaderWriter)
 	b.Count = int(num(HeaderCount))
 	b.FirstSeq = num(HeaderFirstSeq)

@@ -226,6 +226,13 @@ func (p *Publisher) Shutdown(ctx context.Context) error {
 
 // isPermanent reports publish errors a retry cannot fix.
 func isPermanent(err error) bool {
-	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) ||
-		errors.Is(err, nats.ErrConnectionClosed)
+	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) ||
+		errors.Is(err, nats.ErrConnectionClosed) {
+		return true
+	}
+	// JetStream refused the message itself (too large headers, say): the
+	// same message would be refused again, and retrying it would hold up
+	// every later batch of the session.
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 400
 }

@@ -106,6 +106,11 @@ func (w *stateWriter) update(sid, stream, lastID string, lastSeq uint64, princip
 	if st.principal == "" {
 		st.principal = principal
 	}
+	if len(lastID) > maxIDHeader {
+		// Too long to keep in the session's KV value (which the server
+		// caps like any message); the payload still has it.
+		lastID = ""
+	}
 	if lastID != "" {
 		st.streams[stream] = lastID
 	} else if _, ok := st.streams[stream]; !ok {

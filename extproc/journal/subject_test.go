@@ -107,3 +107,31 @@ func TestRouting(t *testing.T) {
 		t.Errorf("stream has %d msgs on %d subjects, want %d on %d", info.State.Msgs, info.State.NumSubjects, total, len(routingIDs))
 	}
 }
+
+// TestLongIDsStayOutOfHeaders: JetStream caps headers at 64 KiB, so ids
+// longer than maxIDHeader are read back from the payload instead.
+func TestLongIDsStayOutOfHeaders(t *testing.T) {
+	long := strings.Repeat("x", 100_000)
+	data := []byte("id: " + long + "\ndata: a\n\nid: short\ndata: b\n\n")
+	b := Batch{Session: "s", Stream: "t", FirstID: long, LastID: "short", Count: 2, FirstSeq: 1, LastSeq: 2, Data: data}
+	h := b.header("msg-id")
+	if h.Get(HeaderFirstID) != "" || h.Get(HeaderIDs) != "payload" {
+		t.Fatalf("headers %v: want ids left to the payload", h)
+	}
+	size := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			size += len(k) + len(v)
+		}
+	}
+	if size > 4096 {
+		t.Errorf("headers take %d bytes", size)
+	}
+	got, err := decodeBatch(h, data, 1, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.FirstID != long || got.LastID != "short" {
+		t.Errorf("decoded first id of %d bytes, last %q", len(got.FirstID), got.LastID)
+	}
+}
