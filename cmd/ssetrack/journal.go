@@ -184,7 +184,9 @@ func startJournal(ctx context.Context, j *journalFlags, window int, log *slog.Lo
 			embedded.Shutdown(ctx)
 		}
 	}
-	nc, err := journal.Connect(j.connConfig(urls), log)
+	// Drain is asynchronous: closed tells when it is done.
+	closed := make(chan struct{})
+	nc, err := journal.Connect(j.connConfig(urls), log, nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
 	if err != nil {
 		stopEmbedded(context.Background())
 		return nil, fmt.Errorf("connect to NATS: %w", err)
@@ -214,8 +216,9 @@ func startJournal(ctx context.Context, j *journalFlags, window int, log *slog.Lo
 			if derr := nc.Drain(); derr != nil && err == nil {
 				err = derr
 			}
-			for !nc.IsClosed() && ctx.Err() == nil {
-				time.Sleep(10 * time.Millisecond)
+			select {
+			case <-closed:
+			case <-ctx.Done():
 			}
 			stopEmbedded(ctx)
 			return err

@@ -99,12 +99,14 @@ func (c ConnConfig) Options(log *slog.Logger) ([]nats.Option, error) {
 	return opts, nil
 }
 
-// Connect dials the cluster described by c.
-func Connect(c ConnConfig, log *slog.Logger) (*nats.Conn, error) {
+// Connect dials the cluster described by c; extra options are applied
+// after c's.
+func Connect(c ConnConfig, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts, err := c.Options(log)
 	if err != nil {
 		return nil, err
 	}
+	opts = append(opts, extra...)
 	nc, err := nats.Connect(strings.Join(c.URLs, ","), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect nats: %w", err)

@@ -165,9 +165,6 @@ func (s *Session) stream(num uint32) *streamInfo {
 // ID returns the stream id, stable across resumes of the stream.
 func (st *Stream) ID() string { return st.id }
 
-// Session returns the stream's session.
-func (st *Stream) Session() *Session { return st.sess }
-
 // Resumed reports whether the response continues a stream the session knew.
 func (st *Stream) Resumed() bool { return st.continued }
 
@@ -228,13 +225,6 @@ func (s *Session) Bind(principal string) (owner bool) {
 		return true
 	}
 	return s.principal == principal
-}
-
-// Principal returns the principal the session is bound to, or "".
-func (s *Session) Principal() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.principal
 }
 
 // LatestLastID returns the last event id of the session's most recently
