@@ -33,10 +33,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/ssetrack/ssetrack/extproc/journal"
 )
 
 // Metric names read by these tests.
@@ -107,46 +104,6 @@ func (n *natsServer) start(t *testing.T) {
 
 // stop stops the server (SIGTERM) and waits for it to exit.
 func (n *natsServer) stop() { n.proc.stop() }
-
-// jsClient connects a NATS client for reading JetStream.
-func jsClient(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", url, err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
-
-// storedSession returns the concatenated payloads on the session's subject.
-func storedSession(t *testing.T, js jetstream.JetStream, sid string) []byte {
-	t.Helper()
-	subject := journal.Subject(journal.DefaultSubjectPrefix, sid)
-	data, _, err := readSubject(js, journal.DefaultStream, subject)
-	if err != nil {
-		t.Fatalf("read %s from stream %s: %v", subject, journal.DefaultStream, err)
-	}
-	return data
-}
-
-// waitStored polls the session's subject until it holds at least want events (complete
-// blocks) or bound passes, and returns what it holds then.
-func waitStored(t *testing.T, js jetstream.JetStream, sid string, want int, bound time.Duration) []byte {
-	t.Helper()
-	deadline := time.Now().Add(bound)
-	for {
-		data := storedSession(t, js, sid)
-		if len(allIDs(data)) >= want || time.Now().After(deadline) {
-			return data
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 // ---------------------------------------------------------------------------
 // ssetrack and Envoy wired to the external NATS.

@@ -295,10 +295,19 @@ type process struct {
 
 // startProcess starts bin; it is stopped when t ends, and its output is printed if t
 // failed (or always, with E2E_LOGS=1).
-func startProcess(t *testing.T, name, bin string, args ...string) *process {
+func startProcess(t testing.TB, name, bin string, args ...string) *process {
+	t.Helper()
+	return startProcessEnv(t, name, nil, bin, args...)
+}
+
+// startProcessEnv is startProcess with extra environment variables.
+func startProcessEnv(t testing.TB, name string, env []string, bin string, args ...string) *process {
 	t.Helper()
 	p := &process{name: name, out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
 	// Own process group: a Ctrl-C in the terminal reaches only the test binary, which

@@ -6,11 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/ssetrack/ssetrack/extproc/journal"
 )
 
 // TestHostileEventIDs streams events whose ids are hostile to naive code:
@@ -46,27 +41,8 @@ func TestHostileEventIDs(t *testing.T) {
 	want := encodeAll([]sseEvent{evs[5], evs[7]})
 	expectBody(t, "second stream", got2, want)
 
-	nc, err := nats.Connect(fx.natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	wantStored := append(bytes.Clone(body), want...)
-	var stored []byte
-	for try := 0; try < 200; try++ { // published asynchronously: bounded wait
-		stored, _, err = readSubject(js, journal.DefaultStream, journal.Subject("", sid))
-		if err == nil && len(stored) >= len(wantStored) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	stored := waitStored(t, jsClient(t, fx.natsURL), sid, len(allIDs(wantStored)), 10*time.Second)
 	if !bytes.Equal(stored, wantStored) {
 		t.Errorf("JetStream holds %d bytes, want the %d forwarded: %s", len(stored), len(wantStored), diffStreams(stored, wantStored))
 	}

@@ -5,11 +5,6 @@ import (
 	"slices"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/ssetrack/ssetrack/extproc/journal"
 )
 
 // TestObservabilityMode runs envoy/envoy-observe.yaml: Envoy never waits
@@ -36,27 +31,8 @@ func TestObservabilityMode(t *testing.T) {
 	expectBody(t, "first stream", got1, sent[0])
 	expectBody(t, "resumed stream (observed, not deduplicated)", got2, sent[1])
 
-	nc, err := nats.Connect(fx.natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := encodeAll(evs) // 1..8, each once
-	var stored []byte
-	for try := 0; try < 200; try++ { // published asynchronously: bounded wait
-		stored, _, err = readSubject(js, journal.DefaultStream, journal.Subject("", sid))
-		if err == nil && len(stored) >= len(want) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	stored := waitStored(t, jsClient(t, fx.natsURL), sid, len(evs), 10*time.Second)
 	// Envoy does not wait for ssetrack here, so a request's messages may
 	// reach it after the next request's: each event is stored once, but the
 	// two streams' order is not guaranteed.

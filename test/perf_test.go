@@ -67,7 +67,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -593,7 +592,7 @@ func startPerfEnvoy(b *testing.B, name, cfg string, upstreamPort, extProcPort in
 		b.Fatal(err)
 	}
 	adminPath := filepath.Join(dir, "admin-address")
-	p = startPerfProcess(b, name, nil, envoyBin,
+	p = startProcess(b, name, envoyBin,
 		"-c", cfgPath,
 		"--use-dynamic-base-id",
 		"--admin-address-path", adminPath,
@@ -653,7 +652,7 @@ func startPerfSsetrack(b *testing.B) (grpcAddr, metricsURL string, p *process) {
 		"--pprof",
 	}
 	args = append(args, strings.Fields(os.Getenv("PERF_SSETRACK_ARGS"))...)
-	p = startPerfProcess(b, "ssetrack", nil, ssetrackBin, args...)
+	p = startProcess(b, "ssetrack", ssetrackBin, args...)
 	metricsURL = "http://" + metricsAddr
 	if err := waitReady(p, metricsURL+"/readyz", func(code int, _ []byte) bool { return code == http.StatusOK }); err != nil {
 		b.Fatalf("ssetrack did not start: %v\n%s", err, p.logTail())
@@ -669,7 +668,7 @@ func startNoopProcess(b *testing.B) (string, *process) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := startPerfProcess(b, "noop ext_proc", []string{perfNoopEnv + "=" + addr}, self)
+	p := startProcessEnv(b, "noop ext_proc", []string{perfNoopEnv + "=" + addr}, self)
 	deadline := time.Now().Add(startTimeout)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -682,30 +681,6 @@ func startNoopProcess(b *testing.B) (string, *process) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// startPerfProcess is startProcess for a benchmark, with extra environment variables.
-func startPerfProcess(b *testing.B, name string, env []string, bin string, args ...string) *process {
-	p := &process{name: name, out: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout = p.out
-	p.cmd.Stderr = p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
-		b.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		close(p.done)
-	}()
-	b.Cleanup(func() {
-		p.stop()
-		if b.Failed() || os.Getenv("E2E_LOGS") == "1" {
-			b.Logf("---- %s output (exit: %v) ----\n%s\n---- end of %s output ----", name, p.waitErr, p.logTail(), name)
-		}
-	})
-	return p
 }
 
 // perfCPU returns the CPU time (user and system) p has used so far, from /proc (Linux); 0
