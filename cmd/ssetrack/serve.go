@@ -180,10 +180,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	// undo releases, newest first, what was started before a failure; a
+	// clean shutdown runs its own ordered sequence instead.
+	var undo []func()
+	fail := func(err error) error {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return err
+	}
 	jr, err := startJournal(ctx, &c.journal, c.dedupWindow, log, reg)
 	if err != nil {
 		return err
 	}
+	undo = append(undo, func() { jr.close(context.Background(), log) })
 	var sink session.Journal
 	if jr != nil {
 		sink = jr.journal
@@ -191,8 +201,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	principalKey, err := loadPrincipalKey(c, log)
 	if err != nil {
-		jr.close(context.Background(), log)
-		return err
+		return fail(err)
 	}
 	table := session.NewTable(session.Config{
 		Window:      c.dedupWindow,
@@ -202,6 +211,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		LoadTimeout: c.loadTimeout,
 		Logger:      log,
 	})
+	undo = append(undo, table.Close)
 	srv, err := extproc.New(extproc.Config{
 		SessionHeaders:    c.sessionHeaders.values,
 		SessionQuery:      c.sessionQuery,
@@ -219,16 +229,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Logger:            log,
 	})
 	if err != nil {
-		table.Close()
-		jr.close(context.Background(), log)
-		return err
+		return fail(err)
 	}
 
 	grpcSrv, err := newGRPCServer(c)
 	if err != nil {
-		table.Close()
-		jr.close(context.Background(), log)
-		return err
+		return fail(err)
 	}
 	procv3.RegisterExternalProcessorServer(grpcSrv, srv)
 	hs := health.NewServer()
@@ -236,18 +242,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	lis, err := net.Listen("tcp", c.listen)
 	if err != nil {
-		table.Close()
-		jr.close(context.Background(), log)
-		return fmt.Errorf("listen %s: %w", c.listen, err)
+		return fail(fmt.Errorf("listen %s: %w", c.listen, err))
 	}
+	undo = append(undo, func() { lis.Close() })
 	var metricsSrv *http.Server
 	if c.metricsListen != "" {
 		mlis, err := net.Listen("tcp", c.metricsListen)
 		if err != nil {
-			lis.Close()
-			table.Close()
-			jr.close(context.Background(), log)
-			return fmt.Errorf("listen %s: %w", c.metricsListen, err)
+			return fail(fmt.Errorf("listen %s: %w", c.metricsListen, err))
 		}
 		metricsSrv = &http.Server{Handler: opsHandler(reg, jr, c.pprof), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
