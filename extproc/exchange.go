@@ -392,12 +392,20 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	if dirty {
 		x.out = x.out[:0]
 	}
+	// sendReplay puts the missed events (prepareReplay) into the output at
+	// the current point; from then on the output is assembled in x.out.
+	sendReplay := func() {
+		if !dirty {
+			dirty = true
+			x.out = append(x.out[:0], body[:kept]...)
+		}
+		x.out = append(x.out, x.replay...)
+		x.replay = nil
+	}
 	if x.replay != nil && !carried && len(body) > 0 && body[0] != 0xEF {
 		// Nothing forwarded yet and no BOM can start the stream: the missed
 		// events go first.
-		dirty = true
-		x.out = append(x.out[:0], x.replay...)
-		x.replay = nil
+		sendReplay()
 	}
 	var seen, forwarded, deduped, oversize int
 	var rec session.Record // the chunk's delivered events, for the journal
@@ -411,13 +419,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 			break
 		}
 		if x.replay != nil && seg.Kind != sse.KindBOM {
-			// After the stream's BOM, before its first block.
-			if !dirty {
-				dirty = true
-				x.out = append(x.out[:0], body[:kept]...)
-			}
-			x.out = append(x.out, x.replay...)
-			x.replay = nil
+			sendReplay() // after the stream's BOM, before its first block
 		}
 		drop := false
 		switch seg.Kind {
@@ -480,12 +482,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		// is set), the held tail is a suffix of body.
 		tail := x.parser.Flush()
 		if x.replay != nil {
-			if !dirty {
-				dirty = true
-				x.out = append(x.out[:0], body[:kept]...)
-			}
-			x.out = append(x.out, x.replay...)
-			x.replay = nil
+			sendReplay()
 		}
 		if dirty {
 			x.out = append(x.out, tail...)
