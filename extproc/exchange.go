@@ -47,6 +47,12 @@ type exchange struct {
 	// recLastID is the last id among the events of the chunk's journal
 	// record (reused buffer).
 	recLastID []byte
+	// crEnd: the last segment was a recorded event ending in the CR of a
+	// blank line, at the end of its chunk. lfOwed: the LF completing that
+	// CRLF came in a later chunk and was forwarded but not yet journaled;
+	// it opens the stream's next record, so the journal keeps the bytes as
+	// received.
+	crEnd, lfOwed bool
 }
 
 func newExchange(s *Server, ctx context.Context) *exchange {
@@ -74,6 +80,7 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) *procv3.ProcessingRespo
 		// Trailers end the body without an end_of_stream chunk. A partial
 		// event still held cannot be sent from here (a trailers response
 		// carries no body); a browser would discard it anyway.
+		x.abandonTail()
 		x.endBody()
 		resp = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &procv3.TrailersResponse{}}}
 	default:
@@ -422,7 +429,12 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 			sendReplay() // after the stream's BOM, before its first block
 		}
 		drop := false
+		crEnd := x.crEnd
+		x.crEnd = false
 		switch seg.Kind {
+		case sse.KindComment:
+			// Never an event: forwarded at once (heartbeats must not wait).
+			x.lfOwed = x.lfOwed || crEnd && seg.Raw[0] == '\n'
 		case sse.KindBlock:
 			if !seg.HasData && !seg.HasID {
 				break // comments, retry, blank lines: forwarded as they are
@@ -454,6 +466,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 			forwarded++
 			if x.srv.cfg.Journal != nil {
 				x.appendRecord(&rec, seg, seq, carried, len(body))
+				x.crEnd = seg.Raw[len(seg.Raw)-1] == '\r'
 			}
 			if seg.HasID {
 				st.SetLastID(seg.ID) // copies: seg.ID may alias the parser's carry buffer
@@ -494,7 +507,13 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		rec.LastID = string(x.recLastID) // once per chunk, not per event
 		x.recLastID = x.recLastID[:0]
 	}
-	if rec.Count > 0 && !x.srv.cfg.Journal.Append(rec) {
+	if rec.Count == 0 && x.lfOwed {
+		// The LF completing the last event's CRLF came alone: the journal
+		// adds it to that event's batch if the batch is still open.
+		rec = session.Record{Session: x.sessionID, Stream: x.stream.ID(), Data: []byte{'\n'}}
+		x.lfOwed = false
+	}
+	if len(rec.Data) > 0 && !x.srv.cfg.Journal.Append(rec) {
 		m.journalDrops.Inc()
 	}
 	if seen > 0 {
@@ -528,9 +547,13 @@ func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64
 		}
 		*rec = session.Record{
 			Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.principal,
-			Data: make([]byte, 0, max(size, len(seg.Raw))),
+			Data: make([]byte, 0, max(size, len(seg.Raw))+1),
 		}
 		x.recorded = true
+		if x.lfOwed {
+			rec.Data = append(rec.Data, '\n')
+			x.lfOwed = false
+		}
 	}
 	rec.Data = append(rec.Data, seg.Raw...)
 	rec.Count++
@@ -557,9 +580,20 @@ func (x *exchange) endBody() {
 	}
 }
 
+// abandonTail counts a partial event that can no longer be forwarded: the
+// body ended without an end_of_stream chunk (HTTP/2 trailers, with Envoy's
+// response_trailer_mode SKIP ssetrack is not even told) or the stream was
+// cut. Only an incomplete event is ever held, which a browser discards too.
+func (x *exchange) abandonTail() {
+	if x.sseBody && !x.ended && x.parser.Pending() > 0 {
+		x.srv.metrics.errors.WithLabelValues("partial_event_unsent").Inc()
+	}
+}
+
 // close releases what the exchange holds; the gRPC stream is over (the
 // response ended, or the client or Envoy went away).
 func (x *exchange) close() {
+	x.abandonTail()
 	x.endBody()
 	if x.sess != nil {
 		x.srv.cfg.Sessions.Release(x.sess)

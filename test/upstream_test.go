@@ -26,8 +26,9 @@ type upstream struct {
 type route struct {
 	plan     func(n int, r *http.Request) reply // n counts requests to the path from 0
 	reqs     int
-	sent     [][]byte // bodies sent, by request
-	received [][]byte // request bodies received, by request
+	sent     [][]byte         // bodies sent, by request
+	received [][]byte         // request bodies received, by request
+	serve    http.HandlerFunc // if set, answers instead of plan
 }
 
 // reply is one scripted response: headers, then the body cut into pieces at the given
@@ -49,7 +50,11 @@ func startUpstream(t *testing.T) *upstream {
 		t.Fatal(err)
 	}
 	u := &upstream{port: l.Addr().(*net.TCPAddr).Port, routes: map[string]*route{}}
-	srv := &http.Server{Handler: u}
+	// HTTP/1.1 and, for clusters configured with http2_protocol_options,
+	// HTTP/2 over cleartext (prior knowledge).
+	srv := &http.Server{Handler: u, Protocols: new(http.Protocols)}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			t.Errorf("upstream: %v", err)
@@ -66,6 +71,16 @@ func (u *upstream) handle(plan func(n int, r *http.Request) reply) string {
 	u.next++
 	path := "/s/" + strconv.Itoa(u.next)
 	u.routes[path] = &route{plan: plan}
+	return path
+}
+
+// handleFunc registers a handler that writes the response itself under a
+// fresh path and returns the path.
+func (u *upstream) handleFunc(f http.HandlerFunc) string {
+	path := u.handle(nil)
+	u.mu.Lock()
+	u.routes[path].serve = f
+	u.mu.Unlock()
 	return path
 }
 
@@ -99,6 +114,10 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.mu.Unlock()
 	if rt == nil {
 		http.NotFound(w, r)
+		return
+	}
+	if rt.serve != nil {
+		rt.serve(w, r)
 		return
 	}
 	reqBody, err := io.ReadAll(r.Body)

@@ -138,6 +138,14 @@ func (b *batcher) add(q queued) {
 		b.p.release(1)
 		return
 	}
+	if rec.Count == 0 && !rec.End && (l == nil || l.open == nil || l.open.Stream != rec.Stream) {
+		// Bytes without an event (the LF of the last event's CRLF, come in
+		// a later chunk) whose batch is already sealed: a batch of no
+		// events is never published, and the event's bytes end in a CR,
+		// a complete line ending. Not counted as a loss.
+		b.p.release(1)
+		return
+	}
 	if l == nil {
 		l = &lane{session: rec.Session, subject: Subject(cfg.SubjectPrefix, rec.Session)}
 		b.lanes[rec.Session] = l

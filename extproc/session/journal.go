@@ -17,7 +17,10 @@ type Record struct {
 	// FirstID and LastID are the first and last non-empty event ids among
 	// the events in Data; empty when none of them had an id.
 	FirstID, LastID string
-	// Count is the number of events in Data.
+	// Count is the number of events in Data. A record of no events may
+	// carry just the LF completing the CRLF that ended the stream's last
+	// recorded event, when that LF came in a later chunk: the journal
+	// appends it to that event's batch if the batch is still open.
 	Count int
 	// FirstSeq and LastSeq are the per-session sequence numbers of the first
 	// and last event in Data. Sequence numbers start at 1, grow by one per

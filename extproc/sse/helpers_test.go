@@ -36,6 +36,8 @@ func (s seg) String() string {
 		b.WriteString("bom")
 	case KindOversize:
 		b.WriteString("oversize")
+	case KindComment:
+		b.WriteString("comment")
 	default:
 		fmt.Fprintf(&b, "kind(%d)", s.Kind)
 	}
@@ -86,17 +88,32 @@ func (r result) joined() string {
 	return b.String()
 }
 
-// merged returns r with the KindOversize segments of each block merged into
-// one: only their Raw depends on where chunks were split.
+// merged returns r with the cuts that depend on chunking undone (see the
+// package doc): the parts of each oversize block joined, consecutive
+// KindComment segments joined, and a KindComment segment's leading LF that
+// completes a CRLF given back to the segment before it.
 func (r result) merged() result {
 	out := result{Flush: r.Flush}
-	open := false
+	open := false // the last segment is an oversize block's part, not its end
 	for _, s := range r.Segs {
-		if s.Kind == KindOversize && open {
-			last := &out.Segs[len(out.Segs)-1]
+		var last *seg
+		if n := len(out.Segs); n > 0 {
+			last = &out.Segs[n-1]
+		}
+		if s.Kind == KindComment && last != nil && strings.HasSuffix(last.Raw, "\r") && s.Raw[0] == '\n' {
+			last.Raw += "\n"
+			s.Raw = s.Raw[1:]
+			if s.Raw == "" {
+				continue
+			}
+		}
+		switch {
+		case s.Kind == KindOversize && open:
 			last.Raw += s.Raw
 			last.End = s.End
-		} else {
+		case s.Kind == KindComment && last != nil && last.Kind == KindComment:
+			last.Raw += s.Raw
+		default:
 			out.Segs = append(out.Segs, s)
 		}
 		open = s.Kind == KindOversize && !s.End
@@ -104,15 +121,19 @@ func (r result) merged() result {
 	return out
 }
 
-// run feeds chunks to a fresh parser and collects everything it returns. It
-// also checks Pending after each chunk against the bytes not yet returned.
+// run feeds chunks to a fresh parser and collects everything it returns.
+// After each chunk it checks the latency contract: the parser holds exactly
+// the bytes that a one-chunk parse of the input so far leaves undecided (an
+// incomplete block, a partial stream-start BOM), and Pending counts them.
 func run(maxSize int, chunks [][]byte) (result, error) {
 	p := &Parser{MaxEventSize: maxSize}
 	var r result
+	var prefix []byte
 	fed, out := 0, 0
 	for _, c := range chunks {
 		p.Feed(c)
 		fed += len(c)
+		prefix = append(prefix, c...)
 		for {
 			s, ok := p.Next()
 			if !ok {
@@ -126,6 +147,9 @@ func run(maxSize int, chunks [][]byte) (result, error) {
 		}
 		if got, want := p.Pending(), fed-out; got != want {
 			return r, fmt.Errorf("after %d bytes: Pending() = %d, want %d", fed, got, want)
+		}
+		if held, want := string(prefix[out:]), reference(prefix, maxSize).Flush; held != want {
+			return r, fmt.Errorf("after %d bytes: holds %q, want only the undecided %q", fed, held, want)
 		}
 	}
 	r.Flush = string(p.Flush())
@@ -157,7 +181,8 @@ func bytewise(in []byte) [][]byte {
 
 // reference parses a whole stream the plain way, one byte at a time over
 // the complete input, as an oracle independent of the Parser's chunk logic.
-// Oversize blocks come out as one segment each.
+// It gives the segments of a one-chunk parse: oversize blocks come out as
+// one segment each, the runs between blocks as one KindComment each.
 func reference(in []byte, maxSize int) result {
 	if maxSize <= 0 {
 		maxSize = DefaultMaxEventSize
@@ -172,40 +197,57 @@ func reference(in []byte, maxSize int) result {
 		r.Segs = append(r.Segs, seg{Kind: KindBOM, Raw: utf8BOM, Retry: -1})
 		i = 3
 	}
-	afterCR := false
-	for i < len(in) {
-		start := i
-		s := seg{Kind: KindBlock, Retry: -1}
-		if afterCR && in[i] == '\n' {
-			i++
+	// lineEnd returns the end of the line at i (after CR, LF or CRLF) and
+	// the end of its text, or -1 if the line does not end.
+	lineEnd := func(i int) (next, text int) {
+		k := i
+		for k < len(in) && in[k] != '\r' && in[k] != '\n' {
+			k++
 		}
-		afterCR = false
-		done := false
-		for i < len(in) && !done {
-			k := i
-			for k < len(in) && in[k] != '\r' && in[k] != '\n' {
-				k++
-			}
-			if k == len(in) {
-				i = k
+		if k == len(in) {
+			return -1, k
+		}
+		if in[k] == '\r' && k+1 < len(in) && in[k+1] == '\n' {
+			return k + 2, k
+		}
+		return k + 1, k
+	}
+	for i < len(in) {
+		// Between blocks: comment lines, a trailing unended comment line.
+		start := i
+		for i < len(in) && in[i] == ':' {
+			next, _ := lineEnd(i)
+			if next < 0 {
+				i = len(in)
 				break
 			}
-			line := in[i:k]
+			i = next
+		}
+		if i > start {
+			r.Segs = append(r.Segs, seg{Kind: KindComment, Raw: string(in[start:i]), Retry: -1})
+			continue
+		}
+		// A block: field lines up to a blank line, or a blank line alone.
+		s := seg{Kind: KindBlock, Retry: -1}
+		done, size := false, 0
+		for i < len(in) {
+			next, text := lineEnd(i)
+			if next < 0 {
+				i = len(in)
+				break
+			}
+			line := in[i:text]
+			i = next
 			if len(line) == 0 {
 				done = true
-				afterCR = in[k] == '\r'
-				i = k + 1
+				size = text + 1 - start // the LF of a final CRLF is not counted
 				break
 			}
 			refField(line, &s)
-			i = k + 1
-			if in[k] == '\r' && i < len(in) && in[i] == '\n' {
-				i++
-			}
 		}
 		raw := string(in[start:i])
 		switch {
-		case len(raw) > maxSize:
+		case done && size > maxSize, !done && len(raw) > maxSize:
 			r.Segs = append(r.Segs, seg{Kind: KindOversize, Raw: raw, Retry: -1, End: done})
 		case done:
 			s.Raw = raw

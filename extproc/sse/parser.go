@@ -5,33 +5,48 @@
 // The package imports only the standard library. A Parser belongs to one
 // goroutine; it has no locks.
 //
-// Segment boundaries depend on the bytes only, never on where chunks were
-// split. Hence a block whose blank line ends in a CR is complete at that CR:
-// if an LF follows, it completes the CRLF but is the first byte of the next
-// segment (in a CRLF stream every block but the first starts with "\n", and
-// the stream's final "\n" is what Flush returns). Only KindOversize segments
-// depend on the chunking: their bytes are returned as they arrive, so compare
-// them per block, concatenated.
+// # What a Parser holds
+//
+// A gateway must not delay a byte whose fate is known, so after each chunk
+// the Parser holds back only bytes that may still belong to an event whose
+// fate (forward or drop) is undecided:
+//
+//   - an incomplete block: from its first field line up to, not including,
+//     the blank line that will end it (a partial first line counts when it
+//     does not start with ':');
+//   - at the start of the stream only, up to two bytes of a possible UTF-8
+//     byte order mark.
+//
+// Everything else is returned from the chunk it arrived in: complete
+// blocks, comment lines and blank lines between blocks (heartbeats, even a
+// comment line not yet ended), and the LF that completes a CRLF. A CR at the
+// end of a chunk ends its line at once; if the next chunk starts with LF,
+// that LF is returned as a KindComment segment of its own.
+//
+// # Segment boundaries
+//
+// Boundaries depend on the bytes, except where holding nothing forces a
+// cut: the LF of a CRLF that arrives after its CR (see above), a comment
+// line split across chunks, and the parts of a KindOversize block. Tests
+// compare segments with those pieces merged (a lone LF joined to the
+// segment before it, consecutive KindComment segments joined, the parts of
+// one oversize block joined).
 //
 // Retry is -1 in segments of every kind, so that Retry >= 0 alone means a
 // valid retry field.
 package sse
 
-import "errors"
-
 // DefaultMaxEventSize is the block size limit a zero Parser uses.
 const DefaultMaxEventSize = 1 << 20
-
-// ErrEventTooLarge marks segments of a block that exceeded the size limit.
-// Such blocks are passed through byte for byte and not parsed.
-var ErrEventTooLarge = errors.New("sse: event too large")
 
 // Kind says what a Segment is.
 type Kind uint8
 
 const (
-	// KindBlock is a complete block: every line up to and including the
-	// blank line that ends it. Its fields are parsed.
+	// KindBlock is a complete block: from its first field line up to and
+	// including the blank line that ends it (with the LF of a final CRLF
+	// when that LF is in the same chunk), or a blank line on its own. Its
+	// fields are parsed; comment lines inside it are part of it.
 	KindBlock Kind = iota + 1
 	// KindBOM is the one UTF-8 byte order mark at the start of the stream.
 	KindBOM
@@ -39,6 +54,12 @@ const (
 	// are passed through unparsed; the last part of such a block has
 	// Segment.End set.
 	KindOversize
+	// KindComment is bytes between blocks that no event can own: comment
+	// lines (§9.2: a line starting with ':') before a block's first field,
+	// a comment line's bytes so far when a chunk ends inside it, and the LF
+	// completing a CRLF whose CR ended the previous segment. A heartbeat
+	// such as ": ping\n" is one.
+	KindComment
 )
 
 // Segment is a run of the input. The segments a Parser returns, plus what
@@ -90,10 +111,10 @@ type Parser struct {
 
 	// Line state at the end of the bytes consumed so far: the carry, the
 	// oversize bytes returned, or the last complete segment.
-	midLine   bool // the current line has bytes: a line ending ends it, not the block
-	skipLF    bool // the last byte was a CR: an LF right after it completes that CRLF
-	blockSkip bool // skipLF as it was when the carried block began
-	oversize  bool // inside a block over the limit: bytes pass through unparsed
+	midLine  bool // the current line has bytes: a line ending ends it, not the block
+	skipLF   bool // the last byte was a CR: an LF right after it completes that CRLF
+	comment  bool // inside a comment line between blocks: its bytes pass through
+	oversize bool // inside a block over the limit: bytes pass through unparsed
 
 	bomDone bool    // the stream-start BOM is decided (seen, or ruled out)
 	bomN    int     // bytes of a possible BOM held in bom
@@ -157,7 +178,58 @@ func (p *Parser) Next() (Segment, bool) {
 	if len(p.carry) > 0 {
 		return p.nextCarried()
 	}
+	if seg, ok := p.nextComment(); ok {
+		return seg, true
+	}
 	return p.nextBlock()
+}
+
+// nextComment returns the bytes at the current position that lie between
+// blocks: the LF completing a CRLF, comment lines, and a comment line's
+// bytes so far. It reports false, consuming nothing, when a field line or a
+// blank line (a block) or the end of the chunk comes first.
+func (p *Parser) nextComment() (Segment, bool) {
+	buf, start := p.chunk, p.pos
+	i := start
+	for i < len(buf) {
+		if p.skipLF {
+			p.skipLF = false
+			if buf[i] == '\n' {
+				i++
+				continue
+			}
+		}
+		if !p.comment {
+			if buf[i] != ':' {
+				break
+			}
+			p.comment = true
+		}
+		j := p.eol.next(buf, i)
+		if j == len(buf) {
+			i = j // the comment line goes on in the next chunk
+			break
+		}
+		p.comment = false
+		i = j + 1
+		p.skipLF = buf[j] == '\r'
+	}
+	if i == start {
+		return Segment{}, false
+	}
+	p.pos = i
+	return Segment{Kind: KindComment, Raw: buf[start:i:i], Retry: -1}, true
+}
+
+// takeLF extends a segment that ends at buf[end-1] over the LF completing
+// its final CR when that LF is in buf, so the LF is not left for a segment
+// of its own. skip reports whether the segment ended in a CR; skipOut
+// whether it still does.
+func takeLF(buf []byte, end int, skip bool) (endOut int, skipOut bool) {
+	if skip && end < len(buf) && buf[end] == '\n' {
+		return end + 1, false
+	}
+	return end, skip
 }
 
 // nextBOM decides whether the stream starts with a BOM, holding up to two
@@ -174,7 +246,7 @@ func (p *Parser) nextBOM() (seg Segment, ok, handled bool) {
 			if p.bomN > 0 {
 				p.carry = append(p.carry[:0], p.bom[:p.bomN]...)
 				p.bomN = 0
-				p.midLine, p.skipLF, p.blockSkip = true, false, false
+				p.midLine, p.skipLF = true, false
 			}
 			return Segment{}, false, false
 		}
@@ -204,16 +276,16 @@ func (p *Parser) nextBlock() (Segment, bool) {
 		return Segment{}, false
 	}
 	seg := Segment{Kind: KindBlock, Retry: -1}
-	end, st, midLine, skip := parseBlock(buf, start, p.skipLF, p.limit(), &p.eol, &seg)
+	end, st, midLine, skip := parseBlock(buf, start, p.limit(), &p.eol, &seg)
 	switch st {
 	case blockDone:
+		end, skip = takeLF(buf, end, skip)
 		seg.Raw = buf[start:end:end]
 		p.pos = end
 		p.skipLF = skip
 		return seg, true
 	case blockPartial:
 		p.carry = append(p.carry[:0], buf[start:]...)
-		p.blockSkip = p.skipLF
 		p.midLine, p.skipLF = midLine, skip
 		p.release()
 		return Segment{}, false
@@ -244,6 +316,8 @@ func (p *Parser) nextCarried() (Segment, bool) {
 		p.release()
 		return Segment{}, false
 	}
+	blockEnd := len(p.carry) + end - start // the fields end at the blank line
+	end, skip = takeLF(buf, end, skip)
 	p.carry = append(p.carry, buf[start:end]...)
 	p.pos = end
 	raw := p.carry[:len(p.carry):len(p.carry)]
@@ -251,7 +325,7 @@ func (p *Parser) nextCarried() (Segment, bool) {
 	seg := Segment{Kind: KindBlock, Raw: raw, Retry: -1}
 	var f eolFinder
 	f.reset()
-	parseBlock(raw, 0, p.blockSkip, len(raw), &f, &seg)
+	parseBlock(raw[:blockEnd], 0, blockEnd, &f, &seg)
 	p.midLine, p.skipLF = false, skip
 	return seg, true
 }
@@ -265,11 +339,12 @@ func (p *Parser) nextOversize() (Segment, bool) {
 		p.release()
 		return Segment{}, false
 	}
-	p.pos = end
-	p.midLine, p.skipLF = midLine, skip
 	if found {
+		end, skip = takeLF(buf, end, skip)
 		p.oversize = false
 	}
+	p.pos = end
+	p.midLine, p.skipLF = midLine, skip
 	return Segment{Kind: KindOversize, Raw: buf[start:end:end], Retry: -1, End: found}, true
 }
 

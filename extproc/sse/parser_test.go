@@ -19,7 +19,7 @@ func TestFields(t *testing.T) {
 		{"data:\n\n", none, none, true, -1},
 		{"datum: x\n\n", none, none, false, -1},
 		{"DATA: x\n\n", none, none, false, -1},
-		{": data: x\n\n", none, none, false, -1},
+		{"event: e\n: data: x\n\n", none, "e", false, -1}, // a comment line inside a block
 		{"id: 1-17\n\n", "1-17", none, false, -1},
 		{"id:1\n\n", "1", none, false, -1},
 		{"id:  1\n\n", " 1", none, false, -1},

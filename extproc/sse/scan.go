@@ -52,18 +52,15 @@ const (
 	blockTooLarge                    // the block is over the limit
 )
 
-// parseBlock parses the block that starts at buf[start] into seg's fields,
-// line by line, and returns the end of the block (after its blank line). If
-// skip is set, a leading LF completes the CR that ended the previous
-// segment. When buf ends inside the block it reports blockPartial with the
+// parseBlock parses the block that starts at buf[start] (a field line or a
+// blank line) into seg's fields, line by line, and returns the end of the
+// block (after its blank line's CR or LF; skipOut reports a CR, whose LF the
+// caller takes with takeLF). When buf ends inside the block it reports blockPartial with the
 // line state at the end of buf: midLine if a line has begun, skipOut if the
 // last byte was a CR. It gives up with blockTooLarge as soon as the block is
 // known to be over limit bytes.
-func parseBlock(buf []byte, start int, skip bool, limit int, f *eolFinder, seg *Segment) (end int, st blockStatus, midLine, skipOut bool) {
+func parseBlock(buf []byte, start int, limit int, f *eolFinder, seg *Segment) (end int, st blockStatus, midLine, skipOut bool) {
 	i := start
-	if skip && i < len(buf) && buf[i] == '\n' {
-		i++
-	}
 	for i < len(buf) {
 		// At the start of a line: a line ending here is the blank line.
 		switch buf[i] {
@@ -72,8 +69,8 @@ func parseBlock(buf []byte, start int, skip bool, limit int, f *eolFinder, seg *
 			if end-start > limit {
 				return end, blockTooLarge, false, false
 			}
-			// A CR ends the block at once; an LF after it will be the
-			// first byte of the next segment.
+			// A CR ends the block at once; the caller takes an LF after it
+			// if the chunk has one.
 			return end, blockDone, false, buf[i] == '\r'
 		}
 		j := f.next(buf, i)
