@@ -17,4 +17,9 @@
 // The shipped envoy/*.yaml files are decoded and validated as Envoy bootstraps the same way.
 // A block whose type the tests do not know is a failure, not a skip. The module is separate
 // from ssetrack's own so that these dependencies stay out of the product.
+//
+// To see what an older Envoy Gateway lacks, pin it in a copy of this module together with the
+// Gateway API version its go.mod requires (go get github.com/envoyproxy/gateway@v1.5.0
+// sigs.k8s.io/gateway-api@<that version>) and run go test there: the minimum versions listed
+// in envoy/README.md were found that way.
 package guides
