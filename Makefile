@@ -2,7 +2,10 @@
 #
 #   make test               gofmt check, go vet, all tests with -race, end-to-end through a
 #                           real Envoy (installed by envoy/install.sh into .cache/envoy/),
+#                           the attach guides against the gateways' API types (test-guides),
 #                           then the end-to-end tests again on Envoy $(ENVOY_COMPAT_VERSION)
+#   make test-guides        envoy/README.md's yaml blocks and envoy/*.yaml decoded into Envoy
+#                           Gateway's, Gateway API's, Istio's and Envoy's own types
 #   make build              bin/ssetrack
 #   make bench              Go benchmarks (BENCH=regexp, BENCHTIME=duration)
 #   make test-envoy-compat  the end-to-end tests against Envoy $(ENVOY_COMPAT_VERSION)
@@ -21,7 +24,7 @@ ENVOY_COMPAT_VERSION ?= 1.36.2
 BENCH ?= .
 BENCHTIME ?= 1s
 
-.PHONY: all build test fmt-check vet envoy demo bench perf test-envoy-compat clean
+.PHONY: all build test test-guides fmt-check vet envoy demo bench perf test-envoy-compat clean
 
 all: build
 
@@ -57,7 +60,13 @@ test:
 	$(MAKE) --no-print-directory fmt-check; \
 	$(GO) vet ./...; \
 	$(GO) test -race -count=1 ./...; \
+	$(MAKE) --no-print-directory test-guides; \
 	$(MAKE) --no-print-directory test-envoy-compat
+
+# test/guides is its own Go module (it keeps the gateways' API modules out of ssetrack's), so
+# ./... above does not reach it; gofmt -l . does.
+test-guides:
+	cd test/guides && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # test/ has no benchmarks (and its TestMain builds ssetrack), so it is left out.
 bench:
