@@ -137,8 +137,9 @@ func BenchmarkLatency20k(b *testing.B) {
 	b.ReportMetric(float64(st.Events)/float64(max(st.Batches, 1)), "events/batch")
 }
 
-// BenchmarkReplay measures a resume's replay (the last 5 events of a
-// stream) against a session with 100, 10,000 and 1,000,000 stored events.
+// BenchmarkReplay measures a resume's replay (the last 5, or the last 200,
+// events of a stream) against a session with 100, 10,000 and 1,000,000
+// stored events.
 // The store is filled before timing by publishing pre-built batch messages
 // of 64 events straight to JetStream, as the batcher would have written
 // them. It reports, never asserts: the replay's cost should not grow with
@@ -146,7 +147,7 @@ func BenchmarkLatency20k(b *testing.B) {
 func BenchmarkReplay(b *testing.B) {
 	s := startTestServer(b)
 	nc := connect(b, s.ClientURL())
-	const perBatch, missed = 64, 5
+	const perBatch = 64
 	for _, stored := range []int{100, 10_000, 1_000_000} {
 		b.Run(fmt.Sprintf("stored=%d", stored), func(b *testing.B) {
 			name := fmt.Sprintf("R%d", stored)
@@ -168,23 +169,34 @@ func BenchmarkReplay(b *testing.B) {
 			case <-time.After(5 * time.Minute):
 				b.Fatal("fill not acked")
 			}
-			after, through := fmt.Sprintf("s-%d", stored-missed), fmt.Sprintf("s-%d", stored)
-			replay := func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-				defer cancel()
-				_, ids, err := p.Replay(ctx, "bench", "s", after, through)
-				if err != nil {
-					b.Fatal(err)
+			for _, missed := range []int{5, 200} {
+				if missed >= stored {
+					continue
 				}
-				if len(ids) != missed || ids[missed-1] != through {
-					b.Fatalf("replayed %v", ids)
-				}
-			}
-			replay() // warm-up: first-use costs of the server and client
-			b.ReportAllocs()
-			for b.Loop() {
-				replay()
+				b.Run(fmt.Sprintf("missed=%d", missed), func(b *testing.B) {
+					benchReplay(b, p, fmt.Sprintf("s-%d", stored-missed), fmt.Sprintf("s-%d", stored), missed)
+				})
 			}
 		})
+	}
+}
+
+// benchReplay times the replay of the missed events after after.
+func benchReplay(b *testing.B, p *Publisher, after, through string, missed int) {
+	replay := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		_, ids, err := p.Replay(ctx, "bench", "s", after, through)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(ids) != missed || ids[missed-1] != through {
+			b.Fatalf("replayed %d events", len(ids))
+		}
+	}
+	replay() // warm-up: first-use costs of the server and client
+	b.ReportAllocs()
+	for b.Loop() {
+		replay()
 	}
 }
