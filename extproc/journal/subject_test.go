@@ -49,19 +49,6 @@ func TestSubjectToken(t *testing.T) {
 	}
 }
 
-func TestHeaderValue(t *testing.T) {
-	for _, v := range []string{"abc", "", " lead", "trail ", "a\r\nb", "b64:x", strings.Repeat("q", 600), "\xff", "ok id 1"} {
-		enc := history.EncodeHeaderValue(v)
-		if strings.ContainsAny(enc, "\r\n") {
-			t.Errorf("EncodeHeaderValue(%q) = %q", v, enc)
-		}
-		got, err := history.DecodeHeaderValue(enc)
-		if err != nil || got != v {
-			t.Errorf("round trip %q: %q, %v", v, got, err)
-		}
-	}
-}
-
 // TestRouting publishes events of sessions with hostile ids and checks each
 // session finds exactly its own events under its own subject.
 func TestRouting(t *testing.T) {
