@@ -43,24 +43,26 @@ type located struct {
 // opaque strings, and the per-session sequence of the id (which would allow
 // a binary search over the batches' Ssetrack-First-Seq headers) is not
 // known to the reader. Scanning forward from the session's first batch, as
-// this package once did, costs the whole stored history. So locate
+// the journal once did, costs the whole stored history. So locate
 // gallops backwards from the last message, which GetLastMsgForSubject
 // finds in one direct get: each round reads the batches in the next older
 // range of stream sequences, twice as long as the previous one, forwards,
 // and checks them newest first. Every batch between the id's batch and the
-// end is read exactly once, plus one empty probe per doubling in a stream
-// shared with other sessions, and those batches are the ones a read from
-// the id delivers anyway, so they are kept (up to keepBytes) and handed
-// back. A range is read with direct gets (one round trip per batch), or,
-// past maxGets batches, with an ordered consumer. An id that is not stored
-// costs a read of the session's whole history, as before; the caller's ctx
-// bounds it.
+// end is read exactly once, plus at most one get per round that lands past
+// the range (in a stream shared with other sessions), and those batches are
+// the ones a read from the id delivers anyway, so they are kept (up to
+// keepBytes) and handed back. A range is read with direct gets (one round
+// trip per batch), or, past maxGets batches, with an ordered consumer. An
+// id that is not stored costs a read of the session's whole history, as
+// before; the caller's ctx bounds it.
 //
 // Considered and not chosen: an index from per-session sequence to stream
 // sequence kept in the session's KV state would need the publisher to
-// write one more value per batch and still would not map an id to its
-// sequence; a start time gives no bound either, since a client may resume
-// long after the events it missed.
+// write more per batch and still would not map an id to its sequence; a
+// start time gives no bound, since a client may resume long after the
+// events it missed; batch direct gets (nats-server 2.11, exposed by
+// orbit.go's jetstreamext.GetBatch but not by nats.go's jetstream) would
+// fold a round's gets into one request, for one more dependency.
 func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStreamMsg, id, stream string) (located, error) {
 	holds := func(b Batch) bool { return (stream == "" || b.Stream == stream) && b.has(id) }
 	var known []Batch // the batches at stream sequences >= lo, in order

@@ -32,7 +32,9 @@ func NewReader(stream jetstream.Stream, subjectPrefix string) *Reader {
 type ReadOptions struct {
 	// FromID starts after the most recent stored event with this id. When
 	// no stored event has it (never stored, or purged) the read fails with
-	// ErrEventNotFound rather than delivering part of the history.
+	// ErrEventNotFound rather than delivering part of the history. The id
+	// is found by a search backwards from the session's last batch, so the
+	// cost follows what was stored after it, not the session's history.
 	FromID string
 	// Since starts with the first batch stored at or after this time. When
 	// it lies before the session's oldest stored event and older events
