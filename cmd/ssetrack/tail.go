@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ssetrack/ssetrack/extproc/journal"
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 )
 
 // defaultNATSURL is where `ssetrack serve`'s embedded server listens by default.
@@ -41,7 +42,7 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *fromID != "" && *since != "" {
 		errs = append(errs, errors.New("--from-id and --since exclude each other"))
 	}
-	opts := journal.ReadOptions{FromID: *fromID, Follow: *follow}
+	opts := history.ReadOptions{FromID: *fromID, Follow: *follow}
 	if *since != "" {
 		t, err := parseSince(*since, time.Now())
 		if err != nil {
@@ -65,19 +66,32 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	r := journal.NewReader(js, journal.Config{Stream: j.stream, SubjectPrefix: j.subject})
+	name := j.stream
+	if name == "" {
+		name = history.DefaultStream
+	}
+	stream, err := js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("open stream %s: %w", name, err)
+	}
 	enc := json.NewEncoder(stdout)
-	err = r.ReadEvents(ctx, *sid, opts, func(ev journal.Event) error {
-		if !*asJSON {
-			_, err := stdout.Write(ev.Data)
+	for ev, err := range history.NewReader(stream, j.subject).Events(ctx, *sid, opts) {
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		if err != nil {
 			return err
 		}
-		return enc.Encode(jsonEvent(ev))
-	})
-	if errors.Is(err, context.Canceled) {
-		return nil
+		if *asJSON {
+			err = enc.Encode(jsonEvent(ev))
+		} else {
+			_, err = stdout.Write(ev.Data)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	return err
+	return nil
 }
 
 // parseSince reads a duration back from now, or an RFC 3339 time.
@@ -103,7 +117,7 @@ type eventJSON struct {
 	Time    time.Time `json:"time"`
 }
 
-func jsonEvent(ev journal.Event) eventJSON {
+func jsonEvent(ev history.Event) eventJSON {
 	out := eventJSON{Session: ev.Session, Stream: ev.Stream, Seq: ev.Seq, Raw: string(ev.Data), Time: ev.Time}
 	if ev.HasID {
 		id := ev.ID

@@ -136,3 +136,67 @@ func BenchmarkLatency20k(b *testing.B) {
 	b.ReportMetric(float64(st.Events)/float64(max(st.KVWrites, 1)), "events/kv-write")
 	b.ReportMetric(float64(st.Events)/float64(max(st.Batches, 1)), "events/batch")
 }
+
+// BenchmarkReplay measures a resume's replay (the last 5, or the last 200,
+// events of a stream) against a session with 100, 10,000 and 1,000,000
+// stored events.
+// The store is filled before timing by publishing pre-built batch messages
+// of 64 events straight to JetStream, as the batcher would have written
+// them. It reports, never asserts: the replay's cost should not grow with
+// the stored history.
+func BenchmarkReplay(b *testing.B) {
+	s := startTestServer(b)
+	nc := connect(b, s.ClientURL())
+	const perBatch = 64
+	for _, stored := range []int{100, 10_000, 1_000_000} {
+		b.Run(fmt.Sprintf("stored=%d", stored), func(b *testing.B) {
+			name := fmt.Sprintf("R%d", stored)
+			cfg := Config{Stream: name, SubjectPrefix: "r" + name, Bucket: name}
+			p := newPublisher(b, nc, cfg)
+			js := jsOf(b, nc)
+			subj := Subject(cfg.SubjectPrefix, "bench")
+			for first := 1; first <= stored; first += perBatch {
+				n := min(perBatch, stored-first+1)
+				data, ids := events("s", first, n)
+				bt := Batch{Session: "bench", Stream: "s", FirstID: ids[0], LastID: ids[n-1], Count: n, FirstSeq: uint64(first), LastSeq: uint64(first + n - 1), Writer: "bench"}
+				msg := &nats.Msg{Subject: subj, Data: data, Header: bt.header(MsgID("bench", "s", "bench", bt.FirstSeq))}
+				if _, err := js.PublishMsgAsync(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(5 * time.Minute):
+				b.Fatal("fill not acked")
+			}
+			for _, missed := range []int{5, 200} {
+				if missed >= stored {
+					continue
+				}
+				b.Run(fmt.Sprintf("missed=%d", missed), func(b *testing.B) {
+					benchReplay(b, p, fmt.Sprintf("s-%d", stored-missed), fmt.Sprintf("s-%d", stored), missed)
+				})
+			}
+		})
+	}
+}
+
+// benchReplay times the replay of the missed events after after.
+func benchReplay(b *testing.B, p *Publisher, after, through string, missed int) {
+	replay := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		_, ids, err := p.Replay(ctx, "bench", "s", after, through)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(ids) != missed || ids[missed-1] != through {
+			b.Fatalf("replayed %d events", len(ids))
+		}
+	}
+	replay() // warm-up: first-use costs of the server and client
+	b.ReportAllocs()
+	for b.Loop() {
+		replay()
+	}
+}

@@ -1,27 +1,19 @@
 // Package journal persists sessions' SSE events to NATS JetStream and reads
-// them back. It is the only package of ssetrack that imports NATS.
+// back what the ext_proc side needs (a session's state, a stream's missed
+// events). It and its subpackage history, which consumers import instead
+// of it, are the only packages of ssetrack that import NATS.
 //
 // # Layout in JetStream
 //
 // Events are stored in one stream (Config.Stream, default "SSETRACK") with
 // one subject per session: Config.SubjectPrefix + "." + SubjectToken(id),
 // e.g. "ssetrack.events.c2Vzcy0x". A message is a batch: consecutive events
-// of one (session, stream) pair. Its payload is the events' SSE bytes as
-// received, itself a valid SSE stream, and its headers are:
+// of one (session, stream) pair; package history documents its payload and
+// headers and decodes it. The publisher adds
 //
-//	Ssetrack-Session    session id (see EncodeHeaderValue)
-//	Ssetrack-Stream     stream id within the session
-//	Ssetrack-First-Id   first non-empty event id in the batch (may be absent)
-//	Ssetrack-Last-Id    last non-empty event id in the batch (may be absent)
-//	Ssetrack-Count      number of events in the payload
-//	Ssetrack-First-Seq  per-session sequence number of the first event
-//	Ssetrack-Last-Seq   per-session sequence number of the last event
-//	Ssetrack-Writer     the publishing process (Publisher) that wrote the batch
 //	Nats-Msg-Id         MsgID(session, stream, writer, first seq)
 //
-// Per-session sequence numbers grow by one per event across all streams of a
-// session, so a consumer detects a gap when a batch's First-Seq is not the
-// previous batch's Last-Seq + 1.
+// so that a retried batch is a server-side duplicate.
 //
 // Session state lives in the KV bucket Config.Bucket (default
 // "ssetrack-sessions") under the key SubjectToken(id), as JSON (see State).

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 )
 
 // buildNATSServer builds the nats-server binary from the module cache.
@@ -140,12 +142,11 @@ func TestServerRestart(t *testing.T) {
 	for s := range sessions {
 		sid := fmt.Sprintf("fault-%d", s)
 		seen := map[string]int{}
-		err := NewReader(js, cfg).ReadEvents(ctx, sid, ReadOptions{}, func(ev Event) error {
+		for ev, err := range reader(t, js, cfg).Events(ctx, sid, history.ReadOptions{}) {
+			if err != nil {
+				t.Fatal(err)
+			}
 			seen[ev.ID]++
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
 		}
 		for i := 1; i <= perSession; i++ {
 			if c := seen[fmt.Sprintf("s-%d", i)]; c != 1 {

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
@@ -98,19 +99,29 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// reader returns a history reader of cfg's stream.
+func reader(t testing.TB, js jetstream.JetStream, cfg Config) *history.Reader {
+	t.Helper()
+	cfg = cfg.withDefaults()
+	st, err := js.Stream(context.Background(), cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return history.NewReader(st, cfg.SubjectPrefix)
+}
+
 // readAll returns a session's stored batches.
-func readAll(t testing.TB, js jetstream.JetStream, cfg Config, sid string) []Batch {
+func readAll(t testing.TB, js jetstream.JetStream, cfg Config, sid string) []history.Batch {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var out []Batch
-	err := NewReader(js, cfg).ReadBatches(ctx, sid, ReadOptions{}, func(b Batch) error {
+	var out []history.Batch
+	for b, err := range reader(t, js, cfg).Batches(ctx, sid, history.ReadOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
 		b.Data = append([]byte(nil), b.Data...)
 		out = append(out, b)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	return out
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
@@ -29,7 +30,7 @@ func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.Histor
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.LoadTimeout)
 	defer cancel()
-	h, st, err := loadHistory(ctx, p.js, p.stream, p.kv, p.cfg, sessionID)
+	h, st, err := loadHistory(ctx, p.stream, p.kv, p.cfg, sessionID)
 	p.m.loadTimer.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("load session %s: %w", shortID(sessionID), err)
@@ -41,7 +42,7 @@ func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.Histor
 }
 
 // loadHistory is Load without the publisher. st is the merged state.
-func loadHistory(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, kv jetstream.KeyValue, cfg Config, sid string) (*session.History, State, error) {
+func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyValue, cfg Config, sid string) (*session.History, State, error) {
 	st, err := getState(ctx, kv, sid)
 	if err != nil {
 		return nil, st, err
@@ -65,7 +66,7 @@ func loadHistory(ctx context.Context, js jetstream.JetStream, stream jetstream.S
 	kvSeq := st.Seq
 	h := &session.History{Seq: st.Seq, Principal: st.Principal}
 	if last != nil {
-		lb, err := decodeBatch(last.Header, last.Data, last.Sequence, last.Time)
+		lb, err := history.Decode(last.Header, last.Data)
 		if err != nil {
 			return nil, st, err
 		}
@@ -88,13 +89,12 @@ func loadHistory(ctx context.Context, js jetstream.JetStream, stream jetstream.S
 			OptStartSeq:    from,
 		}
 		var evs []session.EventRef
-		err = scanBatches(ctx, js, cfg.Stream, occ, last.Sequence, func(b Batch) error {
-			batchEvents(&b, func(ev sseEvent, seq uint64) bool {
-				if ev.HasID && ev.ID != "" && seq >= target {
-					evs = append(evs, session.EventRef{ID: ev.ID, Stream: b.Stream, Seq: seq})
+		err = scanBatches(ctx, stream, occ, last.Sequence, func(b history.Batch) error {
+			for ev := range b.Events() {
+				if ev.ID != "" && ev.Seq >= target {
+					evs = append(evs, session.EventRef{ID: ev.ID, Stream: b.Stream, Seq: ev.Seq})
 				}
-				return true
-			})
+			}
 			if b.LastSeq > kvSeq { // newer than the KV value
 				if b.LastID != "" {
 					streams[b.Stream] = b.LastID
@@ -137,7 +137,7 @@ func findStart(ctx context.Context, stream jetstream.Stream, subj string, target
 		}
 		fs, err := strconv.ParseUint(m.Header.Get(HeaderFirstSeq), 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("%w: %s header", ErrBadBatch, HeaderFirstSeq)
+			return 0, 0, fmt.Errorf("%w: %s header", history.ErrBadBatch, HeaderFirstSeq)
 		}
 		return m.Sequence, fs, nil
 	}
@@ -159,4 +159,40 @@ func findStart(ctx context.Context, stream jetstream.Stream, subj string, target
 		}
 	}
 	return lo, nil
+}
+
+// scanBatches reads batches with an ordered consumer configured by occ and
+// calls fn for each, until the batch at stream sequence end. Messages
+// without batch headers are skipped.
+func scanBatches(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedConsumerConfig, end uint64, fn func(history.Batch) error) error {
+	cons, err := stream.OrderedConsumer(ctx, occ)
+	if err != nil {
+		return fmt.Errorf("ordered consumer: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	defer it.Stop()
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("next batch: %w", err)
+		}
+		b, err := history.DecodeMsg(msg)
+		switch {
+		case err == nil:
+			if err := fn(b); err != nil {
+				return err
+			}
+		case !errors.Is(err, history.ErrBadBatch):
+			return err
+		}
+		if b.Sequence >= end {
+			return nil
+		}
+	}
 }

@@ -5,43 +5,39 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
 var _ session.Replayer = (*Publisher)(nil)
 
-// errReplayDone stops a replay read once the last wanted event is found.
-var errReplayDone = errors.New("journal: replay done")
-
-// Replay implements session.Replayer: it reads the session's stored events
-// after the event after and keeps those of stream, up to and including the
-// event through. The read scans the session's subject from its first batch,
-// so its cost grows with the session's stored history (bounded by
-// MaxMsgsPerSubject and MaxAge); callers bound it with ctx.
+// Replay implements session.Replayer: it returns the stored events of
+// stream after the event after, through the event through. It reads what
+// the client missed, not what the session stored: history.Reader finds the
+// batch holding after by searching backwards from the session's last batch
+// (see its FromID), so the cost depends on how many events were stored
+// after it, not on the session's history. History is never replayed in
+// part: ErrHistoryMissing when after is not stored (never, or purged),
+// ErrHistoryIncomplete when through is not among the events after it.
+// Callers bound it with ctx.
 func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, through string) ([]byte, []string, error) {
 	var data []byte
 	var ids []string
-	r := NewReader(p.js, p.cfg)
-	err := r.ReadEvents(ctx, sessionID, ReadOptions{FromID: after}, func(ev Event) error {
-		if ev.Stream != stream {
-			return nil
+	r := history.NewReader(p.stream, p.cfg.SubjectPrefix)
+	for ev, err := range r.Events(ctx, sessionID, history.ReadOptions{FromID: after, Stream: stream}) {
+		switch {
+		case errors.Is(err, history.ErrEventNotFound):
+			return nil, nil, session.ErrHistoryMissing
+		case err != nil:
+			return nil, nil, fmt.Errorf("replay: %w", err)
 		}
 		data = append(data, ev.Data...)
 		if ev.HasID && ev.ID != "" {
 			ids = append(ids, ev.ID)
 			if ev.ID == through {
-				return errReplayDone
+				return data, ids, nil
 			}
 		}
-		return nil
-	})
-	switch {
-	case errors.Is(err, errReplayDone):
-		return data, ids, nil
-	case errors.Is(err, ErrEventNotFound):
-		return nil, nil, session.ErrHistoryMissing
-	case err != nil:
-		return nil, nil, fmt.Errorf("replay: %w", err)
 	}
 	return nil, nil, session.ErrHistoryIncomplete
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 )
 
 var routingIDs = []string{
@@ -18,7 +20,7 @@ func TestSubjectToken(t *testing.T) {
 	seen := map[string]string{}
 	for _, id := range routingIDs {
 		tok := SubjectToken(id)
-		if tok == "" || len(tok) > maxTokenLen {
+		if tok == "" || len(tok) > 200 {
 			t.Errorf("SubjectToken(%.20q) = %q: bad length", id, tok)
 		}
 		for i := 0; i < len(tok); i++ {
@@ -27,7 +29,7 @@ func TestSubjectToken(t *testing.T) {
 				t.Errorf("SubjectToken(%.20q) = %q: byte %q", id, tok, c)
 			}
 		}
-		hashed := strings.HasPrefix(tok, hashedPrefix)
+		hashed := strings.HasPrefix(tok, "=")
 		if hashed != (len(id) == 0 || len(id) > 150) {
 			t.Errorf("SubjectToken(%.20q) hashed = %v", id, hashed)
 		}
@@ -43,19 +45,6 @@ func TestSubjectToken(t *testing.T) {
 		seen[tok] = id
 		if got := Subject("", id); got != DefaultSubjectPrefix+"."+tok {
 			t.Errorf("Subject = %q", got)
-		}
-	}
-}
-
-func TestHeaderValue(t *testing.T) {
-	for _, v := range []string{"abc", "", " lead", "trail ", "a\r\nb", "b64:x", strings.Repeat("q", 600), "\xff", "ok id 1"} {
-		enc := EncodeHeaderValue(v)
-		if strings.ContainsAny(enc, "\r\n") {
-			t.Errorf("EncodeHeaderValue(%q) = %q", v, enc)
-		}
-		got, err := DecodeHeaderValue(enc)
-		if err != nil || got != v {
-			t.Errorf("round trip %q: %q, %v", v, got, err)
 		}
 	}
 }
@@ -127,11 +116,19 @@ func TestLongIDsStayOutOfHeaders(t *testing.T) {
 	if size > 4096 {
 		t.Errorf("headers take %d bytes", size)
 	}
-	got, err := decodeBatch(h, data, 1, time.Time{})
+	got, err := history.Decode(h, data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.FirstID != long || got.LastID != "short" {
 		t.Errorf("decoded first id of %d bytes, last %q", len(got.FirstID), got.LastID)
+	}
+}
+
+// TestDefaultsMatchHistory: package history, which consumers import instead
+// of this one, names the same stream and subjects by default.
+func TestDefaultsMatchHistory(t *testing.T) {
+	if DefaultStream != history.DefaultStream || DefaultSubjectPrefix != history.DefaultSubjectPrefix {
+		t.Errorf("journal defaults %q, %q; history %q, %q", DefaultStream, DefaultSubjectPrefix, history.DefaultStream, history.DefaultSubjectPrefix)
 	}
 }

@@ -1,0 +1,159 @@
+package history
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Limits of locate's backward search.
+const (
+	// keepBytes bounds the payload bytes locate keeps of the batches it
+	// has read, to hand them to the caller instead of reading them again.
+	keepBytes = 4 << 20
+	// maxGets is how many direct gets one round of the search makes before
+	// it reads the rest of its range with an ordered consumer, which
+	// streams instead of paying a round trip per batch.
+	maxGets = 16
+)
+
+// located is where a read from an event id starts.
+type located struct {
+	// start is the stream sequence of the batch holding the id.
+	start uint64
+	// batches are the batches to deliver, from that batch (trimmed to the
+	// events after the id) through the session's last batch, when the
+	// search could keep them all; nil otherwise.
+	batches []Batch
+}
+
+// locate finds the most recent batch on subj (of stream, if set) holding
+// an event with id, searching backwards from last, the subject's last
+// message. Its cost depends on how far back the id is, not on how much the
+// session has stored.
+//
+// Why a backward search: a resume asks for what a client missed, and that
+// is almost always the last few events. JetStream reads forwards only: an
+// ordered consumer (DeliverByStartSequence, DeliverByStartTime) and direct
+// get by subject ("the next message on this subject at or after sequence
+// n", which nats.go's jetstream exposes as GetMsg with WithGetMsgSubject)
+// both need a starting point, and nothing maps an event id to one: ids are
+// opaque strings, and the per-session sequence of the id (which would allow
+// a binary search over the batches' Ssetrack-First-Seq headers) is not
+// known to the reader. Scanning forward from the session's first batch, as
+// the journal once did, costs the whole stored history. So locate
+// gallops backwards from the last message, which GetLastMsgForSubject
+// finds in one direct get: each round reads the batches in the next older
+// range of stream sequences, twice as long as the previous one, forwards,
+// and checks them newest first. Every batch between the id's batch and the
+// end is read exactly once, plus at most one get per round that lands past
+// the range (in a stream shared with other sessions), and those batches are
+// the ones a read from the id delivers anyway, so they are kept (up to
+// keepBytes) and handed back. A range is read with direct gets (one round
+// trip per batch), or, past maxGets batches, with an ordered consumer. An
+// id that is not stored costs a read of the session's whole history, as
+// before; the caller's ctx bounds it.
+//
+// Considered and not chosen: an index from per-session sequence to stream
+// sequence kept in the session's KV state would need the publisher to
+// write more per batch and still would not map an id to its sequence; a
+// start time gives no bound, since a client may resume long after the
+// events it missed; batch direct gets (nats-server 2.11, exposed by
+// orbit.go's jetstreamext.GetBatch but not by nats.go's jetstream) would
+// fold a round's gets into one request, for one more dependency.
+func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStreamMsg, id, stream string) (located, error) {
+	holds := func(b Batch) bool { return (stream == "" || b.Stream == stream) && b.has(id) }
+	var known []Batch // the batches at stream sequences >= lo, in order
+	kept, dropped := 0, false
+	lb, err := decodeRaw(last)
+	if err == nil {
+		known = append(known, lb)
+		kept += len(lb.Data)
+	}
+	lo := last.Sequence
+	for span := uint64(1); ; span *= 2 {
+		for i := len(known) - 1; i >= 0; i-- {
+			if !holds(known[i]) {
+				continue
+			}
+			if dropped {
+				return located{start: known[i].Sequence}, nil
+			}
+			out := known[i:]
+			rest, _ := out[0].after(id)
+			if rest.Count == 0 {
+				out = out[1:]
+			} else {
+				out[0] = rest
+			}
+			if out == nil {
+				out = []Batch{}
+			}
+			return located{start: known[i].Sequence, batches: out}, nil
+		}
+		if lo <= 1 {
+			return located{}, ErrEventNotFound
+		}
+		from := lo - min(span, lo-1)
+		older, err := r.readRange(ctx, subj, from, lo)
+		if err != nil {
+			return located{}, err
+		}
+		if !dropped {
+			for _, b := range older {
+				kept += len(b.Data)
+			}
+			if kept > keepBytes {
+				dropped = true
+			}
+		}
+		if dropped {
+			// Only the range not yet checked matters from here on.
+			known = older
+		} else {
+			known = append(older, known...)
+		}
+		lo = from
+	}
+}
+
+// readRange returns the batches on subj at stream sequences from..to-1,
+// in order, skipping messages that are not batches.
+func (r *Reader) readRange(ctx context.Context, subj string, from, to uint64) ([]Batch, error) {
+	var out []Batch
+	for n := 0; from < to; n++ {
+		if n == maxGets {
+			occ := jetstream.OrderedConsumerConfig{
+				FilterSubjects: []string{subj},
+				DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+				OptStartSeq:    from,
+			}
+			// The subject's last message is at or after to, so the
+			// consumer always reaches to-1 or beyond.
+			err := r.scan(ctx, occ, to-1, func(b Batch) error {
+				if b.Sequence < to {
+					out = append(out, b)
+				}
+				return nil
+			})
+			return out, err
+		}
+		m, err := r.stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("get batch: %w", err)
+		}
+		if m.Sequence >= to {
+			return out, nil
+		}
+		if b, err := decodeRaw(m); err == nil {
+			out = append(out, b)
+		}
+		from = m.Sequence + 1
+	}
+	return out, nil
+}

@@ -1,0 +1,230 @@
+package history
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Reader reads sessions' stored events from one JetStream stream. It needs
+// read access only: direct gets (the stream has AllowDirect) and ordered
+// consumers. A Reader has no state of its own; any goroutine may use it.
+type Reader struct {
+	stream jetstream.Stream
+	prefix string
+}
+
+// NewReader returns a Reader of the batches in stream, on subjects starting
+// with subjectPrefix ("" means DefaultSubjectPrefix).
+func NewReader(stream jetstream.Stream, subjectPrefix string) *Reader {
+	if subjectPrefix == "" {
+		subjectPrefix = DefaultSubjectPrefix
+	}
+	return &Reader{stream: stream, prefix: subjectPrefix}
+}
+
+// ReadOptions selects what a Reader delivers. FromID and Since exclude each
+// other; with neither, reading starts at the session's oldest stored event.
+type ReadOptions struct {
+	// FromID starts after the most recent stored event with this id. When
+	// no stored event has it (never stored, or purged) the read fails with
+	// ErrEventNotFound rather than delivering part of the history. The id
+	// is found by a search backwards from the session's last batch, so the
+	// cost follows what was stored after it, not the session's history.
+	FromID string
+	// Since starts with the first batch stored at or after this time. When
+	// it lies before the session's oldest stored event and older events
+	// were purged, the read fails with ErrPurged.
+	Since time.Time
+	// Stream, when set, delivers only the events of that stream of the
+	// session, and FromID is looked for among them only.
+	Stream string
+	// Follow keeps waiting for new batches until ctx ends. Without it the
+	// read stops at the session's last batch as of the call.
+	Follow bool
+}
+
+// Batches iterates over the session's batches in stored order. With FromID,
+// the batch that holds that id comes trimmed to the events after it (and is
+// left out when none follow). A message without batch headers is skipped.
+// The iteration ends after the last batch (without Follow), or with one
+// error: ErrEventNotFound, ErrPurged, ErrConflictingOptions, ctx's error,
+// or a wrapped JetStream error. A Batch's Data is valid only until the next
+// iteration.
+func (r *Reader) Batches(ctx context.Context, sessionID string, opts ReadOptions) iter.Seq2[Batch, error] {
+	return func(yield func(Batch, error) bool) {
+		err := r.read(ctx, sessionID, opts, func(b Batch) bool { return yield(b, nil) })
+		if err != nil && err != errStop {
+			yield(Batch{}, err)
+		}
+	}
+}
+
+// Events is Batches one event at a time, with the same errors. An Event's
+// Data is valid only until the next iteration.
+func (r *Reader) Events(ctx context.Context, sessionID string, opts ReadOptions) iter.Seq2[Event, error] {
+	return func(yield func(Event, error) bool) {
+		for b, err := range r.Batches(ctx, sessionID, opts) {
+			if err != nil {
+				yield(Event{}, err)
+				return
+			}
+			for ev := range b.Events() {
+				if !yield(ev, nil) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// errStop ends a read when the caller stops iterating.
+var errStop = errors.New("history: stop")
+
+// read calls fn with each batch to deliver.
+func (r *Reader) read(ctx context.Context, sid string, opts ReadOptions, fn func(Batch) bool) error {
+	if opts.FromID != "" && !opts.Since.IsZero() {
+		return ErrConflictingOptions
+	}
+	subj := Subject(r.prefix, sid)
+	last, err := r.stream.GetLastMsgForSubject(ctx, subj)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		last = nil
+	case err != nil:
+		return fmt.Errorf("get last batch: %w", err)
+	}
+	deliver := func(b Batch) error {
+		if opts.Stream != "" && b.Stream != opts.Stream {
+			return nil
+		}
+		if !fn(b) {
+			return errStop
+		}
+		return nil
+	}
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}}
+	var end uint64 // the last stream sequence to read without Follow
+	switch {
+	case opts.FromID != "":
+		if last == nil {
+			return ErrEventNotFound
+		}
+		at, err := r.locate(ctx, subj, last, opts.FromID, opts.Stream)
+		if err != nil {
+			return err
+		}
+		if at.batches != nil {
+			for _, b := range at.batches {
+				if err := deliver(b); err != nil {
+					return err
+				}
+			}
+			if !opts.Follow {
+				return nil
+			}
+			occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last.Sequence+1
+			return r.scan(ctx, occ, 0, deliver)
+		}
+		// Too much to have kept while searching: read it again, trimming
+		// the first batch.
+		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, at.start
+		first := true
+		deliver0 := deliver
+		deliver = func(b Batch) error {
+			if first {
+				first = false
+				rest, ok := b.after(opts.FromID)
+				if !ok {
+					return fmt.Errorf("%w: batch %d changed under the read", ErrEventNotFound, b.Sequence)
+				}
+				if rest.Count == 0 {
+					return nil
+				}
+				b = rest
+			}
+			return deliver0(b)
+		}
+		end = last.Sequence
+	case !opts.Since.IsZero():
+		if last != nil {
+			if err := r.checkSince(ctx, subj, opts.Since); err != nil {
+				return err
+			}
+		}
+		t := opts.Since
+		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
+		if last != nil {
+			if last.Time.Before(t) && !opts.Follow {
+				return nil
+			}
+			end = last.Sequence
+		}
+	default:
+		if last != nil {
+			end = last.Sequence
+		}
+	}
+	if opts.Follow {
+		end = 0
+	} else if end == 0 {
+		return nil
+	}
+	return r.scan(ctx, occ, end, deliver)
+}
+
+// checkSince fails with ErrPurged when since lies before the session's
+// oldest stored batch and that batch does not start at per-session
+// sequence 1: events older than it were stored and are gone, and some of
+// them may be newer than since.
+func (r *Reader) checkSince(ctx context.Context, subj string, since time.Time) error {
+	m, err := r.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+	if err != nil {
+		return fmt.Errorf("get first batch: %w", err)
+	}
+	b, err := decodeRaw(m)
+	if err == nil && since.Before(b.Time) && b.FirstSeq > 1 {
+		return fmt.Errorf("%w: oldest stored event of the session is number %d, stored %s", ErrPurged, b.FirstSeq, b.Time.UTC().Format(time.RFC3339Nano))
+	}
+	return nil
+}
+
+// scan reads batches with an ordered consumer configured by occ and hands
+// each to fn, until the batch at stream sequence end (end 0: until ctx
+// ends). Messages without batch headers are skipped.
+func (r *Reader) scan(ctx context.Context, occ jetstream.OrderedConsumerConfig, end uint64, fn func(Batch) error) error {
+	cons, err := r.stream.OrderedConsumer(ctx, occ)
+	if err != nil {
+		return fmt.Errorf("ordered consumer: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	defer it.Stop()
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("next batch: %w", err)
+		}
+		b, err := DecodeMsg(msg)
+		switch {
+		case err == nil:
+			if err := fn(b); err != nil {
+				return err
+			}
+		case !errors.Is(err, ErrBadBatch):
+			return err
+		}
+		if end > 0 && b.Sequence >= end {
+			return nil
+		}
+	}
+}

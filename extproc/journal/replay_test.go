@@ -1,0 +1,71 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+)
+
+// TestReplay: a stream's missed events come back whole, from its own
+// batches only, or not at all.
+func TestReplay(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	p := newPublisher(t, nc, Config{Batch: BatchConfig{MaxEvents: 3, MaxDelay: 5 * time.Millisecond}})
+	seq := 0
+	add := func(stream string, first, n int) {
+		r := record("rp", stream, first, n, false)
+		r.FirstSeq, r.LastSeq = uint64(seq+1), uint64(seq+n)
+		seq += n
+		p.Append(r)
+	}
+	add("a", 1, 4)
+	add("b", 1, 2)
+	add("a", 5, 5)
+	waitFor(t, 5*time.Second, "acks", func() bool { return p.Stats().Events == 11 })
+
+	tests := []struct {
+		name, after, through string
+		ids                  string
+		err                  error
+	}{
+		{"within stream", "a-2", "a-7", "[a-3 a-4 a-5 a-6 a-7]", nil},
+		{"to the end", "a-8", "a-9", "[a-9]", nil},
+		{"after unknown", "a-0", "a-9", "", session.ErrHistoryMissing},
+		{"after in another stream", "b-1", "a-9", "", session.ErrHistoryMissing},
+		{"through not stored", "a-8", "a-10", "", session.ErrHistoryIncomplete},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			data, ids, err := p.Replay(ctx, "rp", "a", tc.after, tc.through)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("err %v, want %v", err, tc.err)
+			}
+			if tc.err != nil {
+				if data != nil || ids != nil {
+					t.Errorf("partial replay: %q %v", data, ids)
+				}
+				return
+			}
+			if fmt.Sprint(ids) != tc.ids {
+				t.Errorf("ids %v, want %s", ids, tc.ids)
+			}
+			var want []byte
+			for _, id := range ids {
+				var k int
+				fmt.Sscanf(id, "a-%d", &k)
+				ev, _ := events("a", k, 1)
+				want = append(want, ev...)
+			}
+			if string(data) != string(want) {
+				t.Errorf("data %q\nwant %q", data, want)
+			}
+		})
+	}
+}
