@@ -131,10 +131,10 @@ func BenchmarkProcess(b *testing.B) {
 	for _, tc := range []struct {
 		name    string
 		session bool
-		journal session.Journal
+		journal Recorder
 	}{{"no-session", false, nil}, {"session", true, nil}, {"session+journal", true, discardJournal{}}} {
 		b.Run(tc.name, func(b *testing.B) {
-			h := newHarness(b, func(c *Config) { c.Journal = tc.journal })
+			h := newHarness(b, func(c *Config) { c.Recorder = tc.journal })
 			chunks := mcpChunks(4096)
 			var total int
 			for _, c := range chunks {
@@ -148,7 +148,7 @@ func BenchmarkProcess(b *testing.B) {
 				x.sseBody = true
 				if tc.session {
 					x.sessionID = fmt.Sprint("s", i)
-					x.openStream(context.Background())
+					x.openStream(context.Background(), false)
 				}
 				for _, c := range chunks {
 					if i == b.N {
@@ -168,7 +168,3 @@ func BenchmarkProcess(b *testing.B) {
 type discardJournal struct{}
 
 func (discardJournal) Append(session.Record) bool { return true }
-func (discardJournal) Load(context.Context, string) (*session.History, error) {
-	return nil, nil
-}
-func (discardJournal) Stale(context.Context, string) (bool, error) { return false, nil }

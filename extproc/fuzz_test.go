@@ -19,7 +19,7 @@ func playStream(srv *Server, body []byte, cuts []int, resume string) []byte {
 	if resume != "" {
 		x.lastEventID, x.hasLastEventID = resume, true
 	}
-	x.openStream(context.Background())
+	x.openStream(context.Background(), false)
 	defer x.close()
 	var out []byte
 	prev := 0

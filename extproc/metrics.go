@@ -1,6 +1,9 @@
 package extproc
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
 
 // Response kinds counted by ssetrack_responses_total.
 const (
@@ -30,66 +33,68 @@ type metrics struct {
 	sessions        prometheus.GaugeFunc
 }
 
+// newMetrics makes the collectors and registers them with reg (none if nil).
 func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
+	f := promauto.With(reg)
 	m := &metrics{
-		eventsSeen: prometheus.NewCounter(prometheus.CounterOpts{
+		eventsSeen: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_events_seen_total",
 			Help: "SSE events (blocks with data or an id) parsed from upstream responses.",
 		}),
-		eventsForwarded: prometheus.NewCounter(prometheus.CounterOpts{
+		eventsForwarded: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_events_forwarded_total",
 			Help: "SSE events forwarded to clients.",
 		}),
-		eventsDeduped: prometheus.NewCounter(prometheus.CounterOpts{
+		eventsDeduped: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_events_deduplicated_total",
 			Help: "SSE events dropped because the client already had them.",
 		}),
-		eventsOversize: prometheus.NewCounter(prometheus.CounterOpts{
+		eventsOversize: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_events_oversize_total",
 			Help: "SSE blocks over the size limit, forwarded untouched and not tracked.",
 		}),
-		bytesSeen: prometheus.NewCounter(prometheus.CounterOpts{
+		bytesSeen: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_response_bytes_seen_total",
 			Help: "Response body bytes received from Envoy.",
 		}),
-		bytesForwarded: prometheus.NewCounter(prometheus.CounterOpts{
+		bytesForwarded: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_response_bytes_forwarded_total",
 			Help: "Response body bytes sent back to Envoy for the client.",
 		}),
-		chunks: prometheus.NewCounter(prometheus.CounterOpts{
+		chunks: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_response_chunks_total",
 			Help: "Response body chunks processed.",
 		}),
-		chunksRewritten: prometheus.NewCounter(prometheus.CounterOpts{
+		chunksRewritten: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_response_chunks_rewritten_total",
 			Help: "Response body chunks answered with replacement bytes (a held partial event, a dropped duplicate or a replay) instead of passing unchanged.",
 		}),
-		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+		responses: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_responses_total",
 			Help: "Responses by how ssetrack handled them (sse, passthrough, encoded, error).",
 		}, []string{"kind"}),
-		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+		resumes: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_resumes_total",
 			Help: "SSE requests carrying Last-Event-ID, by whether the id was known to the session.",
 		}, []string{"result"}),
-		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+		replays: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_replays_total",
 			Help: "Resumes that missed events the gateway had delivered, by replay result (replayed, missing, incomplete, error, denied).",
 		}, []string{"result"}),
-		streamsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+		streamsActive: f.NewGauge(prometheus.GaugeOpts{
 			Name: "ssetrack_streams_active",
 			Help: "SSE responses currently streaming through ssetrack.",
 		}),
-		journalDrops: prometheus.NewCounter(prometheus.CounterOpts{
+		journalDrops: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_rejected_total",
 			Help: "Records the journal refused (queue full): events forwarded but not persisted.",
 		}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		errors: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_errors_total",
 			Help: "Errors by kind.",
 		}, []string{"kind"}),
 	}
-	m.sessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	m.sessions = f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ssetrack_sessions_active",
 		Help: "Sessions held in memory.",
 	}, sessions)
@@ -102,10 +107,33 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 	for _, r := range []string{"replayed", "missing", "incomplete", "error", "denied"} {
 		m.replays.WithLabelValues(r)
 	}
-	if reg != nil {
-		reg.MustRegister(m.eventsSeen, m.eventsForwarded, m.eventsDeduped, m.eventsOversize,
-			m.bytesSeen, m.bytesForwarded, m.chunks, m.chunksRewritten, m.responses, m.resumes, m.replays, m.streamsActive,
-			m.journalDrops, m.errors, m.sessions)
-	}
 	return m
+}
+
+// chunkCounts are one body chunk's totals, added to the metrics once per
+// chunk rather than once per event.
+type chunkCounts struct {
+	seen, forwarded, deduped, oversize int // events
+	bytesIn, bytesOut                  int
+	rewritten                          bool // answered with replacement bytes
+}
+
+// addChunk adds a chunk's totals.
+func (m *metrics) addChunk(c *chunkCounts) {
+	m.chunks.Inc()
+	m.bytesSeen.Add(float64(c.bytesIn))
+	m.bytesForwarded.Add(float64(c.bytesOut))
+	if c.rewritten {
+		m.chunksRewritten.Inc()
+	}
+	if c.seen > 0 {
+		m.eventsSeen.Add(float64(c.seen))
+		m.eventsForwarded.Add(float64(c.forwarded))
+	}
+	if c.deduped > 0 {
+		m.eventsDeduped.Add(float64(c.deduped))
+	}
+	if c.oversize > 0 {
+		m.eventsOversize.Add(float64(c.oversize))
+	}
 }

@@ -2,6 +2,16 @@
 // messages in, decisions out. One gRPC stream carries one HTTP request; the
 // goroutine serving it owns all per-request state (no locks), and reaches
 // shared state only through the session table and the journal.
+//
+// The request path reads in file order: server.go (the gRPC service, one
+// exchange per stream), exchange.go (the per-request state machine),
+// request.go, response.go, replay.go and body.go (its phases), rewrite.go
+// (a chunk's keep, drop and insert decisions) and metrics.go.
+//
+// It owns the ext_proc exchange only: SSE parsing is package sse, session
+// state package session. It must not import NATS or package journal:
+// persistence reaches it through the Recorder and Replayer interfaces, which
+// cmd/ssetrack wires.
 package extproc
 
 import (
@@ -26,11 +36,10 @@ const (
 	DefaultSessionHeader = "mcp-session-id"
 	DefaultMaxSessionID  = 4096
 	DefaultStatelessMCP  = "2026-07-28"
-	DefaultReplayTimeout = 100 * time.Millisecond
-	// headerBudget bounds the journal reads (history load, replay) done
-	// while answering one header message: under Envoy's default 200ms
-	// message_timeout, past which Envoy would give up on the stream.
-	headerBudget          = 150 * time.Millisecond
+	// DefaultJournalTimeout is under Envoy's default ext_proc message_timeout
+	// (200ms), past which Envoy gives up on the message.
+	DefaultJournalTimeout = 150 * time.Millisecond
+
 	headerReplay          = "ssetrack-replay"
 	headerLastEventID     = "last-event-id"
 	headerProtocolVersion = "mcp-protocol-version"
@@ -59,11 +68,6 @@ type Config struct {
 	// that has none, from the session's most recent stream: for upstreams
 	// with a single stream per session.
 	InjectLastEventID bool
-	// Replay sends a resuming client, from the journal, the events its
-	// stream delivered after its Last-Event-ID, before the upstream's own;
-	// the upstream's repeats of them are then dropped. Needs a Journal that
-	// is a session.Replayer.
-	Replay bool
 	// PrincipalHeader, if set, names the request header that identifies the
 	// caller (e.g. authorization). A session is bound to the first caller
 	// seen on it, and replay is served to that caller only. Only a keyed
@@ -72,21 +76,48 @@ type Config struct {
 	// PrincipalKey keys that hash; replicas must share it for a binding to
 	// hold across them and across restarts.
 	PrincipalKey []byte
-	// ReplayTimeout bounds the journal read of a replay, which happens on
-	// the response headers' path (Envoy's message_timeout applies).
-	// Default 100ms.
-	ReplayTimeout time.Duration
+	// JournalTimeout bounds the journal reads made while answering one
+	// header message: a session's history load (request or response
+	// headers) and a replay read (response headers) share it. It must stay
+	// under Envoy's message_timeout. Default DefaultJournalTimeout.
+	JournalTimeout time.Duration
 	// StatelessMCPVersion is the first MCP protocol version without sessions
 	// or resumption; such traffic is observed only. Empty: DefaultStatelessMCP.
 	StatelessMCPVersion string
 	// Sessions holds the sessions; required.
 	Sessions *session.Table
-	// Journal receives delivered events; nil disables persistence.
-	Journal session.Journal
+	// Recorder persists delivered events; nil: none are.
+	Recorder Recorder
+	// Replayer, if set, gives a resuming client, from the journal, the
+	// events its stream delivered after its Last-Event-ID, before the
+	// upstream's own; the upstream's repeats of them are then dropped. It
+	// needs a Recorder: only recorded events can be replayed.
+	Replayer Replayer
 	// Registerer receives the metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Logger; nil discards.
 	Logger *slog.Logger
+}
+
+// Recorder persists the events ssetrack delivered. Package journal
+// implements it on NATS JetStream.
+type Recorder interface {
+	// Append hands a record to the journal. It must never block: a record
+	// it cannot take is dropped and counted, and Append returns false. The
+	// journal owns rec's slices after the call.
+	Append(rec session.Record) bool
+}
+
+// Replayer gives back a stream's stored events, so a resuming client can be
+// sent what passed the gateway but never reached it. Package journal
+// implements it on NATS JetStream.
+type Replayer interface {
+	// Replay returns the stored SSE bytes of the events of stream that
+	// followed the event after, through the event through, and the ids among
+	// them. It returns session.ErrHistoryMissing when after is not stored
+	// and session.ErrHistoryIncomplete when through is not (yet): history
+	// is never replayed in part. It does network I/O, bounded by ctx.
+	Replay(ctx context.Context, sessionID, stream, after, through string) (data []byte, ids []string, err error)
 }
 
 // Server implements Envoy's ExternalProcessor gRPC service.
@@ -104,6 +135,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Sessions == nil {
 		return nil, errors.New("extproc: config has no session table")
 	}
+	if cfg.Replayer != nil && cfg.Recorder == nil {
+		return nil, errors.New("extproc: a replayer needs a recorder")
+	}
 	if len(cfg.SessionHeaders) == 0 {
 		cfg.SessionHeaders = []string{DefaultSessionHeader}
 	}
@@ -120,8 +154,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxEventSize <= 0 {
 		cfg.MaxEventSize = sse.DefaultMaxEventSize
 	}
-	if cfg.ReplayTimeout <= 0 {
-		cfg.ReplayTimeout = DefaultReplayTimeout
+	if cfg.JournalTimeout <= 0 {
+		cfg.JournalTimeout = DefaultJournalTimeout
 	}
 	if cfg.StatelessMCPVersion == "" {
 		cfg.StatelessMCPVersion = DefaultStatelessMCP

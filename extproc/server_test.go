@@ -385,13 +385,10 @@ func (r *recorder) Append(rec session.Record) bool {
 	return true
 }
 
-func (r *recorder) Load(context.Context, string) (*session.History, error) { return nil, nil }
-
-func (r *recorder) Stale(context.Context, string) (bool, error) { return false, nil }
 
 func TestJournalRecords(t *testing.T) {
 	rec := &recorder{}
-	h := newHarness(t, func(c *Config) { c.Journal = rec })
+	h := newHarness(t, func(c *Config) { c.Recorder = rec })
 	first := "id: 1\ndata: a\n\n: c\n\ndata: b\n\nid: 2\ndata: c\n\n"
 	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first, 20)})
 	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split("id: 2\ndata: c\n\nid: 3\ndata: d\n\n")})
@@ -510,7 +507,7 @@ func TestReplayMissedEvents(t *testing.T) {
 	for _, tt := range tests {
 		for cut := 0; cut <= len(tt.resumed); cut++ {
 			rp := &replayer{}
-			h := newHarness(t, func(c *Config) { c.Journal = rp; c.Replay = true })
+			h := newHarness(t, func(c *Config) { c.Recorder, c.Replayer = rp, rp })
 			// One event per chunk, so the replayer can cut by record.
 			h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first, 15, 30)})
 			rp.err = tt.err
@@ -537,7 +534,7 @@ func TestReplayMissedEvents(t *testing.T) {
 
 func TestNoReplayWhenClientIsCurrent(t *testing.T) {
 	rp := &replayer{}
-	h := newHarness(t, func(c *Config) { c.Journal = rp; c.Replay = true })
+	h := newHarness(t, func(c *Config) { c.Recorder, c.Replayer = rp, rp })
 	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split("id: 1\ndata: a\n\n")})
 	res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "S", "last-event-id", "1"}, respHeaders: sseHeaders(), chunks: split("id: 2\ndata: b\n\n")})
 	if set := res.respResp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders(); len(set) != 0 {
@@ -609,7 +606,7 @@ func TestReplayOnlyToOwner(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rp := &replayer{}
 			h := newHarness(t, func(c *Config) {
-				c.Journal, c.Replay = rp, true
+				c.Recorder, c.Replayer = rp, rp
 				c.PrincipalHeader, c.PrincipalKey = "Authorization", []byte("0123456789abcdef")
 			})
 			hdr := func(auth string, kv ...string) []string {

@@ -35,13 +35,13 @@ func TestProcessForwardsAllButUndecided(t *testing.T) {
 				rec := &recorder{}
 				table := session.NewTable(session.Config{Window: 16})
 				defer table.Close()
-				srv, err := New(Config{Sessions: table, Journal: rec, Registerer: prometheus.NewRegistry()})
+				srv, err := New(Config{Sessions: table, Recorder: rec, Registerer: prometheus.NewRegistry()})
 				if err != nil {
 					t.Fatal(err)
 				}
 				x := newExchange(srv, context.Background())
 				x.sseBody, x.sessionID = true, "S"
-				x.openStream(context.Background())
+				x.openStream(context.Background(), false)
 				var out []byte
 				for i, fed := range []int{cut, len(body)} {
 					got, _ := x.process([]byte(body[len(out)+x.parser.Pending():fed]), false)

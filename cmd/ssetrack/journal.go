@@ -14,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ssetrack/ssetrack/extproc/journal"
-	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
 // journalFlags are the NATS and JetStream flags shared by serve and tail.
@@ -105,7 +104,7 @@ func (j *journalFlags) validate() []error {
 // journalRuntime is the running journal and what it needs to stop. A nil
 // *journalRuntime is a disabled journal: always ready, nothing to close.
 type journalRuntime struct {
-	journal session.Journal
+	journal *journal.Publisher
 	readyFn func() error
 	closeFn func(ctx context.Context) error
 }

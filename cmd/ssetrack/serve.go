@@ -49,8 +49,7 @@ type serveConfig struct {
 	replay         bool
 	principalHdr   string
 	principalKey   string
-	replayTimeout  time.Duration
-	loadTimeout    time.Duration
+	journalTimeout time.Duration
 	logLevel       string
 	logFormat      string
 	tlsCert        string
@@ -79,8 +78,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.BoolVar(&c.replay, "replay", true, "on a resume whose Last-Event-ID is behind what the stream delivered, send the missed events from JetStream first (all or none; see the ssetrack-replay response header)")
 	fs.StringVar(&c.principalHdr, "principal-header", "", "request `header` naming the caller (e.g. authorization): a session is bound to its first caller and replay is served to that caller only (only a keyed hash is kept)")
 	fs.StringVar(&c.principalKey, "principal-key-file", "", "`file` with the secret key for --principal-header hashes; replicas must share it (empty: a random key per process, so bindings do not survive a restart: replay is then denied)")
-	fs.DurationVar(&c.replayTimeout, "replay-timeout", extproc.DefaultReplayTimeout, "bound on reading a replay from JetStream on the response path")
-	fs.DurationVar(&c.loadTimeout, "load-timeout", session.DefaultLoadTimeout, "bound on reading an unknown session's history from JetStream on the request path")
+	fs.DurationVar(&c.journalTimeout, "journal-timeout", extproc.DefaultJournalTimeout, "bound on the JetStream reads (a session's history, a replay) made while answering one Envoy header message; keep it under Envoy's message_timeout")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate `file` for the gRPC listener (enables TLS)")
@@ -117,11 +115,8 @@ func (c *serveConfig) validate() error {
 	if c.principalKey != "" && c.principalHdr == "" {
 		errs = append(errs, errors.New("--principal-key-file needs --principal-header"))
 	}
-	if c.replayTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("--replay-timeout %v: want > 0", c.replayTimeout))
-	}
-	if c.loadTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("--load-timeout %v: want > 0", c.loadTimeout))
+	if c.journalTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--journal-timeout %v: want > 0", c.journalTimeout))
 	}
 	if len(c.sessionHeaders.values) == 0 {
 		errs = append(errs, errors.New("--session-header: at least one header"))
@@ -194,9 +189,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	undo = append(undo, func() { jr.close(context.Background(), log) })
-	var sink session.Journal
+	// One journal in three roles: the session table's loader, the
+	// processor's recorder and (with --replay) its replayer.
+	var (
+		loader   session.Loader
+		recorder extproc.Recorder
+		replayer extproc.Replayer
+	)
 	if jr != nil {
-		sink = jr.journal
+		loader, recorder = jr.journal, jr.journal
+		if c.replay {
+			replayer = jr.journal
+		}
 	}
 
 	principalKey, err := loadPrincipalKey(c, log)
@@ -207,8 +211,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Window:      c.dedupWindow,
 		TTL:         c.sessionTTL,
 		MaxSessions: c.maxSessions,
-		Journal:     sink,
-		LoadTimeout: c.loadTimeout,
+		Loader:      loader,
 		Logger:      log,
 	})
 	undo = append(undo, table.Close)
@@ -219,12 +222,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxSessionID:      c.maxSessionID,
 		MaxEventSize:      c.maxEventSize,
 		InjectLastEventID: c.injectLastID,
-		Replay:            c.replay,
 		PrincipalHeader:   c.principalHdr,
 		PrincipalKey:      principalKey,
-		ReplayTimeout:     c.replayTimeout,
+		JournalTimeout:    c.journalTimeout,
 		Sessions:          table,
-		Journal:           sink,
+		Recorder:          recorder,
+		Replayer:          replayer,
 		Registerer:        reg,
 		Logger:            log,
 	})

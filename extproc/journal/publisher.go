@@ -59,7 +59,7 @@ type Publisher struct {
 	writer string
 }
 
-var _ session.Journal = (*Publisher)(nil)
+var _ session.Loader = (*Publisher)(nil)
 
 // queued is a record with its enqueue time, the start of its latency.
 type queued struct {

@@ -9,9 +9,7 @@ import (
 	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
-var _ session.Replayer = (*Publisher)(nil)
-
-// Replay implements session.Replayer: it returns the stored events of
+// Replay implements extproc.Replayer: it returns the stored events of
 // stream after the event after, through the event through. It reads what
 // the client missed, not what the session stored: history.Reader finds the
 // batch holding after by searching backwards from the session's last batch

@@ -1,13 +1,11 @@
 package session
 
-import (
-	"context"
-	"errors"
-)
+import "errors"
 
 // Record is a run of consecutive delivered events of one stream of one
-// session, handed to a Journal. The processor builds one Record per response
-// chunk that delivered events, and one with End set when a stream closes.
+// session, handed to a journal to persist. The processor builds one Record
+// per response chunk that delivered events, and one with End set when a
+// stream closes.
 type Record struct {
 	// Session is the session id as the client sent it (never empty).
 	Session string
@@ -38,26 +36,6 @@ type Record struct {
 	Principal string
 }
 
-// Journal persists delivered events and gives back a session's history. The
-// ext_proc side depends only on this interface; the NATS JetStream
-// implementation lives in package journal.
-type Journal interface {
-	// Append hands a record to the journal. It must never block: when the
-	// journal cannot take the record it drops it, counts the loss and
-	// returns false. The journal owns rec's slices after the call.
-	Append(rec Record) bool
-	// Load returns what the journal knows of a session, to rebuild its
-	// dedup window and last ids after a restart or on another replica.
-	// It returns (nil, nil) when the journal has nothing for the session.
-	// Load may do network I/O; callers bound it with ctx.
-	Load(ctx context.Context, sessionID string) (*History, error)
-	// Stale reports whether another writer (another replica, or this
-	// process before a restart) persisted events of the session after this
-	// process last did: a cached copy may then lack them and is reloaded.
-	// Stale may do network I/O; callers bound it with ctx.
-	Stale(ctx context.Context, sessionID string) (bool, error)
-}
-
 // History is a session's persisted state.
 type History struct {
 	// Seq is the last per-session sequence number assigned.
@@ -86,18 +64,8 @@ type EventRef struct {
 	Seq    uint64
 }
 
-// Replayer is implemented by journals that can give back a stream's events,
-// so a resuming client can be sent what passed the gateway but never reached
-// it.
-type Replayer interface {
-	// Replay returns the stored SSE bytes of the events of stream that
-	// followed the event after, through the event through, and the ids among
-	// them. It returns ErrHistoryMissing when after is not stored and
-	// ErrHistoryIncomplete when through is not (yet) stored: history is never
-	// replayed in part.
-	Replay(ctx context.Context, sessionID, stream, after, through string) (data []byte, ids []string, err error)
-}
-
+// Errors a journal returns from a replay read, matched with errors.Is. History
+// is never replayed in part.
 var (
 	// ErrHistoryMissing reports that the journal does not hold the event a
 	// replay should start after (never stored, or purged).

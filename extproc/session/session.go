@@ -61,7 +61,7 @@ type Resume struct {
 }
 
 // Stream is one SSE response of a session. It belongs to the goroutine
-// serving that response. Deliver must be called between Lock and Unlock.
+// serving that response, which delivers events to it through a Delivery.
 type Stream struct {
 	sess *Session
 	num  uint32
@@ -139,16 +139,6 @@ func (st *Stream) Missed() (after, through string, ok bool) {
 	return st.missedAfter, st.missedThrough, st.missedAfter != ""
 }
 
-// Replayed records that an event already delivered (and persisted) once was
-// delivered again to this response, from the journal: the upstream's own
-// repeat of it is then a duplicate. Unlike Deliver it assigns no sequence
-// number. Call it between Lock and Unlock.
-func (st *Stream) Replayed(id []byte) {
-	if len(id) > 0 {
-		st.sess.win.add(st.sess.table.hashBytes(id), st.num)
-	}
-}
-
 // stream returns the info of stream num, or nil. s.mu must be held.
 func (s *Session) stream(num uint32) *streamInfo {
 	if num == 0 {
@@ -168,17 +158,31 @@ func (st *Stream) ID() string { return st.id }
 // Resumed reports whether the response continues a stream the session knew.
 func (st *Stream) Resumed() bool { return st.continued }
 
-// Lock locks the session for a run of Deliver calls (one response chunk).
-func (st *Stream) Lock() { st.sess.mu.Lock() }
+// Delivery is a run of deliveries to one stream, typically the events of one
+// response chunk. It holds the session's lock from Stream.Begin until End, so
+// a chunk's events are decided together and the concurrent streams of a
+// session (an MCP client's GET stream and a POST response) interleave per
+// chunk, not per event. Its methods are the only way to deliver. A Delivery
+// belongs to the goroutine that began it; End must be called exactly once.
+type Delivery struct{ st *Stream }
 
-// Unlock ends a run of Deliver calls.
-func (st *Stream) Unlock() { st.sess.mu.Unlock() }
+// Begin starts a delivery to the stream, locking its session until End.
+func (st *Stream) Begin() Delivery {
+	st.sess.mu.Lock()
+	return Delivery{st}
+}
 
-// Deliver decides whether an event with the given id goes to the client and
-// records it if so. An empty id (no id field, or an id that resets the last
-// id) is never a duplicate. It returns the event's per-session sequence
-// number, or dup set and seq 0 when the client already has the event.
-func (st *Stream) Deliver(id []byte) (seq uint64, dup bool) {
+// End ends the delivery and unlocks the session.
+func (d Delivery) End() { d.st.sess.mu.Unlock() }
+
+// Deliver decides whether an event goes to the client and records it if so.
+// id is the event's id and hasID whether it had a valid id field (WHATWG HTML
+// §9.2): an empty id resets the stream's last event id and, like an event
+// without id, is never a duplicate. It returns the event's per-session
+// sequence number, or dup set and seq 0 when the client already has the
+// event. A delivered event's id (copied) becomes the stream's last event id.
+func (d Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
+	st := d.st
 	s := st.sess
 	if len(id) > 0 {
 		h := s.table.hashBytes(id)
@@ -191,15 +195,22 @@ func (st *Stream) Deliver(id []byte) (seq uint64, dup bool) {
 		}
 		s.win.add(h, st.num)
 	}
+	if hasID {
+		if info := s.stream(st.num); info != nil {
+			info.lastID = append(info.lastID[:0], id...)
+		}
+	}
 	s.seq++
 	return s.seq, false
 }
 
-// SetLastID records the stream's last event id (copied). s.mu must be held
-// (call it between Lock and Unlock).
-func (st *Stream) SetLastID(id []byte) {
-	if info := st.sess.stream(st.num); info != nil {
-		info.lastID = append(info.lastID[:0], id...)
+// Replayed records that an event already delivered (and persisted) once was
+// delivered again to this response, from the journal: the upstream's own
+// repeat of it is then a duplicate. Unlike Deliver it assigns no sequence
+// number.
+func (d Delivery) Replayed(id []byte) {
+	if len(id) > 0 {
+		d.st.sess.win.add(d.st.sess.table.hashBytes(id), d.st.num)
 	}
 }
 

@@ -88,7 +88,7 @@ func newTestTable(t *testing.T, cfg Config) *Table {
 
 func acquire(t *testing.T, tb *Table, id string) *Session {
 	t.Helper()
-	s, err := tb.Acquire(context.Background(), id, false)
+	s, err := tb.AcquireNew(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,15 +97,12 @@ func acquire(t *testing.T, tb *Table, id string) *Session {
 
 // deliver runs ids through a stream and returns which were delivered.
 func deliver(st *Stream, ids ...string) []string {
-	st.Lock()
-	defer st.Unlock()
+	d := st.Begin()
+	defer d.End()
 	var out []string
 	for _, id := range ids {
-		if _, dup := st.Deliver([]byte(id)); !dup {
+		if _, dup := d.Deliver([]byte(id), id != ""); !dup {
 			out = append(out, id)
-			if id != "" {
-				st.SetLastID([]byte(id))
-			}
 		}
 	}
 	return out
@@ -219,9 +216,9 @@ func TestSequenceNumbers(t *testing.T) {
 		st *Stream
 		id string
 	}{{a, "1"}, {b, "x"}, {a, "1"}, {a, ""}, {b, "y"}} {
-		step.st.Lock()
-		seq, dup := step.st.Deliver([]byte(step.id))
-		step.st.Unlock()
+		d := step.st.Begin()
+		seq, dup := d.Deliver([]byte(step.id), step.id != "")
+		d.End()
 		if !dup {
 			seqs = append(seqs, seq)
 		}
@@ -277,7 +274,6 @@ func TestEvictionByTTL(t *testing.T) {
 
 type fakeHistory struct{ h *History }
 
-func (f fakeHistory) Append(Record) bool                          { return true }
 func (f fakeHistory) Stale(context.Context, string) (bool, error) { return false, nil }
 func (f fakeHistory) Load(ctx context.Context, id string) (*History, error) {
 	return f.h, nil
@@ -289,8 +285,8 @@ func TestRestoreFromHistory(t *testing.T) {
 		Streams: []StreamState{{Stream: "s-1", LastEventID: "9"}},
 		Events:  []EventRef{{ID: "8", Stream: "s-1", Seq: 9}, {ID: "9", Stream: "s-1", Seq: 10}},
 	}
-	tb := newTestTable(t, Config{Journal: fakeHistory{h}})
-	s, err := tb.Acquire(context.Background(), "S", true)
+	tb := newTestTable(t, Config{Loader: fakeHistory{h}})
+	s, err := tb.Acquire(context.Background(), "S")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,9 +297,9 @@ func TestRestoreFromHistory(t *testing.T) {
 	if got := deliver(st, "8", "9", "10"); fmt.Sprint(got) != "[10]" {
 		t.Errorf("delivered %q, want [10]", got)
 	}
-	st.Lock()
-	seq, _ := st.Deliver([]byte("11"))
-	st.Unlock()
+	d := st.Begin()
+	seq, _ := d.Deliver([]byte("11"), true)
+	d.End()
 	if seq != 12 {
 		t.Errorf("seq %d, want 12 (history ended at 10)", seq)
 	}
@@ -341,30 +337,34 @@ func TestConcurrentStreams(t *testing.T) {
 	}
 }
 
-// TestFootprint measures the heap per session at the two window sizes the
-// closing notes report, with ids delivered to fill the window.
+// TestFootprint bounds the heap an idle session takes, with a 16-byte id, one
+// stream and its window full of delivered ids: at window 64 at most 1 KiB, so
+// a million idle sessions fit in 1 GiB, and at the default window 1024 at most
+// 16 KiB.
 func TestFootprint(t *testing.T) {
-	for _, window := range []int{64, 1024} {
-		const n = 2000
-		tb := newTestTable(t, Config{Window: window, MaxSessions: 10 * n})
+	for _, tc := range []struct{ window, limit int }{{64, 1 << 10}, {1024, 16 << 10}} {
+		const n = 4000
+		tb := newTestTable(t, Config{Window: tc.window, MaxSessions: 10 * n})
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		for i := 0; i < n; i++ {
 			s := acquire(t, tb, fmt.Sprintf("session-%08d", i))
 			st := s.OpenStream(Resume{})
-			st.Lock()
-			for e := 0; e < window; e++ {
-				st.Deliver([]byte(strconv.Itoa(e)))
+			d := st.Begin()
+			for e := 0; e < tc.window; e++ {
+				d.Deliver([]byte(strconv.Itoa(e)), true)
 			}
-			st.SetLastID([]byte(strconv.Itoa(window - 1)))
-			st.Unlock()
+			d.End()
 			tb.Release(s)
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		per := float64(after.HeapAlloc-before.HeapAlloc) / n
-		t.Logf("window %d: %.0f bytes per session (heap), %d by footprint()", window, per, acquire(t, tb, "session-00000000").footprint())
+		t.Logf("window %d: %.0f bytes per idle session (heap), %d by footprint()", tc.window, per, acquire(t, tb, "session-00000000").footprint())
+		if per > float64(tc.limit) {
+			t.Errorf("window %d: %.0f bytes per idle session, want at most %d", tc.window, per, tc.limit)
+		}
 		runtime.KeepAlive(tb)
 	}
 }
@@ -372,7 +372,6 @@ func TestFootprint(t *testing.T) {
 // staleJournal reports every session stale and has history for "S".
 type staleJournal struct{ h *History }
 
-func (j staleJournal) Append(Record) bool { return true }
 func (j staleJournal) Load(context.Context, string) (*History, error) {
 	return j.h, nil
 }
@@ -383,13 +382,13 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 	// session before that.
 	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}},
 		Events: []EventRef{{ID: "1", Stream: "r-1", Seq: 1}, {ID: "2", Stream: "r-1", Seq: 2}, {ID: "3", Stream: "r-1", Seq: 3}}}
-	tb := newTestTable(t, Config{Journal: staleJournal{h}})
-	old, err := tb.Acquire(context.Background(), "S", false) // cached, history not read
+	tb := newTestTable(t, Config{Loader: staleJournal{h}})
+	old, err := tb.AcquireNew("S") // cached, history not read
 	if err != nil {
 		t.Fatal(err)
 	}
 	tb.Release(old)
-	s, err := tb.Acquire(context.Background(), "S", true)
+	s, err := tb.Acquire(context.Background(), "S")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,7 +403,7 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 		t.Errorf("delivered %v, want [4]", got)
 	}
 	// A copy in use is not dropped.
-	busy, _ := tb.Acquire(context.Background(), "S", true)
+	busy, _ := tb.Acquire(context.Background(), "S")
 	if busy != s {
 		t.Error("a copy with an open stream was replaced")
 	}

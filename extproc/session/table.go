@@ -2,6 +2,8 @@ package session
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"hash/maphash"
 	"log/slog"
@@ -15,7 +17,6 @@ const (
 	DefaultWindow      = 1024
 	DefaultTTL         = 30 * time.Minute
 	DefaultMaxSessions = 100_000
-	DefaultLoadTimeout = 100 * time.Millisecond
 )
 
 // ErrClosed is returned by Acquire after Close.
@@ -32,13 +33,26 @@ type Config struct {
 	// session without open streams is evicted (or, if all are busy, the least
 	// recently used one: its open streams keep working, detached).
 	MaxSessions int
-	// Journal, if set, is asked for a session's history when a request names
-	// a session this table does not hold.
-	Journal Journal
-	// LoadTimeout bounds a journal Load on the request path.
-	LoadTimeout time.Duration
+	// Loader, if set, is asked for a session's history when a request names
+	// a session this table does not hold: the table is then a cache of what
+	// the loader keeps. Nil: sessions start empty.
+	Loader Loader
 	// Logger receives eviction and load errors; nil discards.
 	Logger *slog.Logger
+}
+
+// Loader gives back what a persistence layer knows of a session, so a table
+// can rebuild the session after a restart or on another replica. Package
+// journal implements it on NATS JetStream.
+type Loader interface {
+	// Load returns what is stored of a session, or (nil, nil) when nothing
+	// is. It may do network I/O, bounded by ctx.
+	Load(ctx context.Context, sessionID string) (*History, error)
+	// Stale reports whether another writer (another replica, or this
+	// process before a restart) stored events of the session after this
+	// process last did: a cached copy may then lack them and is reloaded.
+	// It may do network I/O, bounded by ctx.
+	Stale(ctx context.Context, sessionID string) (bool, error)
 }
 
 const shardCount = 64
@@ -76,9 +90,6 @@ func NewTable(cfg Config) *Table {
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = DefaultMaxSessions
 	}
-	if cfg.LoadTimeout <= 0 {
-		cfg.LoadTimeout = DefaultLoadTimeout
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -104,24 +115,37 @@ func (t *Table) shard(id string) *shard {
 	return &t.shards[t.hash(id)%shardCount]
 }
 
-// Acquire returns the session with the given id, creating it if needed, and
-// counts one more open stream on it; Release undoes that. When load is set
-// and the session is new, its history is read from the journal first
-// (bounded by Config.LoadTimeout); a session first named by an upstream's
-// response is new by definition and needs no load.
-func (t *Table) Acquire(ctx context.Context, id string, load bool) (*Session, error) {
+// Acquire returns the session a request names, creating it if needed, and
+// counts one more open stream on it; Release undoes that. A session the
+// table does not hold is loaded from the Loader first, within ctx; a load
+// that fails or runs out of time leaves the session empty (dedup starts
+// afresh: a duplicate may pass, no event is ever dropped). It returns
+// ErrClosed after Close, or ctx's error while another request's load of the
+// same session is still running.
+func (t *Table) Acquire(ctx context.Context, id string) (*Session, error) {
+	return t.acquire(ctx, id, t.cfg.Loader != nil)
+}
+
+// AcquireNew is Acquire for a session id an upstream has just assigned (MCP
+// assigns Mcp-Session-Id on its initialize response): new by definition,
+// so nothing is loaded.
+func (t *Table) AcquireNew(id string) (*Session, error) {
+	return t.acquire(context.Background(), id, false)
+}
+
+func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, error) {
 	select {
 	case <-t.stop:
 		return nil, ErrClosed
 	default:
 	}
 	sh := t.shard(id)
-	if load && t.cfg.Journal != nil {
+	if load {
 		t.revalidate(ctx, sh, id)
 	}
 	sh.mu.Lock()
 	s, ok := sh.m[id]
-	loading := !ok && load && t.cfg.Journal != nil
+	loading := !ok && load
 	if ok {
 		sh.unlink(s)
 	} else {
@@ -167,9 +191,7 @@ func (t *Table) revalidate(ctx context.Context, sh *shard, id string) {
 	if !idle {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, t.cfg.LoadTimeout)
-	defer cancel()
-	stale, err := t.cfg.Journal.Stale(ctx, id)
+	stale, err := t.cfg.Loader.Stale(ctx, id)
 	if err != nil {
 		// Keep the copy: at worst it lets a duplicate through.
 		t.cfg.Logger.Warn("check cached session", "session", ShortID(id), "err", err)
@@ -186,9 +208,7 @@ func (t *Table) revalidate(ctx context.Context, sh *shard, id string) {
 }
 
 func (t *Table) load(ctx context.Context, s *Session) {
-	ctx, cancel := context.WithTimeout(ctx, t.cfg.LoadTimeout)
-	defer cancel()
-	h, err := t.cfg.Journal.Load(ctx, s.id)
+	h, err := t.cfg.Loader.Load(ctx, s.id)
 	if err != nil {
 		// The session goes on without history: dedup starts empty, which can
 		// let a duplicate through but never drops an event.
@@ -307,16 +327,13 @@ func (t *Table) Close() {
 	<-t.done
 }
 
-// ShortID returns a short, non-reversible tag of a session id for logs:
-// session ids are bearer-like secrets in MCP and never logged whole.
+// ShortID returns a short tag of a session id for logs: the first 48 bits of
+// its SHA-256, base64url (8 characters). Session ids are bearer-like secrets
+// in MCP and are never logged whole; the tag is the same in every package,
+// process and replica, so the log lines of one session can be joined.
 func ShortID(id string) string {
-	h := maphash.Comparable(logSeed, id)
-	const digits = "0123456789abcdef"
-	var b [8]byte
-	for i := range b {
-		b[i] = digits[h>>(60-4*i)&0xf]
-	}
-	return string(b[:])
+	sum := sha256.Sum256([]byte(id))
+	return base64.RawURLEncoding.EncodeToString(sum[:6])
 }
 
 // readyNow is the ready channel of sessions that load nothing: closed, and
@@ -326,9 +343,6 @@ var readyNow = func() chan struct{} {
 	close(c)
 	return c
 }()
-
-// logSeed is fixed per process so one session keeps one tag in the logs.
-var logSeed = maphash.MakeSeed()
 
 var (
 	sessionSize    = unsafe.Sizeof(Session{})

@@ -25,7 +25,7 @@ func TestBatchEvents(t *testing.T) {
 		// of its blank line; the LF that completes it leads the next one
 		// (or is a segment of its own); either way it is not an event.
 		{"crlf", "id: 1\r\ndata: a\r\n\r\nid: 2\r\ndata: b\r\n\r", 2,
-			[]string{`"1"/true@5 "id: 1\r\ndata: a\r\n\r"`, `"2"/true@6 "id: 2\r\ndata: b\r\n\r"`}},
+			[]string{`"1"/true@5 "id: 1\r\ndata: a\r\n\r\n"`, `"2"/true@6 "id: 2\r\ndata: b\r\n\r"`}},
 		{"crlf leading lf", "\nid: 1\r\ndata: a\r\n\r", 1,
 			[]string{`"1"/true@5 "id: 1\r\ndata: a\r\n\r"`}},
 		{"cr", "id: 1\rdata: a\r\rid: 2\rdata\r\r", 2,

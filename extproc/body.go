@@ -1,0 +1,210 @@
+package extproc
+
+import (
+	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+	"github.com/ssetrack/ssetrack/extproc/sse"
+)
+
+// responseBody is the body phase: one answer per chunk, in order (Envoy's
+// STREAMED mode pops its oldest chunk with each answer).
+func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
+	br := &procv3.BodyResponse{}
+	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
+	if !x.sseBody || x.ended {
+		// Not ours to touch, or after end_of_stream: answer, change nothing.
+		return resp
+	}
+	if out, changed := x.process(b.GetBody(), b.GetEndOfStream()); changed && !x.observe {
+		br.Response = &procv3.CommonResponse{BodyMutation: &procv3.BodyMutation{
+			Mutation: &procv3.BodyMutation_Body{Body: out},
+		}}
+	}
+	if b.GetEndOfStream() {
+		x.endBody()
+	}
+	return resp
+}
+
+// chunk is the work state of one body chunk: its counters, its journal
+// record, and the session delivery, begun at the chunk's first event.
+type chunk struct {
+	counts   chunkCounts
+	rec      session.Record
+	delivery session.Delivery
+	locked   bool
+	carried  bool // the parser held bytes of an earlier chunk
+	size     int  // len(body)
+}
+
+// process parses one chunk and returns what to forward in its place:
+// everything but dropped duplicates, byte for byte, except an incomplete
+// trailing event, which the parser holds for the next chunk (the latency
+// contract: nothing else waits). At end of stream whatever is held is
+// forwarded unchanged. changed is false when out is body itself.
+func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
+	c := chunk{carried: x.parser.Pending() > 0, size: len(body)}
+	x.rw.reset(body, c.carried)
+	x.parser.Feed(body)
+	if x.replay != nil && !c.carried && len(body) > 0 && body[0] != 0xEF {
+		// Nothing forwarded yet and no BOM can start the stream: the missed
+		// events go first.
+		x.sendReplay()
+	}
+	for seg, ok := x.parser.Next(); ok; seg, ok = x.parser.Next() {
+		if x.replay != nil && seg.Kind != sse.KindBOM {
+			x.sendReplay() // after the stream's BOM, before anything else
+		}
+		if x.keep(seg, &c) {
+			x.rw.keep(seg.Raw)
+		} else {
+			x.rw.drop()
+		}
+	}
+	if c.locked {
+		c.delivery.End()
+	}
+	if eos {
+		// Forwarded unchanged: a partial event a browser would discard.
+		tail := x.parser.Flush()
+		if x.replay != nil {
+			x.sendReplay()
+		}
+		x.rw.keep(tail)
+	}
+	if x.cfg.Recorder != nil {
+		x.finishRecord(&c.rec)
+	}
+	out, changed = x.rw.answer()
+	c.counts.bytesIn, c.counts.bytesOut = len(body), len(out)
+	c.counts.rewritten = changed && !x.observe
+	x.m.addChunk(&c.counts)
+	return out, changed
+}
+
+// sendReplay puts the missed events (readReplay) into the answer here.
+func (x *exchange) sendReplay() {
+	x.rw.insert(x.replay)
+	x.replay = nil
+}
+
+// keep decides one segment: false drops it (a duplicate event the client
+// already has). Everything but events is kept.
+func (x *exchange) keep(seg sse.Segment, c *chunk) bool {
+	crEnd := x.journal.crEnd
+	x.journal.crEnd = false
+	switch seg.Kind {
+	case sse.KindComment:
+		// The LF that completes a recorded event's CRLF belongs in the
+		// journal with it.
+		x.journal.lfOwed = x.journal.lfOwed || crEnd && seg.Raw[0] == '\n'
+		return true
+	case sse.KindOversize:
+		if seg.End {
+			c.counts.oversize++
+		}
+		return true
+	case sse.KindBlock:
+		if !seg.HasData && !seg.HasID {
+			return true // retry or event fields only, a blank line: no event
+		}
+	default:
+		return true
+	}
+	c.counts.seen++
+	if x.stream == nil {
+		c.counts.forwarded++
+		return true
+	}
+	if !c.locked {
+		c.delivery, c.locked = x.stream.Begin(), true
+	}
+	id := seg.ID
+	if !seg.HasID {
+		id = nil
+	}
+	seq, dup := c.delivery.Deliver(id, seg.HasID)
+	if dup {
+		// Never persisted twice; dropped unless Envoy only lets us observe.
+		c.counts.deduped++
+		if x.observe {
+			c.counts.forwarded++
+		}
+		return x.observe
+	}
+	c.counts.forwarded++
+	if x.cfg.Recorder != nil {
+		x.appendRecord(&c.rec, seg, seq, c)
+		x.journal.crEnd = seg.Raw[len(seg.Raw)-1] == '\r'
+	}
+	return true
+}
+
+// recordState is what the exchange keeps between chunks for the journal.
+type recordState struct {
+	recorded bool   // a record was sent for the stream
+	lastID   []byte // last id among the events of the chunk's record (reused)
+	// crEnd: the last segment was a recorded event ending in the CR of a
+	// blank line, at the end of its chunk. lfOwed: the LF completing that
+	// CRLF came in a later chunk and was forwarded but not yet journaled;
+	// it opens the stream's next record, so the journal keeps the bytes as
+	// received.
+	crEnd, lfOwed bool
+}
+
+// appendRecord adds a delivered event to the chunk's journal record. The
+// record's buffer is allocated once per chunk, sized for all of it: the
+// events come from the chunk and, when a block was carried over, from the
+// parser's carry buffer as well.
+func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64, c *chunk) {
+	if rec.Count == 0 {
+		size := c.size
+		if c.carried {
+			size += len(seg.Raw)
+		}
+		*rec = session.Record{
+			Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.principal,
+			Data: make([]byte, 0, max(size, len(seg.Raw))+1),
+		}
+		x.journal.recorded = true
+		if x.journal.lfOwed {
+			rec.Data = append(rec.Data, '\n')
+			x.journal.lfOwed = false
+		}
+	}
+	rec.Data = append(rec.Data, seg.Raw...)
+	rec.Count++
+	rec.LastSeq = seq
+	if seg.HasID && len(seg.ID) > 0 {
+		if rec.FirstID == "" {
+			rec.FirstID = string(seg.ID)
+		}
+		x.journal.lastID = append(x.journal.lastID[:0], seg.ID...)
+	}
+}
+
+// finishRecord hands the chunk's record to the journal.
+func (x *exchange) finishRecord(rec *session.Record) {
+	if len(x.journal.lastID) > 0 {
+		rec.LastID = string(x.journal.lastID) // once per chunk, not per event
+		x.journal.lastID = x.journal.lastID[:0]
+	}
+	if rec.Count == 0 && x.journal.lfOwed {
+		// The LF completing the last event's CRLF came alone: the journal
+		// adds it to that event's batch if the batch is still open.
+		*rec = session.Record{Session: x.sessionID, Stream: x.stream.ID(), Data: []byte{'\n'}}
+		x.journal.lfOwed = false
+	}
+	if len(rec.Data) > 0 {
+		x.record(*rec)
+	}
+}
+
+// record hands rec to the journal, which never blocks: a record it cannot
+// take is counted as a loss.
+func (x *exchange) record(rec session.Record) {
+	if !x.cfg.Recorder.Append(rec) {
+		x.m.journalDrops.Inc()
+	}
+}

@@ -1,0 +1,58 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+)
+
+// Replay results, in the ssetrack-replay response header and the
+// ssetrack_replays_total metric.
+const (
+	replayDone       = "replayed"   // missed events are sent before the upstream's
+	replayMissing    = "missing"    // the client's Last-Event-ID is not in the journal
+	replayIncomplete = "incomplete" // the journal lacks some missed events: none sent
+	replayFailed     = "error"      // the journal read failed or timed out: none sent
+	replayDenied     = "denied"     // the caller is not the session's principal
+)
+
+// readReplay is the replay phase, run with the response headers: it reads
+// from the journal the events the resuming client missed on its stream and
+// marks them delivered to this response, so the upstream's repeats are
+// dropped; the body phase sends them before the upstream's first event.
+// History is replayed whole or not at all: the result (for the response
+// header) tells the client which, "" when nothing was missed.
+func (x *exchange) readReplay(ctx context.Context) string {
+	if x.cfg.Replayer == nil || x.stream == nil || x.observe {
+		return ""
+	}
+	after, through, missed := x.stream.Missed()
+	if !missed {
+		return ""
+	}
+	if !x.owner {
+		x.m.replays.WithLabelValues(replayDenied).Inc()
+		return replayDenied
+	}
+	data, ids, err := x.cfg.Replayer.Replay(ctx, x.sessionID, x.stream.ID(), after, through)
+	result := replayDone
+	switch {
+	case errors.Is(err, session.ErrHistoryMissing):
+		result = replayMissing
+	case errors.Is(err, session.ErrHistoryIncomplete):
+		result = replayIncomplete
+	case err != nil:
+		result = replayFailed
+		x.log.Warn("replay", "session", session.ShortID(x.sessionID), "err", err)
+	default:
+		d := x.stream.Begin()
+		for _, id := range ids {
+			d.Replayed([]byte(id))
+		}
+		d.End()
+		x.replay = data
+	}
+	x.m.replays.WithLabelValues(result).Inc()
+	return result
+}

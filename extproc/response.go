@@ -1,0 +1,137 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"mime"
+	"net/http"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+)
+
+// responseHeaders is the response phase: it decides whether ssetrack takes
+// the body (a 2xx text/event-stream without content-encoding), binds the
+// response to its session's stream and reads what a resuming client missed
+// (replay.go). The body's mode follows: STREAMED for SSE, NONE otherwise.
+func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResponse {
+	var contentType, encoding, status, assigned string
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		switch key := hv.GetKey(); {
+		case key == "content-type":
+			contentType = headerValue(hv)
+		case key == "content-encoding":
+			encoding = headerValue(hv)
+		case key == ":status":
+			status = headerValue(hv)
+		case key == "set-cookie" && assigned == "" && x.cfg.SessionCookie != "":
+			if c, err := http.ParseSetCookie(headerValue(hv)); err == nil && c.Name == x.cfg.SessionCookie {
+				assigned = c.Value
+			}
+		case assigned == "":
+			if _, ok := x.headers[key]; ok {
+				assigned = headerValue(hv)
+			}
+		}
+	}
+	hr := &procv3.HeadersResponse{}
+	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}}
+
+	kind := responseKind(contentType, encoding, status)
+	x.m.responses.WithLabelValues(kind).Inc()
+	if kind != kindSSE || h.GetEndOfStream() {
+		// Body not needed: with a static STREAMED config, turn it off.
+		resp.ModeOverride = responseBodyMode(filterv3.ProcessingMode_NONE)
+		return resp
+	}
+
+	x.sseBody = true
+	x.m.streamsActive.Inc()
+	byResponse := false
+	if x.sessionID == "" && assigned != "" {
+		// An MCP server assigns the session on its initialize response.
+		x.sessionID, byResponse = x.validSessionID(assigned), true
+	}
+	mut := &procv3.HeaderMutation{
+		// Envoy streams the body in chunks we may resize: a length would lie.
+		RemoveHeaders: []string{"content-length"},
+	}
+	if x.sessionID != "" && !x.stateless {
+		// A history load and a replay read may both happen here, on one
+		// Envoy message: together they get one budget, under Envoy's
+		// message_timeout, so Envoy never gives up on the stream.
+		ctx, cancel := context.WithTimeout(x.ctx, x.cfg.JournalTimeout)
+		x.openStream(ctx, byResponse)
+		result := x.readReplay(ctx)
+		cancel()
+		if result != "" {
+			mut.SetHeaders = append(mut.SetHeaders, &corev3.HeaderValueOption{
+				Header:       &corev3.HeaderValue{Key: headerReplay, RawValue: []byte(result)},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			})
+		}
+	}
+	hr.Response = &procv3.CommonResponse{HeaderMutation: mut}
+	resp.ModeOverride = responseBodyMode(filterv3.ProcessingMode_STREAMED)
+	return resp
+}
+
+// responseKind classifies a response for ssetrack_responses_total: only
+// kindSSE bodies are streamed through ssetrack.
+func responseKind(contentType, encoding, status string) string {
+	switch {
+	case !isEventStream(contentType):
+		return kindPassthrough
+	case encoding != "" && !strings.EqualFold(encoding, "identity"):
+		return kindEncoded // compressed SSE: forwarded untouched, counted
+	case len(status) != 3 || status[0] != '2':
+		return kindError
+	}
+	return kindSSE
+}
+
+// isEventStream reports whether a Content-Type header names
+// text/event-stream (RFC 9110 §8.3: case-insensitive, parameters allowed,
+// and a malformed parameter does not change the type, as for browsers). A
+// header whose type does not parse is not SSE: the body passes untouched.
+func isEventStream(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return (err == nil || errors.Is(err, mime.ErrInvalidMediaParameter)) && mt == "text/event-stream"
+}
+
+// responseBodyMode is the mode_override that sets the response body mode.
+// Envoy applies an override whole, so every field is written out; trailers
+// stay SKIP as in the recommended config.
+func responseBodyMode(m filterv3.ProcessingMode_BodySendMode) *filterv3.ProcessingMode {
+	return &filterv3.ProcessingMode{
+		RequestHeaderMode:  filterv3.ProcessingMode_SEND,
+		ResponseHeaderMode: filterv3.ProcessingMode_SEND,
+		RequestBodyMode:    filterv3.ProcessingMode_NONE,
+		ResponseBodyMode:   m,
+	}
+}
+
+// openStream binds the response to its session's stream: a resume continues
+// the stream that carried the client's Last-Event-ID. assigned reports that
+// the response, not the request, named the session.
+func (x *exchange) openStream(ctx context.Context, assigned bool) {
+	if !x.acquire(ctx, assigned) {
+		return // forwarded untracked
+	}
+	x.stream = x.sess.OpenStream(session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID})
+	x.owner = x.sess.Bind(x.principal)
+	switch {
+	case !x.hasLastEventID:
+		if x.stream.Resumed() {
+			x.m.resumes.WithLabelValues("without_header").Inc()
+		}
+	case x.stream.Resumed():
+		x.m.resumes.WithLabelValues("matched").Inc()
+	default:
+		x.m.resumes.WithLabelValues("unknown").Inc()
+	}
+}
