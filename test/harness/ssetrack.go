@@ -19,6 +19,8 @@ type SsetrackOptions struct {
 	LogLevel string
 	// Args are further `ssetrack serve` flags, before those of E2E_SSETRACK_ARGS.
 	Args []string
+	// Bin is the ssetrack binary; default SsetrackBin.
+	Bin string
 }
 
 // Ssetrack is a running `ssetrack serve`.
@@ -33,6 +35,7 @@ type Ssetrack struct {
 	NATSURL string
 
 	name string
+	bin  string
 	args []string
 	tb   TB // the TB that owns the processes
 }
@@ -46,7 +49,10 @@ type Ssetrack struct {
 // that exits while starting is retried twice.
 func StartSsetrack(tb TB, opts SsetrackOptions) *Ssetrack {
 	tb.Helper()
-	bin := SsetrackBin(tb)
+	bin := opts.Bin
+	if bin == "" {
+		bin = SsetrackBin(tb)
+	}
 	name := opts.Name
 	if name == "" {
 		name = "ssetrack"
@@ -59,7 +65,7 @@ func StartSsetrack(tb TB, opts SsetrackOptions) *Ssetrack {
 	var lastErr error
 	for attempt := 1; attempt <= 3; attempt++ {
 		ports := FreePorts(tb, 3)
-		s := &Ssetrack{GRPCPort: ports[0], MetricsURL: "http://" + Addr(ports[1]), NATSURL: opts.NATSURL, name: name, tb: tb}
+		s := &Ssetrack{GRPCPort: ports[0], MetricsURL: "http://" + Addr(ports[1]), NATSURL: opts.NATSURL, name: name, bin: bin, tb: tb}
 		s.args = []string{
 			"serve",
 			"--listen", Addr(ports[0]),
@@ -115,7 +121,7 @@ func (s *Ssetrack) Stop(tb TB) {
 func (s *Ssetrack) Restart(tb TB) {
 	tb.Helper()
 	s.Stop(tb)
-	p := Start(s.tb, s.name+" (restarted)", exec.Command(SsetrackBin(tb), s.args...))
+	p := Start(s.tb, s.name+" (restarted)", exec.Command(s.bin, s.args...))
 	if err := p.waitHTTP(s.MetricsURL+"/readyz", isOK); err != nil {
 		tb.Fatalf("%s did not restart: %v", s.name, err)
 	}
