@@ -27,12 +27,16 @@ import (
 	"github.com/ssetrack/ssetrack/test/harness"
 )
 
-// Metric names from ssetrack's contract.
+// Metric names from ssetrack's contract, and the session header.
 const (
-	mChunks  = "ssetrack_response_chunks_total"
-	mDedup   = "ssetrack_events_deduplicated_total"
-	mKinds   = "ssetrack_responses_total"
-	sessionH = "Mcp-Session-Id"
+	mChunks         = "ssetrack_response_chunks_total"
+	mDedup          = "ssetrack_events_deduplicated_total"
+	mKinds          = "ssetrack_responses_total"
+	mForwarded      = "ssetrack_events_forwarded_total"
+	mPublished      = "ssetrack_journal_events_published_total"
+	mRecordsDropped = "ssetrack_journal_records_dropped_total"
+	mRejected       = "ssetrack_journal_rejected_total"
+	sessionH        = "Mcp-Session-Id"
 )
 
 // TestShippedConfigsValidate checks every shipped Envoy config with `envoy --mode validate`.

@@ -37,14 +37,6 @@ import (
 	"github.com/ssetrack/ssetrack/test/harness"
 )
 
-// Metric names read by these tests.
-const (
-	mForwarded      = "ssetrack_events_forwarded_total"
-	mPublished      = "ssetrack_journal_events_published_total"
-	mRecordsDropped = "ssetrack_journal_records_dropped_total"
-	mRejected       = "ssetrack_journal_rejected_total"
-)
-
 // requireFaultPrereqs skips like the rest of the suite without Envoy, and skips when the
 // journal is turned off through E2E_SSETRACK_ARGS (nothing to check in JetStream then).
 func requireFaultPrereqs(t *testing.T) {
