@@ -261,13 +261,15 @@ func TestNATSOutage(t *testing.T) {
 // To know exactly what ssetrack forwarded, the upstream holds its streams back (a valve)
 // a little after the signal, while ssetrack still processes them: ssetrack's forwarded count
 // then settles at the number of events the upstream sent, which a scrape confirms, and no
-// event passes until ssetrack has exited. JetStream must hold exactly those events.
+// event passes until ssetrack has exited. JetStream must hold exactly those events. With a
+// --batch-delay longer than the test, no batch is sealed by its age: the streams' ends at
+// the cut seal them, during the shutdown.
 func TestSIGTERMDrains(t *testing.T) {
 	requireFaultPrereqs(t)
 	ns := harness.StartNATSServer(t)
 	// Long enough that the held-back count is confirmed well before the cut at half of it.
 	const shutdownTimeout = 20 * time.Second
-	fx := natsFixture(t, ns.URL(), "--shutdown-timeout", shutdownTimeout.String())
+	fx := natsFixture(t, ns.URL(), "--shutdown-timeout", shutdownTimeout.String(), "--batch-delay", "1h")
 
 	const sessions, total = 4, 800
 	const pace = 10 * time.Millisecond // ~8 s per stream: it outlives the signal
@@ -558,7 +560,11 @@ func (rg *replicaRig) round(t *testing.T, s *replicaSession, on, end int, lei, d
 	}
 	who := rg.served(before, rg.snapshot(t), "sse")
 	if who != on {
-		t.Fatalf("session %s: a request sent to replica %s was served by replica %v (-1: none or both)", s.sid, replicaNames[on], who)
+		by := "neither or both replicas"
+		if who >= 0 {
+			by = "replica " + replicaNames[who]
+		}
+		t.Fatalf("session %s: a request sent to replica %s was served by %s", s.sid, replicaNames[on], by)
 	}
 	n := s.reqs
 	s.reqs++
