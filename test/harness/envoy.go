@@ -34,9 +34,9 @@ func envoyBin() (string, error) {
 		}
 		return bin, nil
 	}
-	rootOnce.Do(func() { root, rootErr = findRoot() })
-	if rootErr != nil {
-		return "", rootErr
+	root, err := rootDir()
+	if err != nil {
+		return "", err
 	}
 	version := os.Getenv("ENVOY_VERSION")
 	if version == "" {

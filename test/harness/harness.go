@@ -108,11 +108,17 @@ var (
 // directory whose go.mod declares module github.com/ssetrack/ssetrack.
 func Root(tb TB) string {
 	tb.Helper()
-	rootOnce.Do(func() { root, rootErr = findRoot() })
-	if rootErr != nil {
-		tb.Fatalf("%v", rootErr)
+	dir, err := rootDir()
+	if err != nil {
+		tb.Fatalf("%v", err)
 	}
-	return root
+	return dir
+}
+
+// rootDir is Root returning the error; it looks once per process.
+func rootDir() (string, error) {
+	rootOnce.Do(func() { root, rootErr = findRoot() })
+	return root, rootErr
 }
 
 func findRoot() (string, error) {
