@@ -385,7 +385,6 @@ func (r *recorder) Append(rec session.Record) bool {
 	return true
 }
 
-
 func TestJournalRecords(t *testing.T) {
 	rec := &recorder{}
 	h := newHarness(t, func(c *Config) { c.Recorder = rec })

@@ -18,6 +18,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/ssetrack/ssetrack/test/harness"
 )
 
 // composeFile is the part of the compose specification these checks read.
@@ -50,7 +52,7 @@ type composeBuild struct {
 // commands, map environments, map depends_on): a change to another form fails loudly here.
 func loadCompose(t *testing.T) composeFile {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot, "docker-compose.yml"))
+	b, err := os.ReadFile(filepath.Join(harness.Root(t), "docker-compose.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +192,7 @@ func TestComposeStructure(t *testing.T) {
 				t.Errorf("neither image nor build")
 			}
 			if svc.Build != nil {
-				ctx := filepath.Join(repoRoot, svc.Build.Context)
+				ctx := filepath.Join(harness.Root(t), svc.Build.Context)
 				df := svc.Build.Dockerfile
 				if df == "" {
 					df = "Dockerfile"
@@ -227,7 +229,7 @@ func TestComposeStructure(t *testing.T) {
 					t.Errorf("mount %q: use a path inside the repository", v)
 					continue
 				}
-				if _, err := os.Stat(filepath.Join(repoRoot, src)); err != nil {
+				if _, err := os.Stat(filepath.Join(harness.Root(t), src)); err != nil {
 					t.Errorf("mounted file: %v", err)
 				}
 			}
@@ -295,7 +297,7 @@ func TestComposeStructure(t *testing.T) {
 	}
 
 	// The runtime image: non-root, CGO off, listeners on all interfaces, ports exposed.
-	df, err := os.ReadFile(filepath.Join(repoRoot, "Dockerfile"))
+	df, err := os.ReadFile(filepath.Join(harness.Root(t), "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +306,7 @@ func TestComposeStructure(t *testing.T) {
 			t.Errorf("Dockerfile: no %q", want)
 		}
 	}
-	if e := dockerfileEnv(t, filepath.Join(repoRoot, "Dockerfile")); e["SSETRACK_LISTEN"] == "" || e["SSETRACK_METRICS_LISTEN"] == "" {
+	if e := dockerfileEnv(t, filepath.Join(harness.Root(t), "Dockerfile")); e["SSETRACK_LISTEN"] == "" || e["SSETRACK_METRICS_LISTEN"] == "" {
 		t.Errorf("Dockerfile: runtime stage sets no SSETRACK_LISTEN / SSETRACK_METRICS_LISTEN (got %v)", e)
 	}
 }
@@ -350,7 +352,7 @@ func (a envoyAddress) String() string {
 
 func envoyConfigs(t *testing.T) []string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(repoRoot, "envoy", "*.yaml"))
+	files, err := filepath.Glob(filepath.Join(harness.Root(t), "envoy", "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no envoy/*.yaml: %v", err)
 	}
@@ -362,7 +364,7 @@ func envoyConfigs(t *testing.T) []string {
 // local configs use loopback and the same ports, so one port map serves both setups.
 func TestComposeEnvoyConfigsAgree(t *testing.T) {
 	cf := loadCompose(t)
-	imageEnv := dockerfileEnv(t, filepath.Join(repoRoot, "Dockerfile"))
+	imageEnv := dockerfileEnv(t, filepath.Join(harness.Root(t), "Dockerfile"))
 
 	grpcHost, grpcPort := splitPort(t, listenAddr(cf.Services["ssetrack"], imageEnv, "listen", "127.0.0.1:9001"))
 	upHost, upPort := splitPort(t, listenAddr(cf.Services["upstream"], imageEnv, "listen", "127.0.0.1:8080"))
@@ -470,18 +472,26 @@ func TestComposeEnvoyConfigsAgree(t *testing.T) {
 // envoy-compose.yaml, whose STRICT_DNS hosts do not resolve outside compose: validation
 // checks the config without resolving names or binding ports.
 func TestComposeEnvoyValidate(t *testing.T) {
-	requireEnvoy(t) // with CI=true, TestMain has already failed the run without Envoy
+	bin := harness.EnvoyBin(t) // with CI=true, a missing Envoy fails
 	for _, f := range envoyConfigs(t) {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			out, err := exec.Command(envoyBin, "--mode", "validate", "-c", f,
-				"--use-dynamic-base-id", "--log-level", "warning").CombinedOutput()
-			if err != nil {
-				t.Fatalf("envoy --mode validate -c %s: %v\n%s", f, err, out)
-			}
+			out := validateEnvoyConfig(t, bin, f)
 			if !bytes.Contains(out, []byte("OK")) {
 				t.Fatalf("envoy --mode validate -c %s: no OK in its output:\n%s", f, out)
 			}
 			t.Logf("%s", bytes.TrimSpace(out))
 		})
 	}
+}
+
+// validateEnvoyConfig runs `envoy --mode validate` on the config file f and returns its
+// output; it fails t if Envoy rejects the config.
+func validateEnvoyConfig(t *testing.T, bin, f string) []byte {
+	t.Helper()
+	out, err := exec.Command(bin, "--mode", "validate", "-c", f,
+		"--use-dynamic-base-id", "--log-level", "warning").CombinedOutput()
+	if err != nil {
+		t.Fatalf("envoy --mode validate -c %s: %v\n%s", f, err, out)
+	}
+	return out
 }

@@ -12,7 +12,6 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -21,34 +20,30 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ssetrack/ssetrack/extproc/journal"
+
+	"github.com/ssetrack/ssetrack/test/harness"
 )
 
-// Metric names from ssetrack's contract.
+// Metric names from ssetrack's contract, and the session header.
 const (
-	mChunks  = "ssetrack_response_chunks_total"
-	mDedup   = "ssetrack_events_deduplicated_total"
-	mKinds   = "ssetrack_responses_total"
-	sessionH = "Mcp-Session-Id"
+	mChunks         = "ssetrack_response_chunks_total"
+	mDedup          = "ssetrack_events_deduplicated_total"
+	mKinds          = "ssetrack_responses_total"
+	mForwarded      = "ssetrack_events_forwarded_total"
+	mPublished      = "ssetrack_journal_events_published_total"
+	mRecordsDropped = "ssetrack_journal_records_dropped_total"
+	mRejected       = "ssetrack_journal_rejected_total"
+	sessionH        = "Mcp-Session-Id"
 )
 
 // TestShippedConfigsValidate checks every shipped Envoy config with `envoy --mode validate`.
 func TestShippedConfigsValidate(t *testing.T) {
-	requireEnvoy(t)
-	files, err := filepath.Glob(filepath.Join(repoRoot, "envoy", "*.yaml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no envoy/*.yaml: %v", err)
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			out, err := exec.Command(envoyBin, "--mode", "validate", "-c", f, "--use-dynamic-base-id", "--log-level", "warning").CombinedOutput()
-			if err != nil {
-				t.Fatalf("envoy --mode validate -c %s: %v\n%s", f, err, out)
-			}
-		})
+	bin := harness.EnvoyBin(t)
+	for _, f := range envoyConfigs(t) {
+		t.Run(filepath.Base(f), func(t *testing.T) { validateEnvoyConfig(t, bin, f) })
 	}
 }
 
@@ -85,12 +80,12 @@ func runSuite(t *testing.T, config string) {
 	fx := startFixture(t, config)
 	for _, c := range suite {
 		t.Run(c.name, func(t *testing.T) {
-			before := fx.envoyStats(t)
+			before := fx.envoy.ExtProcStats(t)
 			c.run(t, fx)
-			fx.checkNoFailOpen(t, before)
+			fx.envoy.CheckNoFailOpen(t, before)
 		})
 	}
-	m := fx.ssetrackMetrics(t)
+	m := fx.ssetrack.Metrics(t)
 	var summary []string
 	for k, v := range m {
 		if strings.HasPrefix(k, "ssetrack_events_") || strings.HasPrefix(k, "ssetrack_responses_") || k == mChunks {
@@ -117,10 +112,10 @@ func newSession(t *testing.T) string {
 func sessionHeader(sid string) http.Header { return http.Header{sessionH: {sid}} }
 
 // numberedEvents returns events with ids 1..n.
-func numberedEvents(n int) []sseEvent {
-	evs := make([]sseEvent, n)
+func numberedEvents(n int) []harness.Event {
+	evs := make([]harness.Event, n)
 	for i := range evs {
-		evs[i] = sseEvent{id: strconv.Itoa(i + 1), data: fmt.Sprintf(`{"n":%d,"text":"event number %d"}`, i+1, i+1)}
+		evs[i] = harness.Event{ID: strconv.Itoa(i + 1), Data: fmt.Sprintf(`{"n":%d,"text":"event number %d"}`, i+1, i+1)}
 	}
 	return evs
 }
@@ -169,9 +164,9 @@ func expectBody(t *testing.T, what string, got, want []byte) {
 }
 
 // expectDelta checks that a counter grew by want between two snapshots.
-func expectDelta(t *testing.T, name string, before, after metrics, want float64) {
+func expectDelta(t *testing.T, name string, before, after harness.Metrics, want float64) {
 	t.Helper()
-	if got := after.sum(name) - before.sum(name); got != want {
+	if got := after.Sum(name) - before.Sum(name); got != want {
 		t.Errorf("%s grew by %v, want %v", name, got, want)
 	}
 }
@@ -208,24 +203,24 @@ func testChunkBoundaries(t *testing.T, fx *fixture) {
 		{name: "LoneCRBeforeChunkEnd", cuts: []int{at("id: a3\r", 7)}},
 		{name: "CharsetParam", cuts: []int{at("data: hello", 2), at("world\r\n\r\n", 7)}, contentType: "text/event-stream; charset=utf-8"},
 		{name: "PartialTailAtEnd", cuts: []int{at("id: a4", 3)}, tail: "id: a5\ndata: never finish"},
-		{name: "OneBytePerChunk", cuts: everyCut(len(body), 1)},
+		{name: "OneBytePerChunk", cuts: harness.EveryCut(len(body), 1)},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			b := append(slices.Clip(body), c.tail...)
-			rep := reply{body: b, cuts: c.cuts, pause: 2 * time.Millisecond}
+			rep := harness.Reply{Body: b, Cuts: c.cuts, Pause: 2 * time.Millisecond}
 			if c.contentType != "" {
-				rep.header = http.Header{"Content-Type": {c.contentType}}
+				rep.Header = http.Header{"Content-Type": {c.contentType}}
 			}
-			path := fx.up.static(rep)
-			before := fx.ssetrackMetrics(t)
+			path := fx.up.Static(rep)
+			before := fx.ssetrack.Metrics(t)
 			_, got := fx.get(t, path, sessionHeader(newSession(t)))
 			expectBody(t, "stream", got, b)
 			if ev, want := parseClient(got), parseClient(b); !slices.Equal(ev, want) {
 				t.Errorf("client saw events %q, want %q", ev, want)
 			}
-			after := fx.ssetrackMetrics(t)
-			if d := after.sum(mChunks) - before.sum(mChunks); d < 1 {
+			after := fx.ssetrack.Metrics(t)
+			if d := after.Sum(mChunks) - before.Sum(mChunks); d < 1 {
 				t.Errorf("%s grew by %v: the SSE body did not go through ssetrack", mChunks, d)
 			}
 		})
@@ -239,26 +234,26 @@ func testResumeWithLastEventID(t *testing.T, fx *fixture) {
 	sid := newSession(t)
 	evs := numberedEvents(8)
 	const lastID, overlap = "3", 2
-	path := fx.up.handle(func(n int, r *http.Request) reply {
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
 		hdr := http.Header{sessionH: {sid}}
 		if n == 0 {
-			b := encodeAll(evs[:5])
-			return reply{header: hdr, body: b, cuts: everyCut(len(b), 7)}
+			b := harness.EncodeAll(evs[:5])
+			return harness.Reply{Header: hdr, Body: b, Cuts: harness.EveryCut(len(b), 7)}
 		}
-		b := encodeAll(resumeFrom(evs, r.Header.Get("Last-Event-ID"), overlap))
-		return reply{header: hdr, body: b, cuts: everyCut(len(b), 5)}
+		b := harness.EncodeAll(harness.ResumeFrom(evs, r.Header.Get("Last-Event-ID"), overlap))
+		return harness.Reply{Header: hdr, Body: b, Cuts: harness.EveryCut(len(b), 5)}
 	})
 
 	resp, got1 := fx.get(t, path, nil)
 	if g := resp.Header.Get(sessionH); g != sid {
 		t.Fatalf("response %s = %q, want %q", sessionH, g, sid)
 	}
-	sent := fx.up.sent(path)
+	sent := fx.up.Sent(path)
 	expectBody(t, "first stream", got1, sent[0])
 
-	before := fx.ssetrackMetrics(t)
+	before := fx.ssetrack.Metrics(t)
 	resp2, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {lastID}})
-	sent = fx.up.sent(path)
+	sent = fx.up.Sent(path)
 	drop := deliveredThrough(got1, lastID)
 	if len(drop) == 0 {
 		t.Fatalf("the first stream did not deliver id %s", lastID)
@@ -276,7 +271,7 @@ func testResumeWithLastEventID(t *testing.T, fx *fixture) {
 		replayed = len(allIDs(got1)) - len(drop)
 	}
 	upstreamDelivered := len(allIDs(got2)) - replayed
-	expectDelta(t, mDedup, before, fx.ssetrackMetrics(t), float64(len(allIDs(sent[1]))-upstreamDelivered))
+	expectDelta(t, mDedup, before, fx.ssetrack.Metrics(t), float64(len(allIDs(sent[1]))-upstreamDelivered))
 }
 
 // (c) The same resume without Last-Event-ID (a new request in the same session): every id
@@ -284,32 +279,32 @@ func testResumeWithLastEventID(t *testing.T, fx *fixture) {
 func testResumeWithoutLastEventID(t *testing.T, fx *fixture) {
 	sid := newSession(t)
 	evs := numberedEvents(8)
-	path := fx.up.handle(func(n int, r *http.Request) reply {
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
 		if n == 0 {
-			b := encodeAll(evs[:5])
-			return reply{body: b, cuts: everyCut(len(b), 11)}
+			b := harness.EncodeAll(evs[:5])
+			return harness.Reply{Body: b, Cuts: harness.EveryCut(len(b), 11)}
 		}
 		// No Last-Event-ID: this upstream starts over.
-		b := encodeAll(resumeFrom(evs, r.Header.Get("Last-Event-ID"), 0))
-		return reply{body: b, cuts: everyCut(len(b), 13)}
+		b := harness.EncodeAll(harness.ResumeFrom(evs, r.Header.Get("Last-Event-ID"), 0))
+		return harness.Reply{Body: b, Cuts: harness.EveryCut(len(b), 13)}
 	})
 	_, got1 := fx.get(t, path, sessionHeader(sid))
-	expectBody(t, "first stream", got1, fx.up.sent(path)[0])
+	expectBody(t, "first stream", got1, fx.up.Sent(path)[0])
 
-	before := fx.ssetrackMetrics(t)
+	before := fx.ssetrack.Metrics(t)
 	_, got2 := fx.get(t, path, sessionHeader(sid))
-	sent := fx.up.sent(path)
+	sent := fx.up.Sent(path)
 	want := without(sent[1], idSet(allIDs(got1)...))
 	expectBody(t, "second stream", got2, want)
-	expectDelta(t, mDedup, before, fx.ssetrackMetrics(t), float64(len(allIDs(got1))))
+	expectDelta(t, mDedup, before, fx.ssetrack.Metrics(t), float64(len(allIDs(got1))))
 }
 
 // (d) Events without ids are never dropped, even when their bytes repeat.
 func testIDLessEvents(t *testing.T, fx *fixture) {
 	sid := newSession(t)
-	evs := []sseEvent{{data: "ping"}, {data: "ping"}, {id: "x1", data: "one"}, {data: "ping"}, {id: "x2", data: "two"}, {data: "tick"}}
-	body := encodeAll(evs)
-	path := fx.up.static(reply{body: body, cuts: everyCut(len(body), 4)})
+	evs := []harness.Event{{Data: "ping"}, {Data: "ping"}, {ID: "x1", Data: "one"}, {Data: "ping"}, {ID: "x2", Data: "two"}, {Data: "tick"}}
+	body := harness.EncodeAll(evs)
+	path := fx.up.Static(harness.Reply{Body: body, Cuts: harness.EveryCut(len(body), 4)})
 
 	_, got1 := fx.get(t, path, sessionHeader(sid))
 	expectBody(t, "first stream", got1, body)
@@ -326,8 +321,8 @@ func testIDLessEvents(t *testing.T, fx *fixture) {
 func testSessionsIndependent(t *testing.T, fx *fixture) {
 	base := newSession(t)
 	a, b := base+".a *", base+".a >"
-	body := encodeAll(numberedEvents(5))
-	path := fx.up.static(reply{body: body, cuts: everyCut(len(body), 9)})
+	body := harness.EncodeAll(numberedEvents(5))
+	path := fx.up.Static(harness.Reply{Body: body, Cuts: harness.EveryCut(len(body), 9)})
 
 	_, gotA := fx.get(t, path, sessionHeader(a))
 	expectBody(t, "session A", gotA, body)
@@ -355,16 +350,16 @@ func testConcurrentStreams(t *testing.T, fx *fixture) {
 				return cuts
 			}
 			var mu sync.Mutex
-			path := fx.up.handle(func(n int, r *http.Request) reply {
+			path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
 				mu.Lock()
 				defer mu.Unlock()
 				var b []byte
 				if n == 0 {
-					b = encodeAll(evs[:8])
+					b = harness.EncodeAll(evs[:8])
 				} else {
-					b = encodeAll(resumeFrom(evs, r.Header.Get("Last-Event-ID"), overlap))
+					b = harness.EncodeAll(harness.ResumeFrom(evs, r.Header.Get("Last-Event-ID"), overlap))
 				}
-				return reply{body: b, cuts: randomCuts(len(b)), pause: time.Millisecond}
+				return harness.Reply{Body: b, Cuts: randomCuts(len(b)), Pause: time.Millisecond}
 			})
 			sid := fmt.Sprintf("%s-%d", newSession(t), i)
 			_, got1, err := fx.fetch(path, sessionHeader(sid))
@@ -372,7 +367,7 @@ func testConcurrentStreams(t *testing.T, fx *fixture) {
 				errs <- fmt.Errorf("stream %d: %w", i, err)
 				return
 			}
-			if sent := fx.up.sent(path)[0]; !bytes.Equal(got1, sent) {
+			if sent := fx.up.Sent(path)[0]; !bytes.Equal(got1, sent) {
 				errs <- fmt.Errorf("stream %d, first request: %s", i, diffStreams(got1, sent))
 				return
 			}
@@ -381,7 +376,7 @@ func testConcurrentStreams(t *testing.T, fx *fixture) {
 				errs <- fmt.Errorf("stream %d, resume: %w", i, err)
 				return
 			}
-			want := without(fx.up.sent(path)[1], idSet(deliveredThrough(got1, lastID)...))
+			want := without(fx.up.Sent(path)[1], idSet(deliveredThrough(got1, lastID)...))
 			if !bytes.Equal(got2, want) {
 				errs <- fmt.Errorf("stream %d, resume: %s", i, diffStreams(got2, want))
 			}
@@ -405,25 +400,25 @@ func testNonSSEBody(t *testing.T, fx *fixture) {
 	body := make([]byte, 1<<20)
 	rng := mrand.NewChaCha8([32]byte{7})
 	_, _ = rng.Read(body)
-	path := fx.up.static(reply{
-		header: http.Header{"Content-Type": {"application/octet-stream"}, "Content-Length": {strconv.Itoa(len(body))}},
-		body:   body,
-		cuts:   everyCut(len(body), 64<<10),
+	path := fx.up.Static(harness.Reply{
+		Header: http.Header{"Content-Type": {"application/octet-stream"}, "Content-Length": {strconv.Itoa(len(body))}},
+		Body:   body,
+		Cuts:   harness.EveryCut(len(body), 64<<10),
 	})
-	sBefore, eBefore := fx.ssetrackMetrics(t), fx.envoyStats(t)
+	sBefore, eBefore := fx.ssetrack.Metrics(t), fx.envoy.ExtProcStats(t)
 	_, got := fx.get(t, path, sessionHeader(newSession(t)))
 	if !bytes.Equal(got, body) {
 		t.Errorf("body differs: got %d bytes, want %d", len(got), len(body))
 	}
-	sAfter, eAfter := fx.ssetrackMetrics(t), fx.envoyStats(t)
+	sAfter, eAfter := fx.ssetrack.Metrics(t), fx.envoy.ExtProcStats(t)
 	expectDelta(t, mChunks, sBefore, sAfter, 0)
 	expectDelta(t, mKinds+`{kind="passthrough"}`, sBefore, sAfter, 1)
 	// One ext_proc stream carrying the request headers and the response headers, nothing
 	// else: a body chunk would be a third message.
-	if d := eAfter.sub(eBefore, "streams_started"); d != 1 {
+	if d := eAfter.Sub(eBefore, "streams_started"); d != 1 {
 		t.Errorf("envoy ext_proc streams_started grew by %v, want 1", d)
 	}
-	if d := eAfter.sub(eBefore, "stream_msgs_sent"); d > 2 {
+	if d := eAfter.Sub(eBefore, "stream_msgs_sent"); d > 2 {
 		t.Errorf("envoy sent %v ext_proc messages for a header-only exchange, want at most 2: the body went to ssetrack", d)
 	}
 }
@@ -442,7 +437,7 @@ func testLargeEvent(t *testing.T, fx *fixture) {
 	body = append(body, "id: big\ndata: "...)
 	body = append(body, data...)
 	body = append(body, "\n\nid: after\ndata: still streaming\n\n"...)
-	path := fx.up.static(reply{body: body, cuts: everyCut(len(body), 64<<10)})
+	path := fx.up.Static(harness.Reply{Body: body, Cuts: harness.EveryCut(len(body), 64<<10)})
 	_, got := fx.get(t, path, sessionHeader(newSession(t)))
 	if !bytes.Equal(got, body) {
 		t.Errorf("stream with a 3 MB event: %s", diffStreams(got, body))
@@ -455,19 +450,19 @@ func testLargeEvent(t *testing.T, fx *fixture) {
 // (i) Gzip-encoded SSE passes untouched: ssetrack cannot parse it and must not touch it,
 // so even a repeat in the same session is delivered whole.
 func testGzipSSE(t *testing.T, fx *fixture) {
-	plain := encodeAll(numberedEvents(20))
+	plain := harness.EncodeAll(numberedEvents(20))
 	var zb bytes.Buffer
 	zw := gzip.NewWriter(&zb)
 	_, _ = zw.Write(plain)
 	_ = zw.Close()
 	gz := zb.Bytes()
-	path := fx.up.static(reply{
-		header: http.Header{"Content-Encoding": {"gzip"}},
-		body:   gz,
-		cuts:   everyCut(len(gz), 50),
+	path := fx.up.Static(harness.Reply{
+		Header: http.Header{"Content-Encoding": {"gzip"}},
+		Body:   gz,
+		Cuts:   harness.EveryCut(len(gz), 50),
 	})
 	sid := newSession(t)
-	before := fx.ssetrackMetrics(t)
+	before := fx.ssetrack.Metrics(t)
 	for i := range 2 {
 		resp, got := fx.get(t, path, sessionHeader(sid))
 		if ce := resp.Header.Get("Content-Encoding"); ce != "gzip" {
@@ -485,7 +480,7 @@ func testGzipSSE(t *testing.T, fx *fixture) {
 			t.Errorf("request %d: gunzipped body differs (%v)", i, err)
 		}
 	}
-	after := fx.ssetrackMetrics(t)
+	after := fx.ssetrack.Metrics(t)
 	expectDelta(t, mChunks, before, after, 0)
 	expectDelta(t, mKinds+`{kind="encoded"}`, before, after, 2)
 }
@@ -493,10 +488,7 @@ func testGzipSSE(t *testing.T, fx *fixture) {
 // The settings that bite (DESIGN.md, "Envoy facts that bite") are in the config Envoy
 // actually loaded.
 func testLoadedConfig(t *testing.T, fx *fixture) {
-	b, err := httpGet(fx.adminURL + "/config_dump")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := fx.envoy.Admin(t, "/config_dump")
 	var dump any
 	if err := json.Unmarshal(b, &dump); err != nil {
 		t.Fatal(err)
@@ -557,14 +549,14 @@ func testResumeAfterClientDisconnect(t *testing.T, fx *fixture) {
 	sid := newSession(t)
 	evs := numberedEvents(8)
 	const overlap = 2
-	path := fx.up.handle(func(n int, r *http.Request) reply {
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
 		if n == 0 {
 			// Three events, then the stream stays open until the client leaves.
-			b := encodeAll(evs[:3])
-			return reply{body: b, cuts: everyCut(len(b), 10), hold: true}
+			b := harness.EncodeAll(evs[:3])
+			return harness.Reply{Body: b, Cuts: harness.EveryCut(len(b), 10), Hold: true}
 		}
-		b := encodeAll(resumeFrom(evs, r.Header.Get("Last-Event-ID"), overlap))
-		return reply{body: b, cuts: everyCut(len(b), 10)}
+		b := harness.EncodeAll(harness.ResumeFrom(evs, r.Header.Get("Last-Event-ID"), overlap))
+		return harness.Reply{Body: b, Cuts: harness.EveryCut(len(b), 10)}
 	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -576,7 +568,7 @@ func testResumeAfterClientDisconnect(t *testing.T, fx *fixture) {
 	var got1 []byte
 	buf := make([]byte, 4096)
 	for {
-		sent := fx.up.sent(path)
+		sent := fx.up.Sent(path)
 		if len(sent) == 1 && len(got1) >= len(sent[0]) {
 			break
 		}
@@ -589,12 +581,12 @@ func testResumeAfterClientDisconnect(t *testing.T, fx *fixture) {
 	}
 	cancel() // the client goes away
 	resp.Body.Close()
-	expectBody(t, "first stream", got1, fx.up.sent(path)[0])
+	expectBody(t, "first stream", got1, fx.up.Sent(path)[0])
 	ids := allIDs(got1)
 	last := ids[len(ids)-1]
 
 	_, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {last}})
-	want := without(fx.up.sent(path)[1], idSet(deliveredThrough(got1, last)...))
+	want := without(fx.up.Sent(path)[1], idSet(deliveredThrough(got1, last)...))
 	expectBody(t, "resumed stream", got2, want)
 }
 
@@ -604,11 +596,11 @@ func testPostThenGet(t *testing.T, fx *fixture) {
 	sid := newSession(t)
 	evs := numberedEvents(6)
 	reqBody := []byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`)
-	path := fx.up.handle(func(n int, r *http.Request) reply {
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
 		if n == 0 {
-			return reply{header: http.Header{sessionH: {sid}}, body: encodeAll(evs[:3])}
+			return harness.Reply{Header: http.Header{sessionH: {sid}}, Body: harness.EncodeAll(evs[:3])}
 		}
-		return reply{body: encodeAll(evs)}
+		return harness.Reply{Body: harness.EncodeAll(evs)}
 	})
 	resp, got1, err := fx.do(http.MethodPost, path, http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json, text/event-stream"}}, reqBody)
 	if err != nil {
@@ -617,13 +609,13 @@ func testPostThenGet(t *testing.T, fx *fixture) {
 	if g := resp.Header.Get(sessionH); g != sid {
 		t.Fatalf("response %s = %q, want %q", sessionH, g, sid)
 	}
-	if rb := fx.up.received(path)[0]; !bytes.Equal(rb, reqBody) {
+	if rb := fx.up.Received(path)[0]; !bytes.Equal(rb, reqBody) {
 		t.Errorf("upstream received request body %q, want %q", rb, reqBody)
 	}
-	expectBody(t, "POST stream", got1, fx.up.sent(path)[0])
+	expectBody(t, "POST stream", got1, fx.up.Sent(path)[0])
 
 	_, got2 := fx.get(t, path, sessionHeader(sid))
-	expectBody(t, "GET stream", got2, without(fx.up.sent(path)[1], idSet(allIDs(got1)...)))
+	expectBody(t, "GET stream", got2, without(fx.up.Sent(path)[1], idSet(allIDs(got1)...)))
 }
 
 // journalEnabled reports whether ssetrack runs with its journal (E2E_SSETRACK_ARGS can turn
@@ -640,114 +632,52 @@ func testJournal(t *testing.T, fx *fixture) {
 	}
 	sid := newSession(t) + ".with *special> chars"
 	evs := numberedEvents(8)
-	path := fx.up.handle(func(n int, r *http.Request) reply {
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
 		if n == 0 {
-			return reply{body: encodeAll(evs[:5])}
+			return harness.Reply{Body: harness.EncodeAll(evs[:5])}
 		}
-		return reply{body: encodeAll(evs)}
+		return harness.Reply{Body: harness.EncodeAll(evs)}
 	})
 	_, got1 := fx.get(t, path, sessionHeader(sid))
 	_, got2 := fx.get(t, path, sessionHeader(sid))
-	expectBody(t, "second stream", got2, without(fx.up.sent(path)[1], idSet(allIDs(got1)...)))
+	expectBody(t, "second stream", got2, without(fx.up.Sent(path)[1], idSet(allIDs(got1)...)))
 	want := append(slices.Clip(got1), got2...)
 
-	nc, err := nats.Connect(fx.natsURL)
-	if err != nil {
-		t.Fatalf("connect to the embedded NATS server: %v", err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := harness.JetStream(t, fx.ssetrack.NATSURL)
 	subject := journal.Subject("", sid)
-	// Batches are published asynchronously: read until they are all there, or give up.
+	// Batches are published asynchronously: read until they are all there.
 	var stored []byte
 	var msgs int
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		stored, msgs, err = readSubject(js, journal.DefaultStream, subject)
-		if err == nil && len(stored) >= len(want) || time.Now().After(deadline) {
-			break
+	harness.WaitUntil(t, 20*time.Second, func() error {
+		var err error
+		stored, msgs, err = harness.ReadSubject(js, journal.DefaultStream, subject)
+		if err != nil {
+			return fmt.Errorf("read %s from stream %s: %w", subject, journal.DefaultStream, err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("read %s from stream %s: %v", subject, journal.DefaultStream, err)
-	}
+		if len(stored) < len(want) {
+			return fmt.Errorf("journal of the session (subject %s): %s", subject, diffStreams(stored, want))
+		}
+		return nil
+	})
 	if !bytes.Equal(stored, want) {
 		t.Errorf("journal of the session (subject %s): %s", subject, diffStreams(stored, want))
 	}
 	t.Logf("journal: %d bytes in %d messages on %s", len(stored), msgs, subject)
 }
 
-// readSubject returns the concatenated payloads stored on subject in stream, and the
-// jsClient connects a NATS client for reading JetStream.
-func jsClient(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", url, err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
-
-// storedSession returns the concatenated payloads on the session's subject.
-func storedSession(t *testing.T, js jetstream.JetStream, sid string) []byte {
-	t.Helper()
-	subject := journal.Subject(journal.DefaultSubjectPrefix, sid)
-	data, _, err := readSubject(js, journal.DefaultStream, subject)
-	if err != nil {
-		t.Fatalf("read %s from stream %s: %v", subject, journal.DefaultStream, err)
-	}
-	return data
-}
-
-// waitStored polls the session's subject until it holds at least want events (complete
-// blocks) or bound passes, and returns what it holds then.
+// waitStored waits (bounded) until the session's subject holds at least want events
+// (complete blocks), and returns what it holds.
 func waitStored(t *testing.T, js jetstream.JetStream, sid string, want int, bound time.Duration) []byte {
 	t.Helper()
-	deadline := time.Now().Add(bound)
-	for {
-		data := storedSession(t, js, sid)
-		if len(allIDs(data)) >= want || time.Now().After(deadline) {
-			return data
+	var data []byte
+	harness.WaitUntil(t, bound, func() error {
+		data = harness.StoredSession(t, js, sid)
+		if n := len(allIDs(data)); n < want {
+			return fmt.Errorf("JetStream holds %d events of session %s, want %d", n, sid, want)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// number of messages.
-func readSubject(js jetstream.JetStream, stream, subject string) (data []byte, msgs int, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		return nil, 0, err
-	}
-	for {
-		batch, err := cons.FetchNoWait(256)
-		if err != nil {
-			return data, msgs, err
-		}
-		n := 0
-		for msg := range batch.Messages() {
-			data = append(data, msg.Data()...)
-			n++
-		}
-		msgs += n
-		if err := batch.Error(); err != nil {
-			return data, msgs, err
-		}
-		if n == 0 {
-			return data, msgs, nil
-		}
-	}
+		return nil
+	})
+	return data
 }
 
 // Session state survives an ssetrack restart (it lives in JetStream; the in-memory table
@@ -760,38 +690,38 @@ func testResumeAfterRestart(t *testing.T, fx *fixture) {
 	sid := newSession(t)
 	evs := numberedEvents(8)
 	const lastID, overlap = "3", 2
-	path := fx.up.handle(func(n int, r *http.Request) reply {
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
 		if n == 0 {
-			return reply{body: encodeAll(evs[:5])}
+			return harness.Reply{Body: harness.EncodeAll(evs[:5])}
 		}
-		return reply{body: encodeAll(resumeFrom(evs, r.Header.Get("Last-Event-ID"), overlap))}
+		return harness.Reply{Body: harness.EncodeAll(harness.ResumeFrom(evs, r.Header.Get("Last-Event-ID"), overlap))}
 	})
 	_, got1 := fx.get(t, path, sessionHeader(sid))
-	expectBody(t, "first stream", got1, fx.up.sent(path)[0])
+	expectBody(t, "first stream", got1, fx.up.Sent(path)[0])
 
-	fx.restartSsetrack(t)
+	fx.ssetrack.Restart(t)
 
-	before := fx.envoyStats(t)
+	before := fx.envoy.ExtProcStats(t)
 	_, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {lastID}})
-	expectBody(t, "resume after restart", got2, without(fx.up.sent(path)[1], idSet(deliveredThrough(got1, lastID)...)))
+	expectBody(t, "resume after restart", got2, without(fx.up.Sent(path)[1], idSet(deliveredThrough(got1, lastID)...)))
 	_, got3 := fx.get(t, path, sessionHeader(sid))
-	expectBody(t, "new stream after restart", got3, without(fx.up.sent(path)[2], idSet(allIDs(fx.up.sent(path)[2])...)))
-	fx.checkNoFailOpen(t, before)
+	expectBody(t, "new stream after restart", got3, without(fx.up.Sent(path)[2], idSet(allIDs(fx.up.Sent(path)[2])...)))
+	fx.envoy.CheckNoFailOpen(t, before)
 }
 
 // With ssetrack gone, Envoy fails open (failure_mode_allow: true): streams pass untouched.
 func testFailOpen(t *testing.T, fx *fixture) {
-	fx.stopSsetrack(t)
-	body := encodeAll(numberedEvents(5))
-	path := fx.up.static(reply{body: body, cuts: everyCut(len(body), 16)})
-	before := fx.envoyStats(t)
+	fx.ssetrack.Stop(t)
+	body := harness.EncodeAll(numberedEvents(5))
+	path := fx.up.Static(harness.Reply{Body: body, Cuts: harness.EveryCut(len(body), 16)})
+	before := fx.envoy.ExtProcStats(t)
 	sid := newSession(t)
 	for i := range 2 {
 		_, got := fx.get(t, path, sessionHeader(sid))
 		expectBody(t, fmt.Sprintf("request %d without ssetrack", i), got, body)
 	}
-	after := fx.envoyStats(t)
-	if after.sub(before, "failure_mode_allowed") < 1 {
+	after := fx.envoy.ExtProcStats(t)
+	if after.Sub(before, "failure_mode_allowed") < 1 {
 		t.Errorf("envoy ext_proc failure_mode_allowed did not grow with ssetrack down; stats: %v", after)
 	}
 }

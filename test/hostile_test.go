@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ssetrack/ssetrack/test/harness"
 )
 
 // TestHostileEventIDs streams events whose ids are hostile to naive code:
@@ -19,30 +21,30 @@ func TestHostileEventIDs(t *testing.T) {
 	}
 	fx := startFixture(t, "envoy.yaml")
 	sid := newSession(t) + " *>.\tx" // inner whitespace: HTTP trims it at the ends
-	evs := []sseEvent{
-		{id: strings.Repeat("h", 200_000), data: "huge id"},
-		{id: "\xff\xfe\x80", data: "not utf-8"},
-		{id: "a.b.*.>", data: "wildcards"},
-		{id: "  spaced  out ", data: "spaces"},
-		{id: `{"id":1}`, data: "json id"},
-		{id: "nul\x00id", data: "ignored id: a browser keeps the previous one"},
-		{id: "b64:AAAA", data: "looks encoded"},
-		{data: "no id"},
+	evs := []harness.Event{
+		{ID: strings.Repeat("h", 200_000), Data: "huge id"},
+		{ID: "\xff\xfe\x80", Data: "not utf-8"},
+		{ID: "a.b.*.>", Data: "wildcards"},
+		{ID: "  spaced  out ", Data: "spaces"},
+		{ID: `{"id":1}`, Data: "json id"},
+		{ID: "nul\x00id", Data: "ignored id: a browser keeps the previous one"},
+		{ID: "b64:AAAA", Data: "looks encoded"},
+		{Data: "no id"},
 	}
-	body := encodeAll(evs)
-	path := fx.up.handle(func(n int, r *http.Request) reply {
-		return reply{header: sessionHeader(sid), body: body, cuts: everyCut(len(body), 4096)}
+	body := harness.EncodeAll(evs)
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
+		return harness.Reply{Header: sessionHeader(sid), Body: body, Cuts: harness.EveryCut(len(body), 4096)}
 	})
 	_, got1 := fx.get(t, path, sessionHeader(sid))
 	expectBody(t, "first stream", got1, body)
 	// The upstream starts over: every event with a (valid) id is dropped;
 	// the id-less one and the one whose id SSE ignores pass.
 	_, got2 := fx.get(t, path, sessionHeader(sid))
-	want := encodeAll([]sseEvent{evs[5], evs[7]})
+	want := harness.EncodeAll([]harness.Event{evs[5], evs[7]})
 	expectBody(t, "second stream", got2, want)
 
 	wantStored := append(bytes.Clone(body), want...)
-	stored := waitStored(t, jsClient(t, fx.natsURL), sid, len(allIDs(wantStored)), 10*time.Second)
+	stored := waitStored(t, harness.JetStream(t, fx.ssetrack.NATSURL), sid, len(allIDs(wantStored)), 10*time.Second)
 	if !bytes.Equal(stored, wantStored) {
 		t.Errorf("JetStream holds %d bytes, want the %d forwarded: %s", len(stored), len(wantStored), diffStreams(stored, wantStored))
 	}

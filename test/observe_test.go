@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ssetrack/ssetrack/test/harness"
 )
 
 // TestObservabilityMode runs envoy/envoy-observe.yaml: Envoy never waits
@@ -17,22 +19,22 @@ func TestObservabilityMode(t *testing.T) {
 	fx := startFixture(t, "envoy-observe.yaml")
 	sid := newSession(t)
 	evs := numberedEvents(8)
-	path := fx.up.handle(func(n int, r *http.Request) reply {
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
 		if n == 0 {
-			b := encodeAll(evs[:5])
-			return reply{header: sessionHeader(sid), body: b, cuts: everyCut(len(b), 6)}
+			b := harness.EncodeAll(evs[:5])
+			return harness.Reply{Header: sessionHeader(sid), Body: b, Cuts: harness.EveryCut(len(b), 6)}
 		}
-		b := encodeAll(resumeFrom(evs, r.Header.Get("Last-Event-ID"), 2))
-		return reply{header: sessionHeader(sid), body: b, cuts: everyCut(len(b), 4)}
+		b := harness.EncodeAll(harness.ResumeFrom(evs, r.Header.Get("Last-Event-ID"), 2))
+		return harness.Reply{Header: sessionHeader(sid), Body: b, Cuts: harness.EveryCut(len(b), 4)}
 	})
 	_, got1 := fx.get(t, path, sessionHeader(sid))
 	_, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"5"}})
-	sent := fx.up.sent(path)
+	sent := fx.up.Sent(path)
 	expectBody(t, "first stream", got1, sent[0])
 	expectBody(t, "resumed stream (observed, not deduplicated)", got2, sent[1])
 
-	want := encodeAll(evs) // 1..8, each once
-	stored := waitStored(t, jsClient(t, fx.natsURL), sid, len(evs), 10*time.Second)
+	want := harness.EncodeAll(evs) // 1..8, each once
+	stored := waitStored(t, harness.JetStream(t, fx.ssetrack.NATSURL), sid, len(evs), 10*time.Second)
 	// Envoy does not wait for ssetrack here, so a request's messages may
 	// reach it after the next request's: each event is stored once, but the
 	// two streams' order is not guaranteed.

@@ -60,16 +60,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +82,8 @@ import (
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/ssetrack/ssetrack/test/harness"
 )
 
 // perfNoopEnv, when set in the environment of this test binary, makes it the do-nothing
@@ -113,12 +114,12 @@ type perfWorkload struct {
 // perfSetup is one path from the client to the upstream.
 type perfSetup struct {
 	name       string
-	baseURL    string // where the client connects
-	envoyAdmin string // "" without Envoy
-	extProc    bool   // Envoy runs the ext_proc filter
-	metricsURL string // ssetrack's metrics (and pprof) listener, "" otherwise
+	baseURL    string         // where the client connects
+	envoy      *harness.Envoy // nil without Envoy
+	extProc    bool           // Envoy runs the ext_proc filter
+	metricsURL string         // ssetrack's metrics (and pprof) listener, "" otherwise
 
-	envoyProc, extProcProc *process // for their CPU time; nil if none
+	extProcProc *harness.Process // for its CPU time; nil if none
 }
 
 // perfResult is what one round measured.
@@ -143,9 +144,7 @@ type perfEnv struct {
 }
 
 func BenchmarkPerf(b *testing.B) {
-	if envoyBin == "" {
-		b.Skipf("SKIPPING PERF BENCHMARK: %s", envoyMissing)
-	}
+	harness.EnvoyBin(b)
 	streams := perfEnvInt(b, "PERF_STREAMS", 64)
 	pace := 1 * time.Millisecond
 	if s := os.Getenv("PERF_PACE"); s != "" {
@@ -228,13 +227,13 @@ func (e *perfEnv) round(b *testing.B, w perfWorkload, s *perfSetup) perfResult {
 			counts[i]++
 		}
 	}
-	var envoyBefore, ssetrackBefore metrics
-	envoyCPU, xpCPU, selfCPU := perfCPU(s.envoyProc), perfCPU(s.extProcProc), perfSelfCPU()
+	var envoyBefore, ssetrackBefore harness.Metrics
+	envoyCPU, xpCPU, selfCPU := perfCPU(s.envoyProc()), perfCPU(s.extProcProc), perfSelfCPU()
 	if s.extProc {
-		envoyBefore = perfEnvoyStats(b, s.envoyAdmin)
+		envoyBefore = s.envoy.ExtProcStats(b)
 	}
 	if s.metricsURL != "" {
-		ssetrackBefore = perfScrape(b, s.metricsURL+"/metrics")
+		ssetrackBefore = harness.Scrape(b, s.metricsURL+"/metrics")
 	}
 	// Bounded: a stuck stream ends the round with an error instead of hanging the run.
 	timeout := 2*time.Minute + time.Duration(n/max(streams, 1))*w.pace
@@ -262,8 +261,8 @@ func (e *perfEnv) round(b *testing.B, w perfWorkload, s *perfSetup) perfResult {
 	// CPU time per event: what each process spent (the ext_proc server's includes, for
 	// ssetrack, its embedded NATS server; the harness is the client and the upstream).
 	perEvent := func(d time.Duration) float64 { return float64(d) / 1e3 / float64(n) }
-	if s.envoyProc != nil {
-		b.ReportMetric(perEvent(perfCPU(s.envoyProc)-envoyCPU), "envoy-cpu-us/ev")
+	if s.envoy != nil {
+		b.ReportMetric(perEvent(perfCPU(s.envoyProc())-envoyCPU), "envoy-cpu-us/ev")
 	}
 	if s.extProcProc != nil {
 		b.ReportMetric(perEvent(perfCPU(s.extProcProc)-xpCPU), "xp-cpu-us/ev")
@@ -286,19 +285,19 @@ func (e *perfEnv) round(b *testing.B, w perfWorkload, s *perfSetup) perfResult {
 	b.ReportMetric(float64(r.p50)/1e3, "p50-us")
 	b.ReportMetric(float64(r.p99)/1e3, "p99-us")
 	if s.extProc {
-		after := perfEnvoyStats(b, s.envoyAdmin)
+		after := s.envoy.ExtProcStats(b)
 		// Two header messages per request; the rest are response body chunks.
-		chunks := after.sub(envoyBefore, "stream_msgs_sent") - 2*float64(streams)
+		chunks := after.Sub(envoyBefore, "stream_msgs_sent") - 2*float64(streams)
 		b.ReportMetric(chunks/float64(n), "chunks/ev")
 		var failOpen float64
-		for _, c := range failOpenCounters {
-			failOpen += after.sub(envoyBefore, c)
+		for _, c := range harness.FailOpenCounters {
+			failOpen += after.Sub(envoyBefore, c)
 		}
 		b.ReportMetric(failOpen, "failopen")
 		if failOpen != 0 {
 			var by []string
-			for _, c := range failOpenCounters {
-				if d := after.sub(envoyBefore, c); d != 0 {
+			for _, c := range harness.FailOpenCounters {
+				if d := after.Sub(envoyBefore, c); d != 0 {
 					by = append(by, fmt.Sprintf("%s=%v", c, d))
 				}
 			}
@@ -306,14 +305,14 @@ func (e *perfEnv) round(b *testing.B, w perfWorkload, s *perfSetup) perfResult {
 		}
 	}
 	if s.metricsURL != "" {
-		after := perfScrape(b, s.metricsURL+"/metrics")
-		if chunks := after.sub(ssetrackBefore, "ssetrack_response_chunks_total"); chunks > 0 {
-			b.ReportMetric(after.sub(ssetrackBefore, "ssetrack_response_chunks_rewritten_total")/chunks, "rewritten/chunk")
+		after := harness.Scrape(b, s.metricsURL+"/metrics")
+		if chunks := after.Sub(ssetrackBefore, "ssetrack_response_chunks_total"); chunks > 0 {
+			b.ReportMetric(after.Sub(ssetrackBefore, "ssetrack_response_chunks_rewritten_total")/chunks, "rewritten/chunk")
 		}
-		if d := after.sum("ssetrack_events_deduplicated_total") - ssetrackBefore.sum("ssetrack_events_deduplicated_total"); d != 0 {
+		if d := after.Sum("ssetrack_events_deduplicated_total") - ssetrackBefore.Sum("ssetrack_events_deduplicated_total"); d != 0 {
 			b.Fatalf("ssetrack dropped %v events as duplicates: every id is new", d)
 		}
-		if d := after.sum("ssetrack_journal_records_dropped_total") - ssetrackBefore.sum("ssetrack_journal_records_dropped_total"); d != 0 {
+		if d := after.Sum("ssetrack_journal_records_dropped_total") - ssetrackBefore.Sum("ssetrack_journal_records_dropped_total"); d != 0 {
 			b.Logf("WARNING: ssetrack's journal dropped %v records (queue full): persistence did not keep up", d)
 		}
 	}
@@ -393,8 +392,9 @@ func perfStamp(line []byte) int64 {
 // apart (0: back to back). Every event carries the time it was written ("t", nanoseconds
 // since perfEpoch) and an id that is new in its session.
 type perfUpstream struct {
-	url string
-	srv *http.Server
+	url  string
+	port int
+	srv  *http.Server
 }
 
 func startPerfUpstream(b *testing.B) *perfUpstream {
@@ -402,7 +402,7 @@ func startPerfUpstream(b *testing.B) *perfUpstream {
 	if err != nil {
 		b.Fatal(err)
 	}
-	u := &perfUpstream{url: "http://" + l.Addr().String()}
+	u := &perfUpstream{url: "http://" + l.Addr().String(), port: l.Addr().(*net.TCPAddr).Port}
 	u.srv = &http.Server{Handler: http.HandlerFunc(u.serve), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = u.srv.Serve(l) }()
 	b.Cleanup(func() { u.srv.Close() })
@@ -504,25 +504,24 @@ func startPerfEnv(b *testing.B) *perfEnv {
 		e.profSecs = perfEnvInt(b, "PERF_CPUPROFILE_SECONDS", 10)
 	}
 
-	noopAddr, noopProc := startNoopProcess(b)
-	grpcAddr, metricsURL, ssetrackProc := startPerfSsetrack(b)
+	noopPort, noopProc := startNoopProcess(b)
+	sse := harness.StartSsetrack(b, harness.SsetrackOptions{
+		LogLevel: "info",
+		Args:     append([]string{"--pprof"}, strings.Fields(os.Getenv("PERF_SSETRACK_ARGS"))...),
+	})
 
-	src, err := os.ReadFile(filepath.Join(repoRoot, "envoy", "envoy.yaml"))
-	if err != nil {
-		b.Fatal(err)
+	src := harness.ShippedEnvoyConfig(b, "envoy.yaml")
+	envoy := func(name, cfg string, extProcPort int) *harness.Envoy {
+		return harness.StartEnvoy(b, harness.EnvoyOptions{Name: name, Source: cfg, UpstreamPort: e.up.port, ExtProcPort: extProcPort})
 	}
-	plain := perfWithoutExtProc(b, string(src))
-	upPort := perfPort(b, e.up.url)
-
 	e.setups = append(e.setups, &perfSetup{name: "direct", baseURL: e.up.url})
-	proxy, admin, ep := startPerfEnvoy(b, "envoy", plain, upPort, perfPort(b, noopAddr))
-	e.setups = append(e.setups, &perfSetup{name: "envoy", baseURL: proxy, envoyAdmin: admin, envoyProc: ep})
-	proxy, admin, ep = startPerfEnvoy(b, "envoy-noop", string(src), upPort, perfPort(b, noopAddr))
-	e.setups = append(e.setups, &perfSetup{name: "envoy-noop", baseURL: proxy, envoyAdmin: admin, extProc: true,
-		envoyProc: ep, extProcProc: noopProc})
-	proxy, admin, ep = startPerfEnvoy(b, "envoy-ssetrack", string(src), upPort, perfPort(b, grpcAddr))
-	e.setups = append(e.setups, &perfSetup{name: "envoy-ssetrack", baseURL: proxy, envoyAdmin: admin, extProc: true,
-		metricsURL: metricsURL, envoyProc: ep, extProcProc: ssetrackProc})
+	en := envoy("envoy", perfWithoutExtProc(b, src), noopPort)
+	e.setups = append(e.setups, &perfSetup{name: "envoy", baseURL: en.ProxyURL, envoy: en})
+	en = envoy("envoy-noop", src, noopPort)
+	e.setups = append(e.setups, &perfSetup{name: "envoy-noop", baseURL: en.ProxyURL, envoy: en, extProc: true, extProcProc: noopProc})
+	en = envoy("envoy-ssetrack", src, sse.GRPCPort)
+	e.setups = append(e.setups, &perfSetup{name: "envoy-ssetrack", baseURL: en.ProxyURL, envoy: en, extProc: true,
+		metricsURL: sse.MetricsURL, extProcProc: sse.Proc})
 	// Registered last, so it runs first: a profile in flight ends before ssetrack stops.
 	b.Cleanup(e.profWG.Wait)
 	return e
@@ -576,120 +575,36 @@ func perfWithoutExtProc(b *testing.B, cfg string) string {
 	return cfg[:i] + cfg[j:]
 }
 
-// startPerfEnvoy runs Envoy with cfg (its ports rewritten as the e2e fixture does) and
-// returns its listener and admin URLs.
-func startPerfEnvoy(b *testing.B, name, cfg string, upstreamPort, extProcPort int) (proxyURL, adminURL string, p *process) {
-	for from, to := range map[int]int{10000: 0, 8080: upstreamPort, 9001: extProcPort, 9901: 0} {
-		re := regexp.MustCompile(`\bport_value:\s*` + strconv.Itoa(from) + `\b`)
-		if n := len(re.FindAllStringIndex(cfg, -1)); n != 1 {
-			b.Fatalf("envoy config: port %d occurs %d times, want once", from, n)
-		}
-		cfg = re.ReplaceAllString(cfg, "port_value: "+strconv.Itoa(to))
-	}
-	dir := b.TempDir()
-	cfgPath := filepath.Join(dir, "envoy.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	adminPath := filepath.Join(dir, "admin-address")
-	p = startProcess(b, name, envoyBin,
-		"-c", cfgPath,
-		"--use-dynamic-base-id",
-		"--admin-address-path", adminPath,
-		"--concurrency", "2",
-		"--log-level", "warning",
-	)
-	deadline := time.Now().Add(startTimeout)
-	for {
-		a, err := os.ReadFile(adminPath)
-		if err == nil && len(bytes.TrimSpace(a)) > 0 {
-			adminURL = "http://" + string(bytes.TrimSpace(a))
-			break
-		}
-		if p.exited() || time.Now().After(deadline) {
-			b.Fatalf("%s wrote no admin address (exited=%v)\n%s", name, p.exited(), p.logTail())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := waitReady(p, adminURL+"/ready", func(code int, body []byte) bool {
-		return code == http.StatusOK && strings.TrimSpace(string(body)) == "LIVE"
-	}); err != nil {
-		b.Fatalf("%s not ready: %v\n%s", name, err, p.logTail())
-	}
-	var listeners struct {
-		ListenerStatuses []struct {
-			LocalAddress struct {
-				SocketAddress struct {
-					Address   string `json:"address"`
-					PortValue int    `json:"port_value"`
-				} `json:"socket_address"`
-			} `json:"local_address"`
-		} `json:"listener_statuses"`
-	}
-	body, err := httpGet(adminURL + "/listeners?format=json")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := json.Unmarshal(body, &listeners); err != nil || len(listeners.ListenerStatuses) != 1 {
-		b.Fatalf("%s /listeners: want one listener, got %s (%v)", name, body, err)
-	}
-	sa := listeners.ListenerStatuses[0].LocalAddress.SocketAddress
-	return "http://" + net.JoinHostPort(sa.Address, strconv.Itoa(sa.PortValue)), adminURL, p
-}
-
-// startPerfSsetrack runs the built ssetrack with its defaults (embedded JetStream journal
-// on), loopback ports, a temporary data directory and pprof on the metrics listener.
-func startPerfSsetrack(b *testing.B) (grpcAddr, metricsURL string, p *process) {
-	ports := perfFreePorts(b, 3)
-	grpcAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", ports[1])
-	args := []string{
-		"serve",
-		"--listen", grpcAddr,
-		"--metrics-listen", metricsAddr,
-		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", ports[2]),
-		"--data-dir", b.TempDir(),
-		"--pprof",
-	}
-	args = append(args, strings.Fields(os.Getenv("PERF_SSETRACK_ARGS"))...)
-	p = startProcess(b, "ssetrack", ssetrackBin, args...)
-	metricsURL = "http://" + metricsAddr
-	if err := waitReady(p, metricsURL+"/readyz", func(code int, _ []byte) bool { return code == http.StatusOK }); err != nil {
-		b.Fatalf("ssetrack did not start: %v\n%s", err, p.logTail())
-	}
-	return grpcAddr, metricsURL, p
-}
-
 // startNoopProcess runs this test binary as the do-nothing ext_proc server (see init) and
-// returns its address once it accepts connections.
-func startNoopProcess(b *testing.B) (string, *process) {
-	addr := fmt.Sprintf("127.0.0.1:%d", perfFreePorts(b, 1)[0])
+// returns its port once it accepts connections.
+func startNoopProcess(b *testing.B) (int, *harness.Process) {
+	port := harness.FreePorts(b, 1)[0]
 	self, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := startProcessEnv(b, "noop ext_proc", []string{perfNoopEnv + "=" + addr}, self)
-	deadline := time.Now().Add(startTimeout)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return addr, p
-		}
-		if p.exited() || time.Now().After(deadline) {
-			b.Fatalf("noop ext_proc server did not start: %v\n%s", err, p.logTail())
-		}
-		time.Sleep(20 * time.Millisecond)
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), perfNoopEnv+"="+harness.Addr(port))
+	p := harness.Start(b, "noop ext_proc", cmd)
+	p.WaitDial(b, harness.Addr(port))
+	return port, p
+}
+
+// envoyProc returns the setup's Envoy process, nil without Envoy.
+func (s *perfSetup) envoyProc() *harness.Process {
+	if s.envoy == nil {
+		return nil
 	}
+	return s.envoy.Proc
 }
 
 // perfCPU returns the CPU time (user and system) p has used so far, from /proc (Linux); 0
 // for nil or where /proc cannot tell.
-func perfCPU(p *process) time.Duration {
+func perfCPU(p *harness.Process) time.Duration {
 	if p == nil {
 		return 0
 	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid()))
 	if err != nil {
 		return 0
 	}
@@ -717,33 +632,6 @@ func perfSelfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// perfFreePorts returns n distinct TCP ports that were free on 127.0.0.1 a moment ago.
-func perfFreePorts(b *testing.B, n int) []int {
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
-
-// perfPort returns the port of a host:port or a URL with one.
-func perfPort(b *testing.B, addr string) int {
-	_, port, err := net.SplitHostPort(strings.TrimPrefix(addr, "http://"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return p
-}
-
 func perfEnvInt(b *testing.B, name string, def int) int {
 	s := os.Getenv(name)
 	if s == "" {
@@ -754,35 +642,6 @@ func perfEnvInt(b *testing.B, name string, def int) int {
 		b.Fatalf("%s=%q: want a positive integer", name, s)
 	}
 	return v
-}
-
-// perfEnvoyStats returns Envoy's ext_proc counters, as fixture.envoyStats does.
-func perfEnvoyStats(b *testing.B, adminURL string) metrics {
-	body, err := httpGet(adminURL + "/stats?filter=ext_proc")
-	if err != nil {
-		b.Fatalf("envoy stats: %v", err)
-	}
-	m := metrics{}
-	const prefix = "http.ingress_http.ext_proc.ssetrack."
-	for _, line := range strings.Split(string(body), "\n") {
-		name, val, ok := strings.Cut(line, ": ")
-		if !ok || !strings.HasPrefix(name, prefix) {
-			continue
-		}
-		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
-			m[strings.TrimPrefix(name, prefix)] = v
-		}
-	}
-	return m
-}
-
-// perfScrape returns the Prometheus metrics at url.
-func perfScrape(b *testing.B, url string) metrics {
-	body, err := httpGet(url)
-	if err != nil {
-		b.Fatalf("metrics: %v", err)
-	}
-	return parseMetrics(body)
 }
 
 // noopExtProc is the do-nothing ext_proc server: it answers every message without a change,

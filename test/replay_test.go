@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/ssetrack/ssetrack/test/harness"
 )
 
 // TestReplayFromJetStream: the client lost the last events the gateway
@@ -15,35 +18,30 @@ func TestReplayFromJetStream(t *testing.T) {
 	fx := startFixture(t, "envoy.yaml")
 	sid := newSession(t)
 	evs := numberedEvents(9)
-	path := fx.up.handle(func(n int, r *http.Request) reply {
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
 		if n == 0 {
-			b := encodeAll(evs[:6])
-			return reply{header: sessionHeader(sid), body: b, cuts: everyCut(len(b), 3)}
+			b := harness.EncodeAll(evs[:6])
+			return harness.Reply{Header: sessionHeader(sid), Body: b, Cuts: harness.EveryCut(len(b), 3)}
 		}
-		b := encodeAll(evs[6:]) // live continuation, whatever the client asks
-		return reply{header: sessionHeader(sid), body: b, cuts: everyCut(len(b), 2)}
+		b := harness.EncodeAll(evs[6:]) // live continuation, whatever the client asks
+		return harness.Reply{Header: sessionHeader(sid), Body: b, Cuts: harness.EveryCut(len(b), 2)}
 	})
 	_, got1 := fx.get(t, path, sessionHeader(sid))
-	expectBody(t, "first stream", got1, encodeAll(evs[:6]))
+	expectBody(t, "first stream", got1, harness.EncodeAll(evs[:6]))
 
 	// Publishing is asynchronous: wait (bounded) until the six events are
 	// in JetStream, so the replay is complete rather than refused.
-	for try := 0; fx.ssetrackMetrics(t).sum("ssetrack_journal_events_published_total") < 6; try++ {
-		if try == 500 {
-			t.Fatal("the journal did not publish the first stream")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitPublished(t, fx, 6, "the first stream")
 
 	// The client says it got only up to 3.
-	before := fx.ssetrackMetrics(t)
+	before := fx.ssetrack.Metrics(t)
 	resp, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"3"}})
 	if h := resp.Header.Get("Ssetrack-Replay"); h != "replayed" {
 		t.Fatalf("Ssetrack-Replay = %q, want replayed", h)
 	}
-	want := append(encodeAll(evs[3:6]), fx.up.sent(path)[1]...)
+	want := append(harness.EncodeAll(evs[3:6]), fx.up.Sent(path)[1]...)
 	expectBody(t, "resumed stream", got2, want)
-	after := fx.ssetrackMetrics(t)
+	after := fx.ssetrack.Metrics(t)
 	expectDelta(t, `ssetrack_replays_total{result="replayed"}`, before, after, 1)
 	expectDelta(t, mDedup, before, after, 0)
 
@@ -56,13 +54,19 @@ func TestReplayFromJetStream(t *testing.T) {
 	if !bytes.Equal(got3, nil) {
 		t.Errorf("third stream forwarded %q; the upstream only sent events the client has", got3)
 	}
-	for try := 0; fx.ssetrackMetrics(t).sum("ssetrack_journal_events_published_total") < 9; try++ {
-		if try == 500 {
-			t.Fatal("the journal did not publish the resumed stream")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := fx.ssetrackMetrics(t).sum("ssetrack_journal_events_published_total"); n != 9 {
+	waitPublished(t, fx, 9, "the resumed stream")
+	if n := fx.ssetrack.Metrics(t).Sum("ssetrack_journal_events_published_total"); n != 9 {
 		t.Errorf("journal published %v events, want 9 (each once)", n)
 	}
+}
+
+// waitPublished waits (bounded) until ssetrack's journal has published n events in all.
+func waitPublished(t *testing.T, fx *fixture, n float64, what string) {
+	t.Helper()
+	harness.WaitUntil(t, 10*time.Second, func() error {
+		if got := fx.ssetrack.Metrics(t).Sum(mPublished); got < n {
+			return fmt.Errorf("the journal did not publish %s: %v of %v events published", what, got, n)
+		}
+		return nil
+	})
 }

