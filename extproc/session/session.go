@@ -5,7 +5,12 @@
 // A Table is shared by all ext_proc streams; a Session is shared by the
 // requests of one session, which may run concurrently (an MCP client holds a
 // GET stream open while POST responses stream too). Each Session has its own
-// mutex; a Stream belongs to the goroutine serving one HTTP response.
+// mutex; a Stream belongs to the goroutine serving one HTTP response, which
+// delivers to it only through a Delivery.
+//
+// It owns the in-memory state only: persistence reaches it through the
+// Loader interface (package journal implements it), and it imports only the
+// standard library.
 package session
 
 import (

@@ -2,8 +2,10 @@
 // (§9.2 "Server-sent events") defines them, push-style: the caller feeds
 // chunks as they arrive and takes back segments that partition the input.
 //
-// The package imports only the standard library. A Parser belongs to one
-// goroutine; it has no locks.
+// It owns the SSE syntax only: no sessions, no ids' meaning, no I/O. It
+// imports only the standard library, and every other package that reads SSE
+// (the processor, the journal's reader, the demo) uses it. A Parser belongs
+// to one goroutine; it has no locks.
 //
 // # What a Parser holds
 //
