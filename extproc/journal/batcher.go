@@ -237,7 +237,6 @@ func (b *batcher) trySend(l *lane) {
 	pb.tries++
 	if pb.tries > 1 {
 		b.p.m.retries.Inc()
-		b.p.m.nRetries.Add(1)
 	}
 	go b.p.publish(l, pb.msg)
 }
@@ -272,8 +271,6 @@ func (b *batcher) done(r result) {
 		now := time.Now()
 		p.m.batches.Inc()
 		p.m.events.Add(float64(pb.Count))
-		p.m.nBatches.Add(1)
-		p.m.nEvents.Add(uint64(pb.Count))
 		for _, t := range pb.at {
 			p.m.latency.Observe(now.Sub(t).Seconds())
 			if p.ackHook != nil {
@@ -284,7 +281,6 @@ func (b *batcher) done(r result) {
 		p.state.update(pb.Session, pb.Stream, pb.LastID, pb.LastSeq, l.principal)
 	} else {
 		p.m.errors.Inc()
-		p.m.nErrors.Add(1)
 		// A retry must land inside the duplicate window of the first try,
 		// or it could store the batch twice.
 		budget := p.cfg.DuplicateWindow - p.cfg.PublishTimeout
@@ -361,7 +357,7 @@ func (b *batcher) dropAll() {
 		n++
 	}
 	if n > 0 {
-		b.p.m.drop("shutdown", n)
+		b.p.m.drop(dropShutdown, n)
 		b.p.release(n)
 		b.p.log.Error("journal shutdown timed out, records lost", "records", n)
 	}

@@ -16,14 +16,14 @@ func TestReader(t *testing.T) {
 	for i := 1; i <= 10; i++ {
 		p.Append(record("rd", "s", i, 1, false))
 	}
-	waitFor(t, 5*time.Second, "first acks", func() bool { return p.Stats().Events == 10 })
+	waitFor(t, 5*time.Second, "first acks", func() bool { return statsOf(t, p).Events == 10 })
 	time.Sleep(20 * time.Millisecond)
 	mid := time.Now()
 	time.Sleep(20 * time.Millisecond)
 	for i := 11; i <= 15; i++ {
 		p.Append(record("rd", "s", i, 1, false))
 	}
-	waitFor(t, 5*time.Second, "second acks", func() bool { return p.Stats().Events == 15 })
+	waitFor(t, 5*time.Second, "second acks", func() bool { return statsOf(t, p).Events == 15 })
 	r := NewReader(jsOf(t, nc), cfg)
 
 	ids := func(opts ReadOptions) ([]string, error) {
