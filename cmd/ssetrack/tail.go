@@ -8,16 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ssetrack/ssetrack/extproc/journal"
 )
-
-// defaultNATSURL is where `ssetrack serve`'s embedded server listens by default.
-const defaultNATSURL = "nats://127.0.0.1:4222"
 
 // tail prints a session's events from JetStream, in order.
 func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -52,20 +46,17 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	urls := j.urls.values
-	if len(urls) == 0 {
-		urls = []string{defaultNATSURL}
+	conn := j.opts.Conn
+	conn.URLs = j.urls.values
+	if len(conn.URLs) == 0 {
+		// Where `ssetrack serve`'s embedded server listens by default.
+		conn.URLs = []string{"nats://" + journal.DefaultServerListen}
 	}
-	nc, err := journal.Connect(j.connConfig(urls), slog.New(slog.DiscardHandler))
+	r, closeConn, err := journal.OpenReader(conn, j.opts.Config)
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	r := journal.NewReader(js, journal.Config{Stream: j.stream, SubjectPrefix: j.subject})
+	defer closeConn()
 	enc := json.NewEncoder(stdout)
 	err = r.ReadEvents(ctx, *sid, opts, func(ev journal.Event) error {
 		if !*asJSON {
