@@ -127,14 +127,17 @@ func startServe(t *testing.T, args ...string) (metrics string, logs *syncBuffer)
 	metrics = freeAddr(t)
 	logs = &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	exited := make(chan struct{})
+	var serveErr error
 	go func() {
-		done <- Main(ctx, append([]string{"serve", "--metrics-listen", metrics}, args...), logs, logs)
+		defer close(exited)
+		serveErr = Main(ctx, append([]string{"serve", "--metrics-listen", metrics}, args...), logs, logs)
 	}()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+		<-exited
+		if serveErr != nil {
+			t.Errorf("serve: %v", serveErr)
 		}
 		if t.Failed() {
 			t.Logf("serve logs:\n%s", logs.String())
@@ -149,8 +152,8 @@ func startServe(t *testing.T, args ...string) (metrics string, logs *syncBuffer)
 			}
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("serve exited: %v\n%s", err, logs.String())
+		case <-exited:
+			t.Fatalf("serve exited: %v\n%s", serveErr, logs.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -597,17 +600,20 @@ func TestServeStartsWithoutNATS(t *testing.T) {
 	natsURL := "nats://" + natsAddr
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	exited := make(chan struct{})
+	var serveErr error
 	started := time.Now()
 	const queue = 3 // records: one per body chunk with events, one per stream end
 	go func() {
-		done <- Main(ctx, []string{"serve", "--listen", listen, "--metrics-listen", metrics,
+		defer close(exited)
+		serveErr = Main(ctx, []string{"serve", "--listen", listen, "--metrics-listen", metrics,
 			"--nats-url", natsURL, "--queue-size", fmt.Sprint(queue), "--batch-delay", "5ms"}, logs, logs)
 	}()
 	stopServe := sync.OnceFunc(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+		<-exited
+		if serveErr != nil {
+			t.Errorf("serve: %v", serveErr)
 		}
 		if t.Failed() {
 			t.Logf("serve logs:\n%s", logs.String())
@@ -622,8 +628,8 @@ func TestServeStartsWithoutNATS(t *testing.T) {
 			break
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("serve exited without NATS: %v\n%s", err, logs.String())
+		case <-exited:
+			t.Fatalf("serve exited without NATS: %v\n%s", serveErr, logs.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
