@@ -25,6 +25,10 @@ func main() {
 	}
 }
 
+// exitCode is the process exit status for Main's error: 2 for usage
+// errors (bad flags, invalid configuration, --help), 1 for every other
+// failure (a listener that cannot open or stops, the embedded NATS server
+// failing to start).
 func exitCode(err error) int {
 	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errUsage) {
 		return 2
@@ -99,7 +103,10 @@ func (l *stringList) Set(v string) error {
 // from its SSETRACK_ environment twin.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
@@ -118,7 +125,10 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 			}
 		}
 	})
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	return nil
 }
 
 func envName(flagName string) string {

@@ -13,13 +13,16 @@ import (
 	"encoding/pem"
 	"errors"
 	"flag"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +32,12 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/ssetrack/ssetrack/extproc/journal"
 )
 
 // syncBuffer is a bytes.Buffer safe for the server's log writes.
@@ -118,14 +127,17 @@ func startServe(t *testing.T, args ...string) (metrics string, logs *syncBuffer)
 	metrics = freeAddr(t)
 	logs = &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	exited := make(chan struct{})
+	var serveErr error
 	go func() {
-		done <- Main(ctx, append([]string{"serve", "--metrics-listen", metrics}, args...), logs, logs)
+		defer close(exited)
+		serveErr = Main(ctx, append([]string{"serve", "--metrics-listen", metrics}, args...), logs, logs)
 	}()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+		<-exited
+		if serveErr != nil {
+			t.Errorf("serve: %v", serveErr)
 		}
 		if t.Failed() {
 			t.Logf("serve logs:\n%s", logs.String())
@@ -140,8 +152,8 @@ func startServe(t *testing.T, args ...string) (metrics string, logs *syncBuffer)
 			}
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("serve exited: %v\n%s", err, logs.String())
+		case <-exited:
+			t.Fatalf("serve exited: %v\n%s", serveErr, logs.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -325,4 +337,371 @@ func TestEventFields(t *testing.T) {
 			t.Errorf("eventFields(%q) = %q, %q; want %q, %q", tt.in, ev, data, tt.event, tt.data)
 		}
 	}
+}
+
+// The test binary doubles as ssetrack: with envAsMain set it runs main()
+// with its arguments, so tests observe real exit statuses. envBreakAccept
+// names a listen address whose listener fails on Accept, the only way to
+// make a running gRPC server stop with an error.
+const (
+	envAsMain      = "SSETRACK_TEST_AS_MAIN"
+	envBreakAccept = "SSETRACK_TEST_BREAK_ACCEPT"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envAsMain) == "1" {
+		if addr := os.Getenv(envBreakAccept); addr != "" {
+			listen = func(network, a string) (net.Listener, error) {
+				l, err := net.Listen(network, a)
+				if err != nil || a != addr {
+					return l, err
+				}
+				return brokenListener{l}, nil
+			}
+		}
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// brokenListener fails every Accept with a permanent error.
+type brokenListener struct{ net.Listener }
+
+func (brokenListener) Accept() (net.Conn, error) {
+	return nil, errors.New("accept: injected failure")
+}
+
+// runMain runs the test binary as ssetrack with args (after env), until it
+// exits or stop is closed (then SIGTERM), and returns its exit status and
+// output.
+func runMain(t *testing.T, stop <-chan struct{}, env []string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(append(os.Environ(), envAsMain+"=1"), env...)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-stop:
+		cmd.Process.Signal(syscall.SIGTERM)
+		err = <-done
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("ssetrack %v did not exit:\n%s", args, out.String())
+	}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, out.String()
+	case errors.As(err, &ee):
+		return ee.ExitCode(), out.String()
+	}
+	t.Fatalf("run ssetrack: %v", err)
+	return -1, ""
+}
+
+// TestFatalErrorsExitNonZero runs ssetrack as a process through every fatal
+// path and checks its exit status and that it says why.
+func TestFatalErrorsExitNonZero(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	breakAddr := freeAddr(t)
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		code int
+		says string
+	}{
+		{"unknown flag", nil, []string{"serve", "--no-such-flag"}, 2, "no-such-flag"},
+		{"invalid value", nil, []string{"serve", "--replicas", "5"}, 2, "--replicas 5"},
+		{"invalid environment", []string{"SSETRACK_DEDUP_WINDOW=x"}, []string{"serve"}, 2, "SSETRACK_DEDUP_WINDOW"},
+		{"unknown command", nil, []string{"nope"}, 2, "unknown command"},
+		{"grpc port in use", nil, []string{"serve", "--journal=false", "--listen", busy.Addr().String(), "--metrics-listen", freeAddr(t)}, 1, "address already in use"},
+		{"metrics port in use", nil, []string{"serve", "--journal=false", "--listen", freeAddr(t), "--metrics-listen", busy.Addr().String()}, 1, "address already in use"},
+		{"nats port in use", nil, []string{"serve", "--listen", freeAddr(t), "--metrics-listen", freeAddr(t), "--nats-listen", busy.Addr().String(), "--data-dir", t.TempDir()}, 1, "address already in use"},
+		{"embedded server cannot start", nil, []string{"serve", "--listen", freeAddr(t), "--metrics-listen", freeAddr(t), "--nats-listen", freeAddr(t), "--data-dir", notDir}, 1, "JetStream"},
+		{"grpc server error", []string{envBreakAccept + "=" + breakAddr}, []string{"serve", "--journal=false", "--listen", breakAddr, "--metrics-listen", freeAddr(t)}, 1, "injected failure"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := runMain(t, nil, tt.env, tt.args...)
+			if code != tt.code || !strings.Contains(out, tt.says) {
+				t.Errorf("exit status %d, want %d, with %q in the output:\n%s", code, tt.code, tt.says, out)
+			}
+		})
+	}
+	// The contrast: SIGTERM after a clean start is a clean exit.
+	t.Run("sigterm", func(t *testing.T) {
+		metrics := freeAddr(t)
+		stop := make(chan struct{})
+		go func() {
+			defer close(stop)
+			for i := 0; i < 1000; i++ {
+				if resp, err := http.Get("http://" + metrics + "/readyz"); err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						return
+					}
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+		code, out := runMain(t, stop, nil, "serve", "--journal=false", "--listen", freeAddr(t), "--metrics-listen", metrics)
+		if code != 0 || !strings.Contains(out, "stopped") {
+			t.Errorf("exit status %d after SIGTERM, want 0:\n%s", code, out)
+		}
+	})
+}
+
+// exchange sends one HTTP exchange to ssetrack's ext_proc server as Envoy
+// would: request headers, SSE response headers, then each body chunk (the
+// last with end_of_stream), and returns the body ssetrack forwarded.
+func exchange(t *testing.T, client procv3.ExternalProcessorClient, sid string, chunks ...string) string {
+	t.Helper()
+	stream, err := client.Process(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hm := func(kv ...string) *corev3.HeaderMap {
+		m := &corev3.HeaderMap{}
+		for i := 0; i < len(kv); i += 2 {
+			m.Headers = append(m.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
+		}
+		return m
+	}
+	msgs := []*procv3.ProcessingRequest{
+		{Request: &procv3.ProcessingRequest_RequestHeaders{RequestHeaders: &procv3.HttpHeaders{Headers: hm(":method", "GET", "mcp-session-id", sid)}}},
+		{Request: &procv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &procv3.HttpHeaders{Headers: hm(":status", "200", "content-type", "text/event-stream")}}},
+	}
+	for i, c := range chunks {
+		msgs = append(msgs, &procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseBody{
+			ResponseBody: &procv3.HttpBody{Body: []byte(c), EndOfStream: i == len(chunks)-1}}})
+	}
+	var out strings.Builder
+	for i, m := range msgs {
+		if err := stream.Send(m); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i >= 2 {
+			if bm := resp.GetResponseBody().GetResponse().GetBodyMutation(); bm != nil {
+				out.Write(bm.GetBody())
+			} else {
+				out.WriteString(chunks[i-2])
+			}
+		}
+	}
+	stream.CloseSend()
+	stream.Recv()
+	return out.String()
+}
+
+// scrape returns ssetrack's metrics.
+func scrape(t *testing.T, metrics string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mfs
+}
+
+// metricValue is the value of family's series whose labels include the
+// given name=value pairs (summed over the others).
+func metricValue(mfs map[string]*dto.MetricFamily, family string, labels ...string) float64 {
+	var v float64
+	mf := mfs[family]
+	if mf == nil {
+		return 0
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		for i := 0; i < len(labels); i += 2 {
+			found := false
+			for _, l := range m.GetLabel() {
+				found = found || l.GetName() == labels[i] && l.GetValue() == labels[i+1]
+			}
+			if !found {
+				continue next
+			}
+		}
+		v += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+	}
+	return v
+}
+
+// readyz returns /readyz's status and body, or 0 when nothing answers.
+func readyz(metrics string) (int, string) {
+	resp, err := http.Get("http://" + metrics + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(b.String())
+}
+
+// tailIDs reads a session's stored event ids with `ssetrack tail`.
+func tailIDs(t *testing.T, natsURL, sid string) []string {
+	t.Helper()
+	var out syncBuffer
+	if err := Main(context.Background(), []string{"tail", "--session", sid, "--nats-url", natsURL, "--json"}, &out, &out); err != nil {
+		t.Fatalf("tail: %v\n%s", err, out.String())
+	}
+	var ids []string
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var ev eventJSON
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("tail line %q: %v", line, err)
+		}
+		if ev.ID != nil {
+			ids = append(ids, *ev.ID)
+		}
+	}
+	return ids
+}
+
+// TestServeStartsWithoutNATS: `serve --nats-url` with no NATS there starts
+// anyway: it deduplicates in memory, queues for the journal (bounded,
+// counting the overflow) and says on /readyz why it is not ready. A
+// nats-server started 10 s later gets what the queue held, /readyz turns
+// ready, and later events are published as usual.
+func TestServeStartsWithoutNATS(t *testing.T) {
+	listen, natsAddr, metrics := freeAddr(t), freeAddr(t), freeAddr(t)
+	natsURL := "nats://" + natsAddr
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	exited := make(chan struct{})
+	var serveErr error
+	started := time.Now()
+	const queue = 3 // records: one per body chunk with events, one per stream end
+	go func() {
+		defer close(exited)
+		serveErr = Main(ctx, []string{"serve", "--listen", listen, "--metrics-listen", metrics,
+			"--nats-url", natsURL, "--queue-size", fmt.Sprint(queue), "--batch-delay", "5ms"}, logs, logs)
+	}()
+	stopServe := sync.OnceFunc(func() {
+		cancel()
+		<-exited
+		if serveErr != nil {
+			t.Errorf("serve: %v", serveErr)
+		}
+		if t.Failed() {
+			t.Logf("serve logs:\n%s", logs.String())
+		}
+	})
+	defer stopServe()
+
+	var code int
+	var body string
+	for i := 0; ; i++ {
+		if code, body = readyz(metrics); code != 0 {
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("serve exited without NATS: %v\n%s", serveErr, logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "NATS connection") {
+		t.Fatalf("/readyz without NATS: %d %q, want 503 with the reason", code, body)
+	}
+	t.Logf("/readyz without NATS: %d %q", code, body)
+
+	conn, err := grpc.NewClient(listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := procv3.NewExternalProcessorClient(conn)
+	const sid = "degraded"
+	ev := func(id int) string { return fmt.Sprintf("id: %d\ndata: event %d\n\n", id, id) }
+	// Five chunks of one event each: the queue takes the first three.
+	exchange(t, client, sid, ev(1), ev(2), ev(3), ev(4), ev(5))
+	// Deduplication works without NATS: the repeats are dropped.
+	if got := exchange(t, client, sid, ev(1)+ev(2)+ev(3)+ev(4)+ev(5)+ev(6)); got != ev(6) {
+		t.Errorf("second stream forwarded %q, want only event 6", got)
+	}
+	mfs := scrape(t, metrics)
+	if d := metricValue(mfs, "ssetrack_events_deduplicated_total"); d != 5 {
+		t.Errorf("deduplicated %v events without NATS, want 5", d)
+	}
+	dropped := metricValue(mfs, "ssetrack_journal_records_dropped_total", "reason", "queue_full")
+	if depth := metricValue(mfs, "ssetrack_journal_queue_depth"); depth != queue || dropped < 3 {
+		t.Errorf("journal queue depth %v, dropped %v: want %d queued and events 4, 5 and 6 counted as dropped", depth, dropped, queue)
+	}
+	if code, _ := readyz(metrics); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz %d while NATS is still away", code)
+	}
+
+	// NATS appears 10 s after ssetrack started, on the address it was given.
+	time.Sleep(time.Until(started.Add(10 * time.Second)))
+	srv, err := journal.StartServer(journal.ServerConfig{Listen: natsAddr, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(context.Background())
+	defer stopServe() // before the server's shutdown, so the journal drains into it
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body = readyz(metrics)
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still %d %q 30 s after NATS appeared", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var ids []string
+	for deadline := time.Now().Add(30 * time.Second); len(ids) < queue && time.Now().Before(deadline); {
+		ids = tailIDs(t, natsURL, sid)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := strings.Join(ids, ","); got != "1,2,3" {
+		t.Fatalf("stored ids %q once NATS appeared, want the queued 1,2,3 once each", got)
+	}
+	// A new event now goes straight to JetStream.
+	exchange(t, client, sid, ev(7))
+	for deadline := time.Now().Add(30 * time.Second); len(ids) < queue+1 && time.Now().Before(deadline); {
+		ids = tailIDs(t, natsURL, sid)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := strings.Join(ids, ","); got != "1,2,3,7" {
+		t.Errorf("stored ids %q after NATS appeared, want 1,2,3,7", got)
+	}
+	mfs = scrape(t, metrics)
+	t.Logf("sent 7 events (5 + 1 new + 1 after NATS), deduplicated %v, persisted %v, journal records dropped (queue full) %v",
+		metricValue(mfs, "ssetrack_events_deduplicated_total"), metricValue(mfs, "ssetrack_journal_events_published_total"),
+		metricValue(mfs, "ssetrack_journal_records_dropped_total", "reason", "queue_full"))
 }

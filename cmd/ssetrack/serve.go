@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/ssetrack/ssetrack/extproc"
+	"github.com/ssetrack/ssetrack/extproc/journal"
 	"github.com/ssetrack/ssetrack/extproc/session"
 	"github.com/ssetrack/ssetrack/extproc/sse"
 )
@@ -141,7 +142,7 @@ func (c *serveConfig) validate() error {
 	if c.shutdown <= 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-timeout %v: want > 0", c.shutdown))
 	}
-	errs = append(errs, c.journal.validate()...)
+	errs = append(errs, c.journal.validate(c.dedupWindow)...)
 	return errors.Join(errs...)
 }
 
@@ -168,7 +169,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if err := c.validate(); err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
+		return fmt.Errorf("%w: invalid configuration:\n%w", errUsage, err)
 	}
 	log := newLogger(stderr, c.logLevel, c.logFormat)
 
@@ -184,23 +185,33 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return err
 	}
-	jr, err := startJournal(ctx, &c.journal, c.dedupWindow, log, reg)
-	if err != nil {
-		return err
-	}
-	undo = append(undo, func() { jr.close(context.Background(), log) })
 	// One journal in three roles: the session table's loader, the
-	// processor's recorder and (with --replay) its replayer.
+	// processor's recorder and (with --replay) its replayer. A disabled
+	// journal leaves them nil interfaces: off.
 	var (
+		jr       *journal.Journal
 		loader   session.Loader
 		recorder extproc.Recorder
 		replayer extproc.Replayer
 	)
-	if jr != nil {
-		loader, recorder = jr.journal, jr.journal
-		if c.replay {
-			replayer = jr.journal
+	ready := func() error { return nil }
+	if c.journal.enabled {
+		var err error
+		jr, err = journal.Open(ctx, c.journal.options(c.dedupWindow, log, reg))
+		if err != nil {
+			return fmt.Errorf("start journal: %w", err)
 		}
+		undo = append(undo, func() {
+			if err := jr.Shutdown(context.Background()); err != nil {
+				log.Error("journal shutdown", "err", err)
+			}
+		})
+		loader, recorder, ready = jr, jr, jr.Ready
+		if c.replay {
+			replayer = jr
+		}
+	} else {
+		log.Warn("journal disabled: events are deduplicated but not persisted")
 	}
 
 	principalKey, err := loadPrincipalKey(c, log)
@@ -243,37 +254,45 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(grpcSrv, hs)
 
-	lis, err := net.Listen("tcp", c.listen)
+	lis, err := listen("tcp", c.listen)
 	if err != nil {
 		return fail(fmt.Errorf("listen %s: %w", c.listen, err))
 	}
 	undo = append(undo, func() { lis.Close() })
+	// fatal receives the error of a listener that stopped on its own.
+	fatal := make(chan error, 2)
 	var metricsSrv *http.Server
 	if c.metricsListen != "" {
-		mlis, err := net.Listen("tcp", c.metricsListen)
+		mlis, err := listen("tcp", c.metricsListen)
 		if err != nil {
 			return fail(fmt.Errorf("listen %s: %w", c.metricsListen, err))
 		}
-		metricsSrv = &http.Server{Handler: opsHandler(reg, jr, c.pprof), ReadHeaderTimeout: 10 * time.Second}
+		metricsSrv = &http.Server{Handler: opsHandler(reg, ready, c.pprof), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(mlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics listener", "err", err)
+				fatal <- fmt.Errorf("metrics listener: %w", err)
 			}
 		}()
 		log.Info("metrics listening", "addr", mlis.Addr().String())
 	}
 
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- grpcSrv.Serve(lis) }()
+	go func() {
+		if err := grpcSrv.Serve(lis); err != nil {
+			fatal <- fmt.Errorf("grpc server: %w", err)
+		}
+	}()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(procv3.ExternalProcessor_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	log.Info("ext_proc listening", "addr", lis.Addr().String(), "tls", c.tlsCert != "", "journal", jr != nil,
 		"session_headers", c.sessionHeaders.values, "version", version)
 
+	// A listener that stops on its own is fatal: shut down as on SIGTERM,
+	// then return its error (main exits non-zero).
+	var failed error
 	select {
 	case <-ctx.Done():
-	case err := <-serveErr:
-		log.Error("grpc server stopped", "err", err)
+	case failed = <-fatal:
+		log.Error("stopping on a fatal error", "err", failed)
 	}
 
 	// Shutdown order: stop taking streams and let open ones finish (bounded),
@@ -294,13 +313,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	table.Close()
 	dctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	jr.close(dctx, log)
+	if jr != nil {
+		if err := jr.Shutdown(dctx); err != nil {
+			log.Error("journal shutdown", "err", err)
+		}
+	}
 	if metricsSrv != nil {
 		metricsSrv.Shutdown(dctx)
 	}
 	log.Info("stopped")
-	return nil
+	return failed
 }
+
+// listen opens the gRPC and metrics listeners; tests replace it to make a
+// listener fail.
+var listen = net.Listen
 
 // loadPrincipalKey reads the key that hashes principals, or makes a random
 // one (with a warning) when --principal-header has no key file.
@@ -357,14 +384,15 @@ func newGRPCServer(c *serveConfig) (*grpc.Server, error) {
 }
 
 // opsHandler serves metrics, liveness, readiness and optionally pprof.
-func opsHandler(reg *prometheus.Registry, jr *journalRuntime, withPprof bool) http.Handler {
+// /readyz answers 503 with ready's error while it returns one.
+func opsHandler(reg *prometheus.Registry, ready func() error, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := jr.ready(); err != nil {
+		if err := ready(); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}

@@ -8,17 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ssetrack/ssetrack/extproc/journal"
 	"github.com/ssetrack/ssetrack/extproc/journal/history"
 )
-
-// defaultNATSURL is where `ssetrack serve`'s embedded server listens by default.
-const defaultNATSURL = "nats://127.0.0.1:4222"
 
 // tail prints a session's events from JetStream, in order.
 func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -53,29 +47,19 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	urls := j.urls.values
-	if len(urls) == 0 {
-		urls = []string{defaultNATSURL}
+	conn := j.opts.Conn
+	conn.URLs = j.urls.values
+	if len(conn.URLs) == 0 {
+		// Where `ssetrack serve`'s embedded server listens by default.
+		conn.URLs = []string{"nats://" + journal.DefaultServerListen}
 	}
-	nc, err := journal.Connect(j.connConfig(urls), slog.New(slog.DiscardHandler))
+	r, closeConn, err := journal.OpenReader(ctx, conn, j.opts.Config)
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	name := j.stream
-	if name == "" {
-		name = history.DefaultStream
-	}
-	stream, err := js.Stream(ctx, name)
-	if err != nil {
-		return fmt.Errorf("open stream %s: %w", name, err)
-	}
+	defer closeConn()
 	enc := json.NewEncoder(stdout)
-	for ev, err := range history.NewReader(stream, j.subject).Events(ctx, *sid, opts) {
+	for ev, err := range r.Events(ctx, *sid, opts) {
 		if errors.Is(err, context.Canceled) {
 			return nil
 		}

@@ -6,6 +6,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
 // This file is the batcher goroutine: everything in it runs on that one
@@ -245,7 +247,6 @@ func (b *batcher) trySend(l *lane) {
 	pb.tries++
 	if pb.tries > 1 {
 		b.p.m.retries.Inc()
-		b.p.m.nRetries.Add(1)
 	}
 	go b.p.publish(l, pb.msg)
 }
@@ -280,8 +281,6 @@ func (b *batcher) done(r result) {
 		now := time.Now()
 		p.m.batches.Inc()
 		p.m.events.Add(float64(pb.Count))
-		p.m.nBatches.Add(1)
-		p.m.nEvents.Add(uint64(pb.Count))
 		for _, t := range pb.at {
 			p.m.latency.Observe(now.Sub(t).Seconds())
 			if p.ackHook != nil {
@@ -292,17 +291,16 @@ func (b *batcher) done(r result) {
 		p.state.update(pb.Session, pb.Stream, pb.LastID, pb.LastSeq, l.principal)
 	} else {
 		p.m.errors.Inc()
-		p.m.nErrors.Add(1)
 		// A retry must land inside the duplicate window of the first try,
 		// or it could store the batch twice.
 		budget := p.cfg.DuplicateWindow - p.cfg.PublishTimeout
 		if isPermanent(r.err) || time.Since(pb.firstTx) >= budget {
-			p.log.Error("journal batch lost", "session", shortID(pb.Session),
+			p.log.Error("journal batch lost", "session", session.ShortID(pb.Session),
 				"first_seq", pb.FirstSeq, "events", pb.Count, "tries", pb.tries, "err", r.err)
 			p.m.drop(dropGaveUp, len(pb.at))
 			p.release(len(pb.at))
 		} else {
-			p.log.Debug("journal publish failed, retrying", "session", shortID(pb.Session),
+			p.log.Debug("journal publish failed, retrying", "session", session.ShortID(pb.Session),
 				"first_seq", pb.FirstSeq, "tries", pb.tries, "err", r.err)
 			l.ready = append([]*pending{pb}, l.ready...)
 			b.gen++
@@ -369,7 +367,7 @@ func (b *batcher) dropAll() {
 		n++
 	}
 	if n > 0 {
-		b.p.m.drop("shutdown", n)
+		b.p.m.drop(dropShutdown, n)
 		b.p.release(n)
 		b.p.log.Error("journal shutdown timed out, records lost", "records", n)
 	}

@@ -93,7 +93,7 @@ func BenchmarkLatency20k(b *testing.B) {
 	nc := connect(b, s.ClientURL())
 	const rate, dur, sessions = 20000, 2 * time.Second, 50
 	var lats []time.Duration
-	var st Stats
+	var st stats
 	round := 0
 	for b.Loop() {
 		round++
@@ -126,7 +126,7 @@ func BenchmarkLatency20k(b *testing.B) {
 		cancel()
 		b.Logf("offered %d events in %v (%.0f/s)", sent, time.Since(start), float64(sent)/time.Since(start).Seconds())
 		lats = append(lats, got...)
-		st = p.Stats()
+		st = statsOf(b, p)
 	}
 	slices.Sort(lats)
 	q := func(f float64) float64 { return float64(lats[int(f*float64(len(lats)-1))]) / float64(time.Millisecond) }

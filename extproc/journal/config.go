@@ -2,7 +2,6 @@ package journal
 
 import (
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,8 +22,12 @@ const (
 	DefaultMaxInFlight     = 256
 	DefaultDrainTimeout    = 10 * time.Second
 	DefaultHistoryEvents   = 1024
-	DefaultLoadTimeout     = 2 * time.Second
+	DefaultReplicas        = 1
 )
+
+// DefaultMaxAge is the retention `ssetrack serve` gives the stream and the
+// bucket unless told otherwise. Config's zero MaxAge keeps batches forever.
+const DefaultMaxAge = 24 * time.Hour
 
 // Config configures the JetStream layout and the Publisher. The zero value
 // is usable: every zero field takes the default written next to it.
@@ -79,9 +82,6 @@ type Config struct {
 	// HistoryEvents is how many of a session's most recent event ids Load
 	// returns. Default 1024.
 	HistoryEvents int
-	// LoadTimeout bounds one Load when its context has no earlier
-	// deadline. Default 2s.
-	LoadTimeout time.Duration
 }
 
 // BatchConfig bounds a batch: it is published as soon as one bound is hit,
@@ -117,7 +117,7 @@ func (c Config) withDefaults() Config {
 	def(&c.Stream, DefaultStream)
 	def(&c.SubjectPrefix, DefaultSubjectPrefix)
 	def(&c.Bucket, DefaultBucket)
-	defI(&c.Replicas, 1)
+	defI(&c.Replicas, DefaultReplicas)
 	defD(&c.DuplicateWindow, DefaultDuplicateWindow)
 	defI(&c.QueueSize, DefaultQueueSize)
 	defI(&c.Batch.MaxEvents, DefaultBatchEvents)
@@ -128,50 +128,59 @@ func (c Config) withDefaults() Config {
 	defI(&c.MaxInFlight, DefaultMaxInFlight)
 	defD(&c.DrainTimeout, DefaultDrainTimeout)
 	defI(&c.HistoryEvents, DefaultHistoryEvents)
-	defD(&c.LoadTimeout, DefaultLoadTimeout)
 	return c
 }
 
-// validate reports every problem of a defaulted config at once.
+// validate reports every problem of a defaulted config at once, each a
+// *FieldError with its path under Options ("Config.Replicas").
 func (c Config) validate() error {
 	var errs []error
-	bad := func(format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, a...)...))
+	bad := func(field string, v any, rule string) {
+		errs = append(errs, &FieldError{Field: "Config." + field, Value: v, Rule: rule})
 	}
 	if c.Replicas < 1 || c.Replicas > 3 {
-		bad("replicas %d not in 1..3", c.Replicas)
+		bad("Replicas", c.Replicas, "want 1..3")
 	}
 	if c.Storage != jetstream.FileStorage && c.Storage != jetstream.MemoryStorage {
-		bad("unknown storage %v", c.Storage)
+		bad("Storage", c.Storage, "want file or memory")
 	}
 	if !validSubjectPrefix(c.SubjectPrefix) {
-		bad("subject prefix %q", c.SubjectPrefix)
+		bad("SubjectPrefix", c.SubjectPrefix, "want dot-separated tokens without wildcards or spaces")
 	}
-	for _, n := range []struct{ what, v string }{{"stream", c.Stream}, {"bucket", c.Bucket}} {
-		if !validName(n.v) {
-			bad("%s name %q", n.what, n.v)
-		}
+	if !validName(c.Stream) {
+		bad("Stream", c.Stream, "want 1..128 of A-Z a-z 0-9 - _")
+	}
+	if !validName(c.Bucket) {
+		bad("Bucket", c.Bucket, "want 1..128 of A-Z a-z 0-9 - _")
 	}
 	for _, d := range []struct {
-		what string
-		v    time.Duration
+		field string
+		v     time.Duration
 	}{
-		{"duplicate window", c.DuplicateWindow}, {"batch max delay", c.Batch.MaxDelay},
-		{"state interval", c.StateInterval}, {"publish timeout", c.PublishTimeout},
-		{"drain timeout", c.DrainTimeout}, {"load timeout", c.LoadTimeout},
+		{"DuplicateWindow", c.DuplicateWindow}, {"Batch.MaxDelay", c.Batch.MaxDelay},
+		{"StateInterval", c.StateInterval}, {"PublishTimeout", c.PublishTimeout},
+		{"DrainTimeout", c.DrainTimeout}, {"MaxAge", c.MaxAge},
 	} {
 		if d.v < 0 {
-			bad("negative %s", d.what)
+			bad(d.field, d.v, "want >= 0")
 		}
 	}
-	if c.MaxAge < 0 || c.MaxBytes < 0 || c.MaxMsgsPerSubject < 0 {
-		bad("negative stream limit")
+	for _, n := range []struct {
+		field string
+		v     int64
+	}{
+		{"MaxBytes", c.MaxBytes}, {"MaxMsgsPerSubject", c.MaxMsgsPerSubject},
+		{"QueueSize", int64(c.QueueSize)}, {"Batch.MaxEvents", int64(c.Batch.MaxEvents)},
+		{"Batch.MaxBytes", int64(c.Batch.MaxBytes)}, {"MaxInFlight", int64(c.MaxInFlight)},
+		{"HistoryEvents", int64(c.HistoryEvents)},
+	} {
+		if n.v < 0 {
+			bad(n.field, n.v, "want >= 0")
+		}
 	}
-	if c.QueueSize < 0 || c.Batch.MaxEvents < 0 || c.Batch.MaxBytes < 0 || c.MaxInFlight < 0 || c.HistoryEvents < 0 {
-		bad("negative size")
-	}
-	if c.PublishTimeout >= c.DuplicateWindow {
-		bad("publish timeout %v must be shorter than the duplicate window %v", c.PublishTimeout, c.DuplicateWindow)
+	if c.PublishTimeout >= c.DuplicateWindow && c.DuplicateWindow > 0 {
+		errs = append(errs, &FieldError{Field: "Config.PublishTimeout", Value: c.PublishTimeout,
+			Rule: "want shorter than", Other: "Config.DuplicateWindow"})
 	}
 	return errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 )
 
 // ConnConfig says how to reach a NATS cluster. Secrets are referred to by
@@ -33,20 +37,46 @@ type ConnConfig struct {
 	ReconnectWait time.Duration
 }
 
+// validate checks c, each problem a *FieldError under "Conn.". The
+// embedded server needs no URL and takes no credentials, so only the TLS
+// pair is checked for it.
+func (c ConnConfig) validate(embedded bool) error {
+	var errs []error
+	if !embedded && len(c.URLs) == 0 {
+		errs = append(errs, &FieldError{Field: "Conn.URLs", Value: "", Rule: "want at least one NATS URL"})
+	}
+	if !embedded && c.CredsFile != "" && c.NKeySeedFile != "" {
+		errs = append(errs, &FieldError{Field: "Conn.CredsFile", Value: c.CredsFile, Rule: "excludes", Other: "Conn.NKeySeedFile"})
+	}
+	if c.TLSCertFile != "" && c.TLSKeyFile == "" {
+		errs = append(errs, &FieldError{Field: "Conn.TLSCertFile", Value: c.TLSCertFile, Rule: "needs", Other: "Conn.TLSKeyFile"})
+	}
+	if c.TLSKeyFile != "" && c.TLSCertFile == "" {
+		errs = append(errs, &FieldError{Field: "Conn.TLSKeyFile", Value: c.TLSKeyFile, Rule: "needs", Other: "Conn.TLSCertFile"})
+	}
+	return errors.Join(errs...)
+}
+
+// connHooks are the connection events a Journal follows.
+type connHooks struct {
+	up      func()          // connected, first time or again
+	dialErr func(err error) // a (re)connect attempt failed
+	closed  func()          // the connection is closed for good
+}
+
 // Options builds the nats.Options for c. The connection reconnects forever
-// (a journal outlives NATS outages) and buffers up to 8 MiB while
+// (a journal outlives NATS outages), keeps retrying when the first connect
+// fails (nats.RetryOnFailedConnect), and buffers up to 8 MiB while
 // reconnecting; log, if not nil, receives connection state changes, with
 // any user:password stripped from URLs.
 func (c ConnConfig) Options(log *slog.Logger) ([]nats.Option, error) {
+	return c.options(log, connHooks{})
+}
+
+func (c ConnConfig) options(log *slog.Logger, hooks connHooks) ([]nats.Option, error) {
 	var errs []error
-	if len(c.URLs) == 0 {
-		errs = append(errs, fmt.Errorf("%w: no NATS URL", ErrInvalidConfig))
-	}
-	if c.CredsFile != "" && c.NKeySeedFile != "" {
-		errs = append(errs, fmt.Errorf("%w: credentials file and nkey seed file are mutually exclusive", ErrInvalidConfig))
-	}
-	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
-		errs = append(errs, fmt.Errorf("%w: TLS certificate and key go together", ErrInvalidConfig))
+	if err := c.validate(false); err != nil {
+		errs = append(errs, err)
 	}
 	name := c.Name
 	if name == "" {
@@ -80,18 +110,35 @@ func (c ConnConfig) Options(log *slog.Logger) ([]nats.Option, error) {
 	if c.TLSCertFile != "" && c.TLSKeyFile != "" {
 		opts = append(opts, nats.ClientCert(c.TLSCertFile, c.TLSKeyFile))
 	}
-	if log != nil {
-		opts = append(opts,
-			nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	up := func(nc *nats.Conn, what string) {
+		log.Info(what, "url", RedactURL(nc.ConnectedUrl()))
+		if hooks.up != nil {
+			hooks.up()
+		}
+	}
+	opts = append(opts,
+		nats.ConnectHandler(func(nc *nats.Conn) { up(nc, "nats connected") }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { up(nc, "nats reconnected") }),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if err != nil {
 				log.Warn("nats disconnected", "err", err)
-			}),
-			nats.ReconnectHandler(func(nc *nats.Conn) {
-				log.Info("nats reconnected", "url", RedactURL(nc.ConnectedUrl()))
-			}),
-			nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
-				log.Warn("nats async error", "err", err)
-			}),
-		)
+			}
+		}),
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			log.Debug("nats connect attempt failed", "err", err)
+			if hooks.dialErr != nil {
+				hooks.dialErr(err)
+			}
+		}),
+		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			log.Warn("nats async error", "err", err)
+		}),
+	)
+	if hooks.closed != nil {
+		opts = append(opts, nats.ClosedHandler(func(*nats.Conn) { hooks.closed() }))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -100,9 +147,14 @@ func (c ConnConfig) Options(log *slog.Logger) ([]nats.Option, error) {
 }
 
 // Connect dials the cluster described by c; extra options are applied
-// after c's.
+// after c's. When no server answers, it returns a connection that keeps
+// trying in the background (see Options).
 func Connect(c ConnConfig, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
-	opts, err := c.Options(log)
+	return dial(c, log, connHooks{}, extra...)
+}
+
+func dial(c ConnConfig, log *slog.Logger, hooks connHooks, extra ...nats.Option) (*nats.Conn, error) {
+	opts, err := c.options(log, hooks)
 	if err != nil {
 		return nil, err
 	}
@@ -112,6 +164,29 @@ func Connect(c ConnConfig, log *slog.Logger, extra ...nats.Option) (*nats.Conn, 
 		return nil, fmt.Errorf("connect nats: %w", err)
 	}
 	return nc, nil
+}
+
+// OpenReader connects to the cluster c describes and returns a reader of
+// the stream cfg names (default history.DefaultStream) and a func that
+// closes the connection. Unlike a Journal it fails at once when no server
+// answers or the stream does not exist.
+func OpenReader(ctx context.Context, c ConnConfig, cfg Config) (*history.Reader, func(), error) {
+	cfg = cfg.withDefaults()
+	nc, err := Connect(c, nil, nats.RetryOnFailedConnect(false))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream context: %w", err)
+	}
+	stream, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("open stream %s: %w", cfg.Stream, err)
+	}
+	return history.NewReader(stream, cfg.SubjectPrefix), nc.Close, nil
 }
 
 // RedactURL returns u without its user information, for logs.

@@ -1,7 +1,11 @@
 // Package journal persists sessions' SSE events to NATS JetStream and reads
 // back what the ext_proc side needs (a session's state, a stream's missed
 // events). It and its subpackage history, which consumers import instead
-// of it, are the only packages of ssetrack that import NATS.
+// of it, are the only packages of ssetrack that import NATS. It owns the
+// NATS lifecycle: Open connects (or starts an embedded nats-server),
+// Journal.Ready reports readiness with its reason, and Journal.Shutdown
+// flushes, drains and stops. It imports session (whose types it stores and
+// whose Loader it implements) and never extproc.
 //
 // # Layout in JetStream
 //
@@ -20,7 +24,10 @@
 //
 // # Goroutines
 //
-// A Publisher owns two goroutines: the batcher, which owns every pending
+// A Journal owns a setup goroutine while NATS is not ready: it creates the
+// stream and the bucket when the connection comes up (reconnects are
+// nats.go's), starts the Publisher and hands it the queued records. A
+// Publisher owns two goroutines: the batcher, which owns every pending
 // batch and the per-session publish lanes, and the state writer, which owns
 // the KV writes. Append may be called from any goroutine and never blocks.
 package journal

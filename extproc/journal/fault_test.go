@@ -133,7 +133,7 @@ func TestServerRestart(t *testing.T) {
 	if err := p.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	st := p.Stats()
+	st := statsOf(t, p)
 	t.Logf("stats %+v", st)
 	if st.Dropped != 0 || st.Events != sessions*perSession {
 		t.Errorf("dropped %d, published %d events, want %d", st.Dropped, st.Events, sessions*perSession)

@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ssetrack/ssetrack/extproc/journal/history"
 	"github.com/ssetrack/ssetrack/extproc/session"
@@ -46,14 +48,20 @@ func connect(t testing.TB, url string) *nats.Conn {
 	return nc
 }
 
+// registries maps each test publisher to the Prometheus registry holding
+// its metrics, which statsOf reads.
+var registries sync.Map // *Publisher -> *prometheus.Registry
+
 func newPublisher(t testing.TB, nc *nats.Conn, cfg Config) *Publisher {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p, err := New(ctx, nc, cfg, testLog(), nil)
+	reg := prometheus.NewRegistry()
+	p, err := New(ctx, nc, cfg, testLog(), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	registries.Store(p, reg)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -133,4 +141,60 @@ func jsOf(t testing.TB, nc *nats.Conn) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
+}
+
+// stats are a publisher's counters, as scraped from its registry.
+type stats struct {
+	QueueDepth                    int64
+	Dropped, DroppedQueueFull     uint64
+	Batches, Events               uint64
+	PublishErrors, PublishRetries uint64
+	KVWrites                      uint64
+}
+
+// statsOf reads p's metrics from the registry newPublisher gave it.
+func statsOf(t testing.TB, p *Publisher) stats {
+	t.Helper()
+	reg, ok := registries.Load(p)
+	if !ok {
+		t.Fatal("publisher not made by newPublisher")
+	}
+	return gatherStats(t, reg.(prometheus.Gatherer))
+}
+
+// gatherStats reads the journal's metrics from g.
+func gatherStats(t testing.TB, g prometheus.Gatherer) stats {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st stats
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			switch mf.GetName() {
+			case "ssetrack_journal_queue_depth":
+				st.QueueDepth = int64(v)
+			case "ssetrack_journal_records_dropped_total":
+				st.Dropped += uint64(v)
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "reason" && l.GetValue() == dropQueueFull {
+						st.DroppedQueueFull += uint64(v)
+					}
+				}
+			case "ssetrack_journal_batches_published_total":
+				st.Batches = uint64(v)
+			case "ssetrack_journal_events_published_total":
+				st.Events = uint64(v)
+			case "ssetrack_journal_publish_errors_total":
+				st.PublishErrors = uint64(v)
+			case "ssetrack_journal_publish_retries_total":
+				st.PublishRetries = uint64(v)
+			case "ssetrack_journal_kv_writes_total":
+				st.KVWrites = uint64(v)
+			}
+		}
+	}
+	return st
 }

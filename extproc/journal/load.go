@@ -24,16 +24,14 @@ import (
 // about log2(stream length) round trips) finds the batch holding event
 // S-HistoryEvents+1, and an ordered consumer reads forward from there to
 // that last message. Each payload is split into events to recover their
-// ids. Load is bounded by ctx and Config.LoadTimeout; events recorded but
-// not yet acknowledged are not included.
+// ids. Load is bounded by ctx (the caller's budget for one Envoy message);
+// events recorded but not yet acknowledged are not included.
 func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.History, error) {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.LoadTimeout)
-	defer cancel()
 	h, st, err := loadHistory(ctx, p.stream, p.kv, p.cfg, sessionID)
 	p.m.loadTimer.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return nil, fmt.Errorf("load session %s: %w", shortID(sessionID), err)
+		return nil, fmt.Errorf("load session %s: %w", session.ShortID(sessionID), err)
 	}
 	if h != nil {
 		p.state.seed(sessionID, st)

@@ -1,33 +1,10 @@
 package journal
 
 import (
-	"sync/atomic"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Stats is a snapshot of a Publisher's counters since it started.
-type Stats struct {
-	// QueueDepth is the records held now: queued, batching or in flight.
-	QueueDepth int64
-	// Appended counts records accepted by Append.
-	Appended uint64
-	// Dropped counts records lost: queue full, closed, or given up after
-	// retries (see DroppedQueueFull).
-	Dropped uint64
-	// DroppedQueueFull counts the records Append refused for a full queue.
-	DroppedQueueFull uint64
-	// Batches and Events count acknowledged batches and their events.
-	Batches, Events uint64
-	// PublishErrors counts failed publish attempts; PublishRetries the
-	// attempts that followed one.
-	PublishErrors, PublishRetries uint64
-	// KVWrites counts session state writes; Events/KVWrites is the
-	// coalescing ratio.
-	KVWrites uint64
-}
-
-// metrics holds the Prometheus collectors and plain counters for Stats.
+// metrics holds the journal's Prometheus collectors.
 type metrics struct {
 	depth     prometheus.Gauge
 	dropped   *prometheus.CounterVec
@@ -41,9 +18,6 @@ type metrics struct {
 	loadTimer prometheus.Histogram
 	// staleSessions counts cached sessions found written by another writer.
 	staleSessions prometheus.Counter
-
-	nAppended, nDropped, nDroppedFull, nBatches, nEvents atomic.Uint64
-	nErrors, nRetries, nKVWrites                         atomic.Uint64
 }
 
 // Reasons a record is dropped, the label of records_dropped_total.
@@ -51,6 +25,7 @@ const (
 	dropQueueFull = "queue_full"
 	dropClosed    = "closed"
 	dropGaveUp    = "publish_failed"
+	dropShutdown  = "shutdown"
 )
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_journal_records_dropped_total",
-			Help: "Records lost by the journal, by reason (queue_full, closed, publish_failed).",
+			Help: "Records lost by the journal, by reason (queue_full, closed, publish_failed, shutdown).",
 		}, []string{"reason"}),
 		batches: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_batches_published_total",
@@ -111,8 +86,4 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 
 func (m *metrics) drop(reason string, n int) {
 	m.dropped.WithLabelValues(reason).Add(float64(n))
-	m.nDropped.Add(uint64(n))
-	if reason == dropQueueFull {
-		m.nDroppedFull.Add(uint64(n))
-	}
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
-// Publisher is the JetStream implementation of session.Journal.
+// Publisher is the JetStream journal: it implements session.Loader and extproc's Recorder and Replayer.
 //
 // Append hands records to a bounded queue and returns at once. One batcher
 // goroutine owns all batching state: it coalesces consecutive records of a
@@ -46,6 +46,8 @@ type Publisher struct {
 	// held counts records from Append until ack or loss; it bounds memory.
 	held        atomic.Int64
 	lastDropLog atomic.Int64
+	// dropsToLog counts queue-full drops since the last log line.
+	dropsToLog atomic.Int64
 
 	results chan result
 	abort   chan struct{} // closed when Shutdown's context expires
@@ -70,12 +72,18 @@ type queued struct {
 // New creates or updates the stream and the KV bucket described by cfg on
 // the connection nc and starts a Publisher. log may be nil (no logs); reg
 // may be nil (metrics not registered). The caller keeps ownership of nc and
-// drains it after Shutdown.
+// drains it after Shutdown. Open wraps New with the connection's lifecycle.
 func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Publisher, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	return startPublisher(ctx, nc, cfg, log, newMetrics(reg))
+}
+
+// startPublisher is New with a validated, defaulted cfg and metrics already
+// made (a Journal makes them before NATS is there).
+func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger, m *metrics) (*Publisher, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -89,7 +97,6 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger, reg p
 	if err != nil {
 		return nil, err
 	}
-	m := newMetrics(reg)
 	// KV writes get their own async publish context so a large cycle never
 	// stalls batch publishes.
 	kvjs, err := jetstream.New(nc,
@@ -134,6 +141,12 @@ func setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.S
 // counts the loss, when the publisher holds Config.QueueSize records or is
 // shutting down. The publisher owns rec's slices afterwards.
 func (p *Publisher) Append(rec session.Record) bool {
+	return p.enqueue(queued{rec: rec, at: time.Now()})
+}
+
+// enqueue is Append with the record's enqueue time given (a Journal hands
+// over what it queued before the Publisher existed).
+func (p *Publisher) enqueue(q queued) bool {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
@@ -143,48 +156,32 @@ func (p *Publisher) Append(rec session.Record) bool {
 	if n := p.held.Add(1); n > int64(p.cfg.QueueSize) {
 		p.held.Add(-1)
 		p.m.drop(dropQueueFull, 1)
-		p.logDrop(rec.Session)
+		logDrop(p.log, &p.lastDropLog, &p.dropsToLog, q.rec.Session, p.cfg.QueueSize)
 		return false
 	}
 	// held <= QueueSize == cap(in) bounds len(in), so this never blocks.
-	p.in <- queued{rec: rec, at: time.Now()}
-	p.m.nAppended.Add(1)
+	p.in <- q
 	p.m.depth.Inc()
 	return true
 }
 
-// logDrop logs queue-full losses at most once per second.
-func (p *Publisher) logDrop(sessionID string) {
+// logDrop counts a queue-full loss and logs the losses at most once per
+// second; last and count are the caller's.
+func logDrop(log *slog.Logger, last, count *atomic.Int64, sessionID string, queueSize int) {
+	count.Add(1)
 	now := time.Now().UnixNano()
-	last := p.lastDropLog.Load()
-	if now-last < int64(time.Second) || !p.lastDropLog.CompareAndSwap(last, now) {
+	prev := last.Load()
+	if now-prev < int64(time.Second) || !last.CompareAndSwap(prev, now) {
 		return
 	}
-	p.log.Warn("journal queue full, dropping records",
-		"session", shortID(sessionID), "queue_size", p.cfg.QueueSize,
-		"dropped_total", p.m.nDroppedFull.Load())
+	log.Warn("journal queue full, dropping records",
+		"session", session.ShortID(sessionID), "queue_size", queueSize, "dropped", count.Swap(0))
 }
 
 // release forgets n records (acknowledged or lost).
 func (p *Publisher) release(n int) {
 	p.held.Add(int64(-n))
 	p.m.depth.Sub(float64(n))
-}
-
-// Stats returns the publisher's counters.
-func (p *Publisher) Stats() Stats {
-	m := p.m
-	return Stats{
-		QueueDepth:       p.held.Load(),
-		Appended:         m.nAppended.Load(),
-		Dropped:          m.nDropped.Load(),
-		DroppedQueueFull: m.nDroppedFull.Load(),
-		Batches:          m.nBatches.Load(),
-		Events:           m.nEvents.Load(),
-		PublishErrors:    m.nErrors.Load(),
-		PublishRetries:   m.nRetries.Load(),
-		KVWrites:         m.nKVWrites.Load(),
-	}
 }
 
 // Shutdown stops accepting records, publishes every pending batch, waits for

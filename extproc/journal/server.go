@@ -2,7 +2,9 @@ package journal
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"time"
@@ -25,6 +27,28 @@ type ServerConfig struct {
 	// ReadyTimeout bounds the wait for the server to accept clients.
 	// Default 10s.
 	ReadyTimeout time.Duration
+	// Logger receives the server's errors (its notices are dropped); nil
+	// discards them.
+	Logger *slog.Logger
+}
+
+// DefaultServerListen is the embedded server's default client address.
+const DefaultServerListen = "127.0.0.1:4222"
+
+// validate checks c, each problem a *FieldError under "Server.".
+func (c ServerConfig) validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, &FieldError{Field: "Server.DataDir", Value: "", Rule: "want a directory for the JetStream store"})
+	}
+	if c.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Listen); err != nil {
+			errs = append(errs, &FieldError{Field: "Server.Listen", Value: c.Listen, Rule: "want host:port"})
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			errs = append(errs, &FieldError{Field: "Server.Listen", Value: c.Listen, Rule: "want a port in 0..65535"})
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // embeddedMaxPayload is the embedded server's message size limit.
@@ -36,10 +60,11 @@ type Server struct {
 }
 
 // StartServer starts an embedded nats-server and waits until it accepts
-// connections. Its own logging is off; ssetrack logs what matters.
+// connections. It fails at once, with the server's own reason, when the
+// server cannot start (listen address in use, JetStream store unusable).
 func StartServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:4222"
+		cfg.Listen = DefaultServerListen
 	}
 	if cfg.Name == "" {
 		cfg.Name = "ssetrack-embedded"
@@ -47,17 +72,11 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = 10 * time.Second
 	}
-	if cfg.DataDir == "" {
-		return nil, fmt.Errorf("%w: embedded server needs a data dir", ErrInvalidConfig)
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
-	host, portStr, err := net.SplitHostPort(cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("%w: listen address %q: %v", ErrInvalidConfig, cfg.Listen, err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil || port < 0 || port > 65535 {
-		return nil, fmt.Errorf("%w: listen port %q", ErrInvalidConfig, portStr)
-	}
+	host, portStr, _ := net.SplitHostPort(cfg.Listen)
+	port, _ := strconv.Atoi(portStr)
 	if port == 0 {
 		port = server.RANDOM_PORT // nats-server reads 0 as "default 4222"
 	}
@@ -80,12 +99,53 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats-server: %w", err)
 	}
-	ns.Start()
-	if !ns.ReadyForConnections(cfg.ReadyTimeout) {
-		ns.Shutdown()
-		return nil, ErrServerNotReady
+	// nats-server reports a failed start only through its logger (Fatalf)
+	// and keeps waiting otherwise: catch it so StartServer fails at once.
+	sl := &serverLog{log: cfg.Logger, fatal: make(chan string, 1)}
+	if sl.log == nil {
+		sl.log = slog.New(slog.DiscardHandler)
+	}
+	ns.SetLogger(sl, false, false)
+	go ns.Start()
+	deadline := time.Now().Add(cfg.ReadyTimeout)
+	for !ns.ReadyForConnections(20 * time.Millisecond) {
+		select {
+		case msg := <-sl.fatal:
+			ns.Shutdown()
+			return nil, fmt.Errorf("embedded nats-server: %s", msg)
+		default:
+		}
+		if time.Now().After(deadline) {
+			ns.Shutdown()
+			return nil, ErrServerNotReady
+		}
 	}
 	return &Server{ns: ns}, nil
+}
+
+// serverLog is the embedded server's logger: errors go to log, the first
+// fatal error to fatal.
+type serverLog struct {
+	log   *slog.Logger
+	fatal chan string
+}
+
+func (l *serverLog) Noticef(string, ...any) {}
+func (l *serverLog) Debugf(string, ...any)  {}
+func (l *serverLog) Tracef(string, ...any)  {}
+func (l *serverLog) Warnf(format string, v ...any) {
+	l.log.Warn("embedded nats-server: " + fmt.Sprintf(format, v...))
+}
+func (l *serverLog) Errorf(format string, v ...any) {
+	l.log.Error("embedded nats-server: " + fmt.Sprintf(format, v...))
+}
+func (l *serverLog) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	l.log.Error("embedded nats-server: " + msg)
+	select {
+	case l.fatal <- msg:
+	default:
+	}
 }
 
 // ClientURL is the URL clients connect to, with the real port.

@@ -17,7 +17,7 @@ func newWriterID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// Stale implements session.Journal: it reports whether the session's last
+// Stale implements session.Loader: it reports whether the session's last
 // stored batch was written by another Publisher (another replica, or this
 // process before a restart), so a cached copy of the session may lack what
 // that writer delivered. It costs one direct read of the subject's last

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
 // State is the JSON value stored under a session's KV key
@@ -23,10 +25,6 @@ type State struct {
 	// Principal is the keyed hash of the principal the session is bound to
 	// (ssetrack serve --principal-header), absent when none.
 	Principal string `json:"principal,omitempty"`
-	// Epoch identifies the publisher incarnation that wrote the value (its
-	// start time in Unix milliseconds): a change tells a reader that
-	// another replica or a restart took the session over.
-	Epoch int64 `json:"epoch"`
 	// Updated is when the value was written.
 	Updated time.Time `json:"updated"`
 }
@@ -47,7 +45,6 @@ type stateWriter struct {
 	subjPfx  string
 	interval time.Duration
 	timeout  time.Duration
-	epoch    int64
 	log      *slog.Logger
 	m        *metrics
 
@@ -78,7 +75,6 @@ func newStateWriter(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config, l
 		subjPfx:  "$KV." + cfg.Bucket + ".",
 		interval: cfg.StateInterval,
 		timeout:  cfg.PublishTimeout,
-		epoch:    time.Now().UnixMilli(),
 		log:      log,
 		m:        m,
 		sessions: make(map[string]*sessState),
@@ -206,7 +202,7 @@ func (w *stateWriter) cycle(ctx context.Context) int {
 	for _, sid := range unmerged {
 		s, err := getState(ctx, w.kv, sid)
 		if err != nil {
-			w.log.Warn("read session state", "session", shortID(sid), "err", err)
+			w.log.Warn("read session state", "session", session.ShortID(sid), "err", err)
 			continue
 		}
 		w.mu.Lock()
@@ -222,7 +218,7 @@ func (w *stateWriter) cycle(ctx context.Context) int {
 		if !st.merged {
 			continue // stays dirty
 		}
-		v, err := json.Marshal(State{Seq: st.seq, Streams: st.streams, Principal: st.principal, Epoch: w.epoch, Updated: now})
+		v, err := json.Marshal(State{Seq: st.seq, Streams: st.streams, Principal: st.principal, Updated: now})
 		if err != nil {
 			continue
 		}
@@ -260,7 +256,6 @@ func (w *stateWriter) cycle(ctx context.Context) int {
 			continue
 		}
 		w.m.kvWrites.Inc()
-		w.m.nKVWrites.Add(1)
 	}
 	w.mu.Lock()
 	for _, sid := range redo {

@@ -29,10 +29,3 @@ func MsgID(sessionID, stream, writer string, firstSeq uint64) string {
 	sum := h.Sum(nil)
 	return fmt.Sprintf("%s.%d", base64.RawURLEncoding.EncodeToString(sum[:18]), firstSeq)
 }
-
-// shortID renders a session id for logs: never the id itself, only a short
-// hash that matches across log lines.
-func shortID(sessionID string) string {
-	sum := sha256.Sum256([]byte(sessionID))
-	return base64.RawURLEncoding.EncodeToString(sum[:6])
-}
