@@ -95,7 +95,7 @@ func observed(r *procv3.ProcessingRequest) *procv3.ProcessingRequest {
 const (
 	reqOK  = "request_headers"
 	sseOn  = "response_headers remove=content-length mode=STREAMED"
-	bodyOf = "response_headers mode=NONE" // the body is not ssetrack's
+	sseOff = "response_headers mode=NONE" // the body is not ssetrack's
 	keep   = "response_body"              // the chunk goes on as Envoy sent it
 	noOp   = "response_headers"           // answered, nothing changed
 	// sseDenied: streamed, the missed events not replayed to this caller.
@@ -319,7 +319,7 @@ func TestBadInput(t *testing.T) {
 		}},
 		{name: "body chunk for a non-SSE response", streams: [][]step{
 			first,
-			{{sess("S"), reqOK}, {respH(":status", "200", "content-type", "application/json"), bodyOf}, {body(ev1, true), keep}},
+			{{sess("S"), reqOK}, {respH(":status", "200", "content-type", "application/json"), sseOff}, {body(ev1, true), keep}},
 		}},
 		{name: "observability_mode set midway", streams: [][]step{
 			first,
@@ -354,15 +354,15 @@ func TestBadInput(t *testing.T) {
 		// Odd responses.
 		{name: "gzip'd SSE", streams: [][]step{
 			first,
-			{{sess("S"), reqOK}, {respH(sseHeaders("content-encoding", "gzip")...), bodyOf}, {body("\x1f\x8b\x08\x00"+ev1, true), keep}},
+			{{sess("S"), reqOK}, {respH(sseHeaders("content-encoding", "gzip")...), sseOff}, {body("\x1f\x8b\x08\x00"+ev1, true), keep}},
 		}},
 		{name: "non-2xx SSE", streams: [][]step{
 			first,
-			{{sess("S"), reqOK}, {respH(":status", "503", "content-type", "text/event-stream"), bodyOf}, {body(ev1, true), keep}},
+			{{sess("S"), reqOK}, {respH(":status", "503", "content-type", "text/event-stream"), sseOff}, {body(ev1, true), keep}},
 		}},
 		{name: "SSE response headers with end_of_stream", streams: [][]step{
 			{{sess("S"), reqOK}, {&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &procv3.HttpHeaders{
-				Headers: headerMap(sse...), EndOfStream: true}}}, bodyOf}},
+				Headers: headerMap(sse...), EndOfStream: true}}}, sseOff}},
 		}},
 		{name: "content-type with odd case and parameters", streams: [][]step{
 			first,
@@ -370,10 +370,10 @@ func TestBadInput(t *testing.T) {
 		}, dropped: []string{ev1}},
 		{name: "content-type listing two types", streams: [][]step{
 			first,
-			{{sess("S"), reqOK}, {respH(":status", "200", "content-type", "text/event-stream, text/plain"), bodyOf}, {body(ev1, true), keep}},
+			{{sess("S"), reqOK}, {respH(":status", "200", "content-type", "text/event-stream, text/plain"), sseOff}, {body(ev1, true), keep}},
 		}},
 		{name: "status that is not a number", streams: [][]step{
-			{{sess("S"), reqOK}, {respH(":status", "abc", "content-type", "text/event-stream"), bodyOf}, {body(ev1, true), keep}},
+			{{sess("S"), reqOK}, {respH(":status", "abc", "content-type", "text/event-stream"), sseOff}, {body(ev1, true), keep}},
 		}},
 
 		// Odd request headers.
