@@ -24,7 +24,13 @@ type exchange struct {
 	log     *slog.Logger
 	ctx     context.Context
 
+	started bool // a message was handled: observe is decided
 	observe bool // Envoy's observability_mode: never answer
+
+	// The headers of each direction come once per stream; a repeat is the
+	// peer's mistake, answered without effect (requestHeaders,
+	// responseHeaders).
+	gotRequest, gotResponse bool
 
 	requestInfo // from the request headers
 
@@ -59,8 +65,12 @@ func newExchange(s *Server, ctx context.Context) *exchange {
 
 // handle answers one message from Envoy; nil means no answer is due.
 func (x *exchange) handle(req *procv3.ProcessingRequest) *procv3.ProcessingResponse {
-	if req.GetObservabilityMode() {
-		x.observe = true
+	if !x.started {
+		// observability_mode is filter configuration, the same on every
+		// message: the first message decides for the stream. A flag that
+		// flips later is ignored, so a filter waiting for answers never
+		// stalls, and answers Envoy would ignore do no harm.
+		x.started, x.observe = true, req.GetObservabilityMode()
 	}
 	var resp *procv3.ProcessingResponse
 	switch r := req.Request.(type) {

@@ -18,14 +18,26 @@ import (
 // InjectLastEventID, sets last-event-id on the upstream request of a GET that
 // has none.
 func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResponse {
+	hr := &procv3.HeadersResponse{}
+	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}}
+	if x.gotRequest || x.gotResponse {
+		// One gRPC stream carries one HTTP request, whose headers come once
+		// and before the response's: a repeat is not a new request. It is
+		// answered (Envoy wants one answer per message) with no effect, and
+		// the first message's session and Last-Event-ID stay.
+		x.m.errors.WithLabelValues("protocol").Inc()
+		return resp
+	}
+	x.gotRequest = true
 	var path string
 	var cookies []string
 	best := len(x.cfg.SessionHeaders) // index of the session header used
+	conflict := false                 // the header used came twice, with different values
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		key := hv.GetKey()
 		switch {
 		case key == headerLastEventID:
-			x.lastEventID, x.hasLastEventID = headerValue(hv), true
+			x.lastEventID, x.hasLastEventID = x.validLastEventID(headerValue(hv)), true
 		case key == headerProtocolVersion:
 			if v := headerValue(hv); v >= x.cfg.StatelessMCPVersion {
 				x.stateless = true
@@ -39,17 +51,27 @@ func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingRespo
 		case key == x.cfg.PrincipalHeader && key != "":
 			x.principal = principalHash(x.cfg.PrincipalKey, headerValue(hv))
 		default:
-			if i, ok := x.headers[key]; ok && i < best {
-				best, x.sessionID = i, headerValue(hv)
+			if i, ok := x.headers[key]; ok {
+				switch v := headerValue(hv); {
+				case i < best:
+					best, x.sessionID, conflict = i, v, false
+				case i == best && v != x.sessionID:
+					conflict = true
+				}
 			}
 		}
 	}
-	if x.sessionID == "" {
+	switch {
+	case conflict:
+		// Which of two sessions the upstream serves is unknown; deduplicating
+		// against the wrong one would drop events the client never had. The
+		// request is forwarded untouched, with no session.
+		x.m.errors.WithLabelValues("session_id_conflict").Inc()
+		x.sessionID = ""
+	case x.sessionID == "":
 		x.sessionID = x.fallbackSessionID(path, cookies)
 	}
 	x.sessionID = x.validSessionID(x.sessionID)
-	hr := &procv3.HeadersResponse{}
-	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}}
 	if x.cfg.InjectLastEventID && !x.hasLastEventID && x.sessionID != "" && !x.stateless && x.method == http.MethodGet {
 		if id := x.latestLastID(); id != "" {
 			hr.Response = &procv3.CommonResponse{HeaderMutation: &procv3.HeaderMutation{
@@ -128,6 +150,20 @@ func (x *exchange) fallbackSessionID(path string, cookies []string) string {
 func (x *exchange) validSessionID(id string) string {
 	if len(id) > x.cfg.MaxSessionID {
 		x.m.errors.WithLabelValues("session_id_too_long").Inc()
+		return ""
+	}
+	return id
+}
+
+// validLastEventID returns the client's Last-Event-ID, or "" (a resume of
+// no known event) for one no event can carry: an SSE id ends at CR or LF and
+// an id with NUL is ignored (WHATWG HTML §9.2). Such a value is neither
+// matched nor recorded as the stream's last id, so it never reaches an
+// upstream request through InjectLastEventID, where it would be an invalid
+// header value (RFC 9110 §5.5). The request itself passes untouched.
+func (x *exchange) validLastEventID(id string) string {
+	if strings.ContainsAny(id, "\x00\r\n") {
+		x.m.errors.WithLabelValues("last_event_id_invalid").Inc()
 		return ""
 	}
 	return id

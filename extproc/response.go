@@ -19,6 +19,14 @@ import (
 // response to its session's stream and reads what a resuming client missed
 // (replay.go). The body's mode follows: STREAMED for SSE, NONE otherwise.
 func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResponse {
+	if x.gotResponse {
+		// A response's headers come once: a repeat (mid-body or after the
+		// end) is answered with no effect, no mode change, and neither
+		// reopens the stream nor restarts the parser.
+		x.m.errors.WithLabelValues("protocol").Inc()
+		return &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &procv3.HeadersResponse{}}}
+	}
+	x.gotResponse = true
 	var contentType, encoding, status, assigned string
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		switch key := hv.GetKey(); {
