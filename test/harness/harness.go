@@ -271,3 +271,7 @@ func (r *runner) TempDir() string {
 	r.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
+
+// WaitUntilErr is WaitUntil returning the error instead of failing a TB: cond's last error,
+// after timeout.
+func WaitUntilErr(timeout time.Duration, cond func() error) error { return poll(timeout, cond) }
