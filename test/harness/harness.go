@@ -6,7 +6,8 @@
 //   - Envoy with a config from envoy/, rendered by RenderEnvoyConfig (only the ports change,
 //     so the shipped configs are what runs);
 //   - nats-server as a process of its own, built from the version go.mod pins, that a test
-//     may stop and start again on the same port and store;
+//     may stop, kill and start again on the same port and store; or three of them routed
+//     as one JetStream cluster (StartNATSCluster), whose stream leader StreamInfo names;
 //   - a scripted SSE upstream (Upstream) that records every body it sent.
 //
 // Metrics are read with github.com/prometheus/common/expfmt (Metrics), Envoy's ext_proc
@@ -270,3 +271,7 @@ func (r *runner) TempDir() string {
 	r.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
+
+// WaitUntilErr is WaitUntil returning the error instead of failing a TB: cond's last error,
+// after timeout.
+func WaitUntilErr(timeout time.Duration, cond func() error) error { return poll(timeout, cond) }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,10 +17,13 @@ import (
 // NATSServer is a nats-server process with JetStream and a file store. Stop and Start keep
 // its client port and store directory, so a restart is the same server.
 type NATSServer struct {
+	// Name is the server's name (nats-server --server_name); "" lets the server pick one.
+	Name     string
 	bin      string
 	port     int
 	monitor  int
 	storeDir string
+	args     []string // further flags (a cluster's)
 	proc     *Process
 	starts   int
 	tb       TB // the TB that owns the processes
@@ -38,24 +42,56 @@ func StartNATSServer(tb TB) *NATSServer {
 // URL returns the client URL, nats://127.0.0.1:port.
 func (n *NATSServer) URL() string { return "nats://" + Addr(n.port) }
 
-// Start starts the server (again) and waits until its /healthz, which covers JetStream,
-// answers 200.
+// MonitorURL returns the HTTP monitoring address (/healthz, /varz, /connz, /jsz):
+// http://127.0.0.1:port.
+func (n *NATSServer) MonitorURL() string { return "http://" + Addr(n.monitor) }
+
+// Proc returns the running (or last) process.
+func (n *NATSServer) Proc() *Process { return n.proc }
+
+// Start starts the server (again) and waits until its /healthz, which covers JetStream
+// (in a cluster: contact with the meta leader, and its streams current), answers 200.
 func (n *NATSServer) Start(tb TB) {
 	tb.Helper()
+	n.launch()
+	n.waitHealthy(tb)
+}
+
+// launch starts the process without waiting for it.
+func (n *NATSServer) launch() {
 	n.starts++
 	name := "nats-server"
-	if n.starts > 1 {
-		name = fmt.Sprintf("nats-server (start %d)", n.starts)
+	if n.Name != "" {
+		name += " " + n.Name
 	}
-	p := Start(n.tb, name, exec.Command(n.bin,
-		"-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-m", strconv.Itoa(n.monitor),
-		"-js", "-sd", n.storeDir))
-	p.WaitHTTP(tb, fmt.Sprintf("http://%s/healthz", Addr(n.monitor)))
-	n.proc = p
+	if n.starts > 1 {
+		name += fmt.Sprintf(" (start %d)", n.starts)
+	}
+	args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-m", strconv.Itoa(n.monitor),
+		"-js", "-sd", n.storeDir}
+	if n.Name != "" {
+		args = append(args, "--server_name", n.Name)
+	}
+	n.proc = Start(n.tb, name, exec.Command(n.bin, append(args, n.args...)...))
+}
+
+// waitHealthy waits until /healthz answers 200.
+func (n *NATSServer) waitHealthy(tb TB) {
+	tb.Helper()
+	n.proc.WaitHTTP(tb, n.MonitorURL()+"/healthz")
 }
 
 // Stop stops the server (SIGTERM) and waits for it to exit.
 func (n *NATSServer) Stop() { n.proc.Stop() }
+
+// Kill kills the server (SIGKILL: no shutdown, no flush of its store) and waits for it to
+// exit.
+func (n *NATSServer) Kill() {
+	if !n.proc.Exited() {
+		_ = n.proc.Signal(syscall.SIGKILL)
+	}
+	<-n.proc.Done()
+}
 
 // JetStream connects a NATS client to url for reading JetStream; it closes when tb ends.
 func JetStream(tb TB, url string) jetstream.JetStream {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 )
 
 // SsetrackOptions configures StartSsetrack. The zero value runs `ssetrack serve` with its
@@ -124,6 +125,30 @@ func (s *Ssetrack) Restart(tb TB) {
 	p := Start(s.tb, s.name+" (restarted)", exec.Command(s.bin, s.args...))
 	if err := p.waitHTTP(s.MetricsURL+"/readyz", isOK); err != nil {
 		tb.Fatalf("%s did not restart: %v", s.name, err)
+	}
+	s.Proc = p
+}
+
+// Kill kills ssetrack with SIGKILL (no shutdown: what it had not published is lost) and
+// waits for it to exit.
+func (s *Ssetrack) Kill() {
+	if !s.Proc.Exited() {
+		_ = s.Proc.Signal(syscall.SIGKILL)
+	}
+	<-s.Proc.Done()
+}
+
+// StartAgain starts ssetrack again after it exited (Kill, or a stop the test checked
+// itself), with the same flags: the same ports and data directory. It waits until /readyz
+// answers 200.
+func (s *Ssetrack) StartAgain(tb TB) {
+	tb.Helper()
+	if !s.Proc.Exited() {
+		tb.Fatalf("%s: StartAgain while it runs", s.name)
+	}
+	p := Start(s.tb, s.name+" (started again)", exec.Command(s.bin, s.args...))
+	if err := p.waitHTTP(s.MetricsURL+"/readyz", isOK); err != nil {
+		tb.Fatalf("%s did not start again: %v", s.name, err)
 	}
 	s.Proc = p
 }

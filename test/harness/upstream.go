@@ -48,6 +48,10 @@ type Reply struct {
 	// Trailer, if set, is sent as HTTP trailers after the body (HTTP/2, or chunked
 	// HTTP/1.1).
 	Trailer http.Header
+	// Abort cuts the connection after the body instead of ending the response: no final
+	// chunk (HTTP/1.1 closes the connection, HTTP/2 resets the stream), so the body may stop
+	// in the middle of an event.
+	Abort bool
 }
 
 // StartUpstream starts an Upstream; it stops when tb ends.
@@ -161,6 +165,9 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		prev = cut
+	}
+	if rep.Abort {
+		panic(http.ErrAbortHandler) // net/http closes the connection without logging
 	}
 	for k, v := range rep.Trailer {
 		h[k] = v

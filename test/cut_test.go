@@ -1,0 +1,157 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ssetrack/ssetrack/extproc/journal"
+	"github.com/ssetrack/ssetrack/test/harness"
+)
+
+// TestUpstreamCut cuts the upstream's connection in the middle of an event (after event 12
+// and half of event 13, no final chunk). The client gets every complete event (1..12) and
+// nothing of 13 but, at most, its bytes as they came (a browser drops an unfinished event);
+// the session's last id is 12, in ssetrack's KV state and in the journal, which holds
+// 1..12 once. Then the client resumes:
+//   - Resume: Last-Event-ID 12, the upstream repeats 11 and 12: the client gets 13..20 once;
+//   - Replay: the client lost 10..12 on the last mile and resumes with Last-Event-ID 9:
+//     ssetrack sends 10..12 from JetStream, drops the upstream's repeats, and the client
+//     gets 10..20 once.
+func TestUpstreamCut(t *testing.T) {
+	requireFaultPrereqs(t)
+	fx := startFixture(t, "envoy.yaml")
+	js := harness.JetStream(t, fx.ssetrack.NATSURL)
+	kv, err := js.KeyValue(context.Background(), journal.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const total, complete, overlap = 20, 12, 2
+	evs := numberedEvents(total)
+	full := harness.EncodeAll(evs[:complete])
+	next := evs[complete].Encode()
+	partial := next[:len(next)/2] // "id: 13\ndata: {\"n\":13,"...
+	cutBody := append(slices.Clip(full), partial...)
+	var sum tally
+
+	for _, c := range []struct {
+		name   string
+		lastID string // the client's Last-Event-ID on the resume
+	}{
+		{"Resume", "12"},
+		{"Replay", "9"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := fx.envoy.ExtProcStats(t)
+			path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
+				if n == 0 {
+					cuts := append(harness.EventCuts(evs[:complete]), len(full)+len(partial)/2)
+					return harness.Reply{Body: cutBody, Cuts: cuts, Pause: time.Millisecond, Abort: true}
+				}
+				sel := harness.ResumeFrom(evs, r.Header.Get("Last-Event-ID"), overlap)
+				return harness.Reply{Body: harness.EncodeAll(sel), Cuts: harness.EventCuts(sel), Pause: time.Millisecond}
+			})
+			sid := newSession(t)
+
+			got, readErr := readCut(fx, path, sessionHeader(sid))
+			t.Logf("first stream: %d bytes, read ended with %v", len(got), readErr)
+			if !bytes.HasPrefix(got, full) || !bytes.HasPrefix(cutBody, got) {
+				t.Errorf("client after the cut: want events 1..%d then at most the partial event's bytes: %s",
+					complete, diffStreams(got, cutBody))
+			}
+			if r := idsReport(allIDs(got), complete); r != "" {
+				t.Errorf("client after the cut: %s", r)
+			}
+
+			// The session's last id, as ssetrack keeps it (KV, written within 100 ms) and
+			// as the journal holds it.
+			stored := allIDs(waitStored(t, js, sid, complete, 20*time.Second))
+			if r := idsReport(stored, complete); r != "" {
+				t.Errorf("JetStream after the cut: %s", r)
+			}
+			harness.WaitUntil(t, 20*time.Second, func() error {
+				st, err := sessionState(kv, sid)
+				if err != nil {
+					return err
+				}
+				var lasts []string
+				for _, id := range st.Streams {
+					lasts = append(lasts, id)
+				}
+				if !slices.Equal(lasts, []string{strconv.Itoa(complete)}) {
+					return fmt.Errorf("session state: last ids %v, want [%d]", st.Streams, complete)
+				}
+				return nil
+			})
+
+			h := sessionHeader(sid)
+			h.Set("Last-Event-Id", c.lastID)
+			resp, b := fx.get(t, path, h)
+			lei, _ := strconv.Atoi(c.lastID)
+			var want []string
+			for i := lei + 1; i <= total; i++ {
+				want = append(want, strconv.Itoa(i))
+			}
+			resumed := allIDs(b)
+			if !slices.Equal(resumed, want) {
+				t.Errorf("resume with Last-Event-ID %s (Ssetrack-Replay: %q): upstream sent %v, client got %v, want %v",
+					c.lastID, resp.Header.Get("Ssetrack-Replay"), allIDs(fx.up.Sent(path)[1]), resumed, want)
+			}
+			if c.name == "Replay" && resp.Header.Get("Ssetrack-Replay") != "replayed" {
+				t.Errorf("Ssetrack-Replay: %q, want replayed", resp.Header.Get("Ssetrack-Replay"))
+			}
+			fx.envoy.CheckNoFailOpen(t, before)
+
+			var sent []string
+			for _, e := range evs {
+				sent = append(sent, e.ID)
+			}
+			// The client's events: what it kept of the first stream (up to its
+			// Last-Event-ID), then the resume.
+			delivered := append(slices.Clone(allIDs(got)[:lei]), resumed...)
+			final := allIDs(waitStored(t, js, sid, total, 20*time.Second))
+			tl := countIDs(sent, delivered, final)
+			tl.log(t)
+			if tl.missing != 0 || tl.duplicated != 0 || tl.persisted != total {
+				t.Errorf("want every event delivered and persisted once")
+			}
+			sum = sum.add(tl)
+		})
+	}
+	sum.log(t)
+}
+
+// readCut reads a response through Envoy until it ends, however it ends.
+func readCut(fx *fixture, path string, h http.Header) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := fx.open(ctx, http.MethodGet, path, h, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
+// sessionState reads a session's state from ssetrack's KV bucket.
+func sessionState(kv jetstream.KeyValue, sid string) (journal.State, error) {
+	var st journal.State
+	e, err := kv.Get(context.Background(), journal.SubjectToken(sid))
+	if err != nil {
+		return st, fmt.Errorf("session state: %w", err)
+	}
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		return st, fmt.Errorf("session state: %w", err)
+	}
+	return st, nil
+}
