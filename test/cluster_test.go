@@ -18,13 +18,6 @@ import (
 	"github.com/ssetrack/ssetrack/test/harness"
 )
 
-// readyzCoversStreamLeader says whether ssetrack's /readyz accounts for the stream having a
-// leader. It does not (cmd/ssetrack/journal.go: ready means the NATS connection is
-// CONNECTED), so while a killed leader is being replaced /readyz says "ready" although no
-// publish can succeed. Until that is fixed the test logs the window instead of failing;
-// flip this to make it an error.
-const readyzCoversStreamLeader = false
-
 // TestNATSCluster runs ssetrack against a three-node NATS cluster (nats-server processes on
 // loopback, routes between them) with --replicas 3 and all three URLs. In the middle of a
 // stream one node is killed (SIGKILL) and started again; then the stream's leader (from
@@ -32,13 +25,11 @@ const readyzCoversStreamLeader = false
 // lasts), the client gets every event once, JetStream ends up with every event exactly once,
 // and /readyz tells the truth throughout.
 //
-// The truth, from cmd/ssetrack/journal.go: /readyz answers 200 "ready" exactly when
-// ssetrack's NATS connection is CONNECTED (to any node), and 503 "not ready: NATS connection
-// <status>" otherwise. A publish needs more: the stream needs a leader. The test polls
-// /readyz, bracketed by two stream-info requests of its own, and records each change. It
-// asserts that /readyz is ready again after the recovery, and reports every "ready" answer
-// given while the stream had no leader both before and after it (ssetrack could not
-// publish); see readyzCoversStreamLeader.
+// The truth (journal.Journal.Ready): /readyz answers 200 "ready" only when ssetrack can
+// publish: its NATS connection is CONNECTED and the stream has a leader; 503 with the reason
+// otherwise. The test polls /readyz, bracketed by two stream-info requests of its own, and
+// records each change. It asserts that /readyz is ready again after the recovery, and fails
+// on any "ready" answer given while the stream had no leader both before and after it.
 func TestNATSCluster(t *testing.T) {
 	requireFaultPrereqs(t)
 	cl := harness.StartNATSCluster(t, 3)
@@ -256,10 +247,6 @@ func (rw *readinessWatch) report(t *testing.T) {
 	if len(rw.lies) > 0 {
 		msg := fmt.Sprintf("/readyz said ready %d times while the stream had no leader (ssetrack could not publish), at %s",
 			len(rw.lies), strings.Join(clipIDs(rw.lies), " "))
-		if readyzCoversStreamLeader {
-			t.Error(msg)
-		} else {
-			t.Logf("KNOWN BUG (readyzCoversStreamLeader=false): %s", msg)
-		}
+		t.Error(msg)
 	}
 }

@@ -270,12 +270,12 @@ func (j *Journal) Load(ctx context.Context, sessionID string) (*session.History,
 
 // Stale implements session.Loader; it fails with ErrNotReady until the
 // stream and the bucket are set up.
-func (j *Journal) Stale(ctx context.Context, sessionID string) (bool, error) {
+func (j *Journal) Stale(ctx context.Context, sessionID string, seq uint64) (bool, error) {
 	p, err := j.publisher()
 	if err != nil {
 		return false, err
 	}
-	return p.Stale(ctx, sessionID)
+	return p.Stale(ctx, sessionID, seq)
 }
 
 // Replay implements extproc.Replayer; it fails with ErrNotReady until the
@@ -296,7 +296,8 @@ func (j *Journal) publisher() (*Publisher, error) {
 }
 
 // Ready returns nil when the journal can publish: connected, stream and
-// bucket set up. Otherwise it returns ErrNotReady wrapped with the reason,
+// bucket set up, and the stream has a leader (it asks JetStream, bounded by
+// readyTimeout). Otherwise it returns ErrNotReady wrapped with the reason,
 // e.g. "journal: not ready: NATS connection RECONNECTING: dial tcp
 // 127.0.0.1:4222: connect: connection refused".
 func (j *Journal) Ready() error {
@@ -311,11 +312,32 @@ func (j *Journal) Ready() error {
 	case st != nats.CONNECTED:
 		return fmt.Errorf("%w: NATS connection %s", ErrNotReady, st)
 	case j.pub.Load() != nil:
-		return nil
+		return j.streamReady()
 	case setupErr != nil:
 		return fmt.Errorf("%w: %v", ErrNotReady, setupErr)
 	}
 	return fmt.Errorf("%w: setting up the JetStream stream and bucket", ErrNotReady)
+}
+
+// readyTimeout bounds the stream-info request of one readiness check, well
+// under a probe's usual timeout (Kubernetes: 1s).
+const readyTimeout = 500 * time.Millisecond
+
+// streamReady asks JetStream for the stream's state. A connection to some
+// server is not enough to publish: in a cluster the stream also needs a
+// leader, and while one is elected (a few seconds after the leader's node
+// is lost) nothing is acknowledged. One stream-info request per call.
+func (j *Journal) streamReady() error {
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	info, err := j.pub.Load().stream.Info(ctx)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: JetStream stream info: %v", ErrNotReady, err)
+	case info.Cluster != nil && info.Cluster.Leader == "":
+		return fmt.Errorf("%w: JetStream stream %s has no leader", ErrNotReady, info.Config.Name)
+	}
+	return nil
 }
 
 // Shutdown flushes the Publisher (bounded by ctx, see Publisher.Shutdown),

@@ -327,16 +327,21 @@ func TestTwoWritersNeverCollide(t *testing.T) {
 	b := newPublisher(t, nc, Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if stale, err := a.Stale(ctx, "shared"); err != nil || stale {
+	if stale, err := a.Stale(ctx, "shared", 0); err != nil || stale {
 		t.Fatalf("unknown session: stale %v, %v", stale, err)
 	}
 	a.Append(record("shared", "s", 1, 5, true))
 	waitFor(t, 5*time.Second, "a's batch", func() bool { return statsOf(t, a).Events == 5 })
-	if stale, _ := a.Stale(ctx, "shared"); stale {
+	if stale, _ := a.Stale(ctx, "shared", 0); stale {
 		t.Error("a sees its own last batch as stale")
 	}
-	if stale, _ := b.Stale(ctx, "shared"); !stale {
+	if stale, _ := b.Stale(ctx, "shared", 0); !stale {
 		t.Error("b does not see a's batch")
+	}
+	// A copy that has assigned sequence numbers through a's last (b loaded
+	// the session after a's batch, as after a restart) has seen it.
+	if stale, _ := b.Stale(ctx, "shared", 5); stale {
+		t.Error("b's copy, current through seq 5, is called stale")
 	}
 	// b, with a stale copy, numbers from 1 again: same session, stream and
 	// first sequence as a's batch, other events.
@@ -350,7 +355,7 @@ func TestTwoWritersNeverCollide(t *testing.T) {
 	if batches[0].Writer == batches[1].Writer || batches[1].Count != 7 {
 		t.Errorf("stored %+v", batches)
 	}
-	if stale, _ := a.Stale(ctx, "shared"); !stale {
+	if stale, _ := a.Stale(ctx, "shared", 5); !stale { // b stored through seq 7
 		t.Error("a does not see b's batch")
 	}
 }

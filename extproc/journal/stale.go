@@ -6,8 +6,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 )
 
 // newWriterID returns a random id for one Publisher.
@@ -19,10 +22,13 @@ func newWriterID() string {
 
 // Stale implements session.Loader: it reports whether the session's last
 // stored batch was written by another Publisher (another replica, or this
-// process before a restart), so a cached copy of the session may lack what
-// that writer delivered. It costs one direct read of the subject's last
-// message.
-func (p *Publisher) Stale(ctx context.Context, sessionID string) (bool, error) {
+// process before a restart) and holds events after seq, the last sequence
+// number the caller's cached copy assigned: the copy then lacks what that
+// writer delivered. Batches of this process still in flight never make a
+// copy stale (after a restart the last stored batch is the old process's,
+// but the copy, loaded from it, has seen it). It costs one direct read of
+// the subject's last message.
+func (p *Publisher) Stale(ctx context.Context, sessionID string, seq uint64) (bool, error) {
 	msg, err := p.stream.GetLastMsgForSubject(ctx, Subject(p.cfg.SubjectPrefix, sessionID))
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -30,7 +36,14 @@ func (p *Publisher) Stale(ctx context.Context, sessionID string) (bool, error) {
 	case err != nil:
 		return false, fmt.Errorf("last batch of session: %w", err)
 	}
-	stale := msg.Header.Get(HeaderWriter) != p.writer
+	if msg.Header.Get(HeaderWriter) == p.writer {
+		return false, nil
+	}
+	last, err := strconv.ParseUint(msg.Header.Get(history.HeaderLastSeq), 10, 64)
+	if err != nil {
+		return false, fmt.Errorf("last batch of session: %w: %s header", history.ErrBadBatch, history.HeaderLastSeq)
+	}
+	stale := last > seq
 	if stale {
 		p.m.staleSessions.Inc()
 	}

@@ -258,7 +258,7 @@ func (s *Session) LatestLastID() string {
 func (s *Session) restore(h *History) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.seq = h.Seq
+	s.seq = max(s.seq, h.Seq) // s.seq: a floor from a dropped stale copy
 	s.principal = h.Principal
 	nums := map[string]uint32{}
 	num := func(id string) uint32 {

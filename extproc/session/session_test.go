@@ -274,7 +274,7 @@ func TestEvictionByTTL(t *testing.T) {
 
 type fakeHistory struct{ h *History }
 
-func (f fakeHistory) Stale(context.Context, string) (bool, error) { return false, nil }
+func (f fakeHistory) Stale(context.Context, string, uint64) (bool, error) { return false, nil }
 func (f fakeHistory) Load(ctx context.Context, id string) (*History, error) {
 	return f.h, nil
 }
@@ -375,7 +375,7 @@ type staleJournal struct{ h *History }
 func (j staleJournal) Load(context.Context, string) (*History, error) {
 	return j.h, nil
 }
-func (j staleJournal) Stale(context.Context, string) (bool, error) { return true, nil }
+func (j staleJournal) Stale(context.Context, string, uint64) (bool, error) { return true, nil }
 
 func TestStaleCopyIsReloaded(t *testing.T) {
 	// Another replica delivered 1..3 on stream r-1; this one cached the
@@ -406,5 +406,32 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 	busy, _ := tb.Acquire(context.Background(), "S")
 	if busy != s {
 		t.Error("a copy with an open stream was replaced")
+	}
+}
+
+// TestStaleReloadKeepsSequence: a copy dropped as stale may have assigned
+// sequence numbers the journal has not stored yet; the reloaded session
+// goes on after them, so no two events of the session share a number.
+func TestStaleReloadKeepsSequence(t *testing.T) {
+	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}}}
+	tb := newTestTable(t, Config{Loader: staleJournal{h}})
+	old, err := tb.AcquireNew("S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliver(old.OpenStream(Resume{}), "a", "b", "c", "d", "e") // seq 1..5, not stored yet
+	tb.Release(old)
+	s, err := tb.Acquire(context.Background(), "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s == old {
+		t.Fatal("the stale copy was kept")
+	}
+	d := s.OpenStream(Resume{}).Begin()
+	seq, _ := d.Deliver([]byte("f"), true)
+	d.End()
+	if seq != 6 {
+		t.Errorf("seq %d after reload, want 6 (the dropped copy assigned 1..5; the journal holds 1..3)", seq)
 	}
 }

@@ -49,10 +49,12 @@ type Loader interface {
 	// is. It may do network I/O, bounded by ctx.
 	Load(ctx context.Context, sessionID string) (*History, error)
 	// Stale reports whether another writer (another replica, or this
-	// process before a restart) stored events of the session after this
-	// process last did: a cached copy may then lack them and is reloaded.
-	// It may do network I/O, bounded by ctx.
-	Stale(ctx context.Context, sessionID string) (bool, error)
+	// process before a restart) stored events of the session with
+	// per-session sequence numbers after seq, the last one a cached copy
+	// assigned: the copy then lacks them and is reloaded. Events of the
+	// copy not yet stored never make it stale. It may do network I/O,
+	// bounded by ctx.
+	Stale(ctx context.Context, sessionID string, seq uint64) (bool, error)
 }
 
 const shardCount = 64
@@ -140,8 +142,9 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 	default:
 	}
 	sh := t.shard(id)
+	var floor uint64 // the last sequence number a dropped stale copy assigned
 	if load {
-		t.revalidate(ctx, sh, id)
+		floor = t.revalidate(ctx, sh, id)
 	}
 	sh.mu.Lock()
 	s, ok := sh.m[id]
@@ -149,7 +152,7 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 	if ok {
 		sh.unlink(s)
 	} else {
-		s = &Session{id: id, table: t, ready: readyNow, win: newWindow(t.cfg.Window)}
+		s = &Session{id: id, table: t, ready: readyNow, win: newWindow(t.cfg.Window), seq: floor}
 		if loading {
 			s.ready = make(chan struct{})
 		}
@@ -180,31 +183,39 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 }
 
 // revalidate drops the cached copy of session id when another writer has
-// persisted the session since this process did (another replica served it,
-// say), so that Acquire loads it afresh. Only an idle copy is dropped: one
-// with open streams here is in use and stays as it is.
-func (t *Table) revalidate(ctx context.Context, sh *shard, id string) {
+// stored events of the session that the copy has not seen (another replica
+// served it, say), so that Acquire loads it afresh. Only an idle copy is
+// dropped: one with open streams here is in use and stays as it is. It
+// returns the last sequence number the dropped copy assigned (0 if none was
+// dropped): the reloaded session goes on after it even if the copy's last
+// events are not stored yet, so no two events of a session share a number.
+func (t *Table) revalidate(ctx context.Context, sh *shard, id string) uint64 {
 	sh.mu.Lock()
 	s, ok := sh.m[id]
 	idle := ok && s.active == 0
 	sh.mu.Unlock()
 	if !idle {
-		return
+		return 0
 	}
-	stale, err := t.cfg.Loader.Stale(ctx, id)
+	s.mu.Lock()
+	seq := s.seq
+	s.mu.Unlock()
+	stale, err := t.cfg.Loader.Stale(ctx, id, seq)
 	if err != nil {
 		// Keep the copy: at worst it lets a duplicate through.
 		t.cfg.Logger.Warn("check cached session", "session", ShortID(id), "err", err)
-		return
+		return 0
 	}
 	if !stale {
-		return
+		return 0
 	}
 	sh.mu.Lock()
-	if sh.m[id] == s && s.active == 0 {
-		sh.remove(s)
+	defer sh.mu.Unlock()
+	if sh.m[id] != s || s.active != 0 {
+		return 0
 	}
-	sh.mu.Unlock()
+	sh.remove(s)
+	return seq
 }
 
 func (t *Table) load(ctx context.Context, s *Session) {
