@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,6 +41,11 @@ type Session struct {
 	principal  string // keyed hash of the owner, "" until one is seen
 	streams    []streamInfo
 	nextStream uint32
+
+	// unloaded is set when loading the session's history failed (a timeout
+	// under load, NATS away): the copy may lack history, so the next request
+	// that finds it idle loads it again instead of trusting it.
+	unloaded atomic.Bool
 
 	// Guarded by the table shard's mutex.
 	active     int   // open streams

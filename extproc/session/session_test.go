@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -433,5 +434,42 @@ func TestStaleReloadKeepsSequence(t *testing.T) {
 	d.End()
 	if seq != 6 {
 		t.Errorf("seq %d after reload, want 6 (the dropped copy assigned 1..5; the journal holds 1..3)", seq)
+	}
+}
+
+// flakyHistory fails its first Load, then gives h.
+type flakyHistory struct {
+	h     *History
+	loads atomic.Int32
+}
+
+func (f *flakyHistory) Load(ctx context.Context, id string) (*History, error) {
+	if f.loads.Add(1) == 1 {
+		return nil, context.DeadlineExceeded
+	}
+	return f.h, nil
+}
+
+func (f *flakyHistory) Stale(context.Context, string, uint64) (bool, error) { return false, nil }
+
+// TestFailedLoadIsRetried: a session whose history did not load (a timeout
+// under load) is not trusted for its lifetime: the next request that finds
+// it idle loads it again, and dedup then knows what was stored.
+func TestFailedLoadIsRetried(t *testing.T) {
+	h := &History{Seq: 2, Streams: []StreamState{{Stream: "r-1", LastEventID: "2"}},
+		Events: []EventRef{{ID: "1", Stream: "r-1", Seq: 1}, {ID: "2", Stream: "r-1", Seq: 2}}}
+	tb := newTestTable(t, Config{Loader: &flakyHistory{h: h}})
+	first, err := tb.Acquire(context.Background(), "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.Release(first)
+	s, err := tb.Acquire(context.Background(), "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.OpenStream(Resume{LastEventID: "2", HasLastEventID: true})
+	if got := deliver(st, "1", "2", "3"); fmt.Sprint(got) != "[3]" {
+		t.Errorf("delivered %v after the retried load, want [3]", got)
 	}
 }
