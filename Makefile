@@ -7,7 +7,8 @@
 #   make test-guides        envoy/README.md's yaml blocks and envoy/*.yaml decoded into Envoy
 #                           Gateway's, Gateway API's, Istio's and Envoy's own types
 #   make build              bin/ssetrack
-#   make bench              Go benchmarks (BENCH=regexp, BENCHTIME=duration)
+#   make bench              benchmarks side by side with their baselines, written to
+#                           BENCHMARKS.md (test/bench; BENCHTIME=1s, e.g. 100ms for a quick run)
 #   make test-envoy-compat  the end-to-end tests against Envoy $(ENVOY_COMPAT_VERSION)
 #   make perf               client -> Envoy -> upstream side by side: direct, Envoy alone, Envoy
 #                           with a do-nothing ext_proc, Envoy with ssetrack (test/perf_test.go)
@@ -21,7 +22,6 @@ SHELL := bash
 GO ?= go
 ENVOY_VERSION ?= 1.40.0
 ENVOY_COMPAT_VERSION ?= 1.36.2
-BENCH ?= .
 BENCHTIME ?= 1s
 
 .PHONY: all build test test-guides fmt-check vet envoy demo bench perf test-envoy-compat clean
@@ -68,10 +68,12 @@ test:
 test-guides:
 	cd test/guides && $(GO) vet ./... && $(GO) test -count=1 ./...
 
-# test/ has no benchmarks (and its TestMain builds ssetrack), so it is left out.
+# test/bench/main.go runs the benchmarks (parser, gRPC round trip, journal, replay, Envoy)
+# and writes the ratios against their baselines to BENCHMARKS.md; about 5 minutes at 1s.
 bench:
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem \
-		$$($(GO) list ./... | grep -v '/test$$')
+	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
+	export ENVOY_BIN; \
+	cd test/bench && $(GO) vet ./... && $(GO) run . -benchtime $(BENCHTIME) -out ../../BENCHMARKS.md
 
 # The side-by-side benchmark through a real Envoy; ratios are printed at the end.
 perf:

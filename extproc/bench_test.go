@@ -2,10 +2,16 @@ package extproc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
@@ -72,57 +78,138 @@ func mcpChunks(n int) [][]byte {
 	return out
 }
 
-// benchChunks streams chunks through one ext_proc stream per b.N batch and
-// reports the time per chunk round trip.
-func benchChunks(b *testing.B, client procv3.ExternalProcessorClient, chunks [][]byte) {
-	ctx := context.Background()
-	var bytesPer int
-	for _, c := range chunks {
-		bytesPer += len(c)
+// cutChunks returns an MCP-style stream (mcpChunks' events, each id new) cut
+// into n chunks of size bytes each, as Envoy hands a busy upstream's
+// response over: events split at any byte.
+func cutChunks(size, n int) [][]byte {
+	var all []byte
+	for _, c := range mcpChunks(size*n/150 + 1) { // events are over 150 B
+		all = append(all, c...)
 	}
-	b.SetBytes(int64(bytesPer / len(chunks)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	sent := 0
-	for sent < b.N {
-		stream, err := client.Process(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		stream.Send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_RequestHeaders{
-			RequestHeaders: &procv3.HttpHeaders{Headers: headerMap(":method", "GET", "mcp-session-id", fmt.Sprint("bench-", sent)), EndOfStream: true}}})
-		stream.Recv()
-		stream.Send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseHeaders{
-			ResponseHeaders: &procv3.HttpHeaders{Headers: headerMap(sseHeaders()...)}}})
-		stream.Recv()
-		for i := 0; i < len(chunks) && sent < b.N; i++ {
-			if err := stream.Send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseBody{
-				ResponseBody: &procv3.HttpBody{Body: chunks[i]}}}); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := stream.Recv(); err != nil {
-				b.Fatal(err)
-			}
-			sent++
-		}
-		stream.CloseSend()
-		stream.Recv()
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = all[i*size : (i+1)*size]
 	}
+	return out
 }
 
-// BenchmarkChunkRoundTrip compares one response chunk through ssetrack
-// against the same chunk through a do-nothing ext_proc server, both over
-// real gRPC on an in-memory listener; report the ratio of the two.
+// benchChunks sends b.N response chunks through client over the given number
+// of concurrent ext_proc streams, each chunk waiting for its answer as Envoy
+// does, and reports CPU per chunk (cpu-us/chunk: user + system time of this
+// whole process, client and server, from getrusage) and the round-trip
+// latency of a chunk (p50-us, p99-us). Each ext_proc stream is one HTTP
+// response of len(chunks) chunks in its own session; a worker opens the next
+// when one ends.
+func benchChunks(b *testing.B, client procv3.ExternalProcessorClient, chunks [][]byte, streams int) {
+	b.SetBytes(int64(len(chunks[0])))
+	b.ReportAllocs()
+	ctx := context.Background()
+	var sid atomic.Int64
+	lats := make([][]time.Duration, streams)
+	errs := make([]error, streams)
+	cpu0 := processCPU()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for w := range streams {
+		n := b.N / streams
+		if w < b.N%streams {
+			n++
+		}
+		lats[w] = make([]time.Duration, 0, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n > 0 {
+				k := min(n, len(chunks))
+				if errs[w] = chunkStream(ctx, client, fmt.Sprint("bench-", sid.Add(1)), chunks[:k], &lats[w]); errs[w] != nil {
+					return
+				}
+				n -= k
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	cpu := processCPU() - cpu0
+	if err := errors.Join(errs...); err != nil {
+		b.Fatal(err)
+	}
+	all := slices.Concat(lats...)
+	slices.Sort(all)
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/chunk")
+	b.ReportMetric(float64(all[(len(all)-1)*50/100].Nanoseconds())/1e3, "p50-us")
+	b.ReportMetric(float64(all[(len(all)-1)*99/100].Nanoseconds())/1e3, "p99-us")
+}
+
+// chunkStream plays one SSE response through a new ext_proc stream: request
+// headers, response headers, then chunks, each sent after the previous one
+// was answered. It appends each chunk's round trip to lats.
+func chunkStream(ctx context.Context, client procv3.ExternalProcessorClient, sid string, chunks [][]byte, lats *[]time.Duration) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.Process(ctx)
+	if err != nil {
+		return err
+	}
+	roundTrip := func(r *procv3.ProcessingRequest) error {
+		if err := stream.Send(r); err != nil {
+			return err
+		}
+		_, err := stream.Recv()
+		return err
+	}
+	if err := roundTrip(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: &procv3.HttpHeaders{Headers: headerMap(":method", "GET", "mcp-session-id", sid), EndOfStream: true}}}); err != nil {
+		return err
+	}
+	if err := roundTrip(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: &procv3.HttpHeaders{Headers: headerMap(sseHeaders()...)}}}); err != nil {
+		return err
+	}
+	for i, c := range chunks {
+		start := time.Now()
+		if err := roundTrip(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseBody{
+			ResponseBody: &procv3.HttpBody{Body: c, EndOfStream: i == len(chunks)-1}}}); err != nil {
+			return fmt.Errorf("chunk %d of %s: %w", i, sid, err)
+		}
+		*lats = append(*lats, time.Since(start))
+	}
+	return stream.CloseSend()
+}
+
+// processCPU returns the user and system CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkChunkRoundTrip compares response chunks through ssetrack (a
+// session per response, records built for a journal that drops them) with the
+// same chunks through the do-nothing ext_proc server, both over real gRPC on
+// an in-memory listener (bufconn), for 512 B and 16 KiB chunks over 1, 16 and
+// 256 concurrent ext_proc streams. Compare cpu-us/chunk and p99-us of the
+// ssetrack and noop rows of one run.
 func BenchmarkChunkRoundTrip(b *testing.B) {
-	chunks := mcpChunks(1000)
-	b.Run("noop", func(b *testing.B) {
-		client := dialBuf(b, func(s *grpc.Server) { procv3.RegisterExternalProcessorServer(s, noopProcessor{}) })
-		benchChunks(b, client, chunks)
-	})
-	b.Run("ssetrack", func(b *testing.B) {
-		h := newHarness(b, nil)
-		benchChunks(b, h.client, chunks)
-	})
+	for _, size := range []int{512, 16 << 10} {
+		chunks := cutChunks(size, 256)
+		for _, streams := range []int{1, 16, 256} {
+			name := fmt.Sprintf("chunk=%dB/streams=%d", size, streams)
+			if size >= 1<<10 {
+				name = fmt.Sprintf("chunk=%dKiB/streams=%d", size>>10, streams)
+			}
+			b.Run(name+"/noop", func(b *testing.B) {
+				client := dialBuf(b, func(s *grpc.Server) { procv3.RegisterExternalProcessorServer(s, noopProcessor{}) })
+				benchChunks(b, client, chunks, streams)
+			})
+			b.Run(name+"/ssetrack", func(b *testing.B) {
+				h := newHarness(b, func(c *Config) { c.Recorder = discardJournal{} })
+				benchChunks(b, h.client, chunks, streams)
+			})
+		}
+	}
 }
 
 // BenchmarkProcess measures the per-chunk work alone, without gRPC: parse,

@@ -10,6 +10,9 @@ package e2e
 //	                mode_override as ssetrack, so Envoy makes the same per-chunk round trips
 //	envoy-ssetrack  envoy/envoy.yaml with the built ssetrack (default flags: embedded
 //	                JetStream journal on, dedup on; every request carries an mcp-session-id)
+//	envoy-ssetrack-nojournal
+//	                the same with a second ssetrack started with --journal=false: parsing,
+//	                tracking and dedup without persistence
 //
 // and four workloads, each run against every setup in that order:
 //
@@ -26,9 +29,10 @@ package e2e
 // ns/op is the time per event and the MB/s column is the SSE payload rate. Each result also
 // has events/s, p50-us and p99-us (upstream write to client read, microseconds), and for the
 // ext_proc setups chunks/ev (body chunks Envoy sent to the ext_proc server per event) and
-// failopen (Envoy's fail-open counters; anything but 0 means the numbers are not ssetrack's).
-// envoy-noop and envoy-ssetrack also report xenvoy (their events/s over envoy's), and
-// envoy-ssetrack reports xnoop (its events/s over envoy-noop's). CPU time per event (user +
+// failopen (Envoy's fail-open counters; anything but 0 means the numbers are not ssetrack's)
+// and msg-timeouts (Envoy's ext_proc message_timeouts alone, one of the fail-open counters).
+// The ext_proc setups also report xenvoy (their events/s over envoy's), and the two ssetrack
+// setups xnoop (their events/s over envoy-noop's). CPU time per event (user +
 // system, microseconds) is reported for Envoy (envoy-cpu-us/ev), the ext_proc server
 // (xp-cpu-us/ev: the noop process, or ssetrack with its embedded NATS server) and this test
 // process (harness-cpu-us/ev: client and upstream): on a small machine every process shares
@@ -47,7 +51,7 @@ package e2e
 //
 //	PERF_STREAMS             concurrent streams of the mcp workload (default 64)
 //	PERF_PACE                interval of tokens-paced (default 1ms)
-//	PERF_SSETRACK_ARGS       extra `ssetrack serve` flags (e.g. --journal=false)
+//	PERF_SSETRACK_ARGS       extra `ssetrack serve` flags, for both ssetrack setups
 //	PERF_CPUPROFILE_DIR      if set, profile ssetrack (served with --pprof) during each
 //	                         envoy-ssetrack setup: cpu-<workload>.pprof, PERF_CPUPROFILE_SECONDS
 //	                         (default 10) from the start of that setup, and
@@ -172,7 +176,11 @@ func BenchmarkPerf(b *testing.B) {
 				b.Run(s.name, func(b *testing.B) {
 					if s.metricsURL != "" && env.profDir != "" && !profiled {
 						profiled = true
-						env.startProfile(b, s, w.name)
+						label := w.name
+						if s.name != "envoy-ssetrack" {
+							label += "-" + strings.TrimPrefix(s.name, "envoy-ssetrack-")
+						}
+						env.startProfile(b, s, label)
 					}
 					r := env.round(b, w, s)
 					results[s.name] = r
@@ -193,7 +201,7 @@ func BenchmarkPerf(b *testing.B) {
 // perfSummary formats the results as a table with ratios.
 func perfSummary(workloads []perfWorkload, setups []*perfSetup, table map[string]map[string]perfResult) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "%-13s %-15s %12s %9s %22s %8s %8s %8s\n", "workload", "setup", "events/s", "MB/s", "lat p50/p99 (us)", "xdirect", "xenvoy", "xnoop")
+	fmt.Fprintf(&sb, "%-13s %-24s %12s %9s %22s %8s %8s %8s\n", "workload", "setup", "events/s", "MB/s", "lat p50/p99 (us)", "xdirect", "xenvoy", "xnoop")
 	ratio := func(r perfResult, base map[string]perfResult, name string) string {
 		if o, ok := base[name]; ok && o.evPerSec > 0 {
 			return fmt.Sprintf("%.3f", r.evPerSec/o.evPerSec)
@@ -208,7 +216,7 @@ func perfSummary(workloads []perfWorkload, setups []*perfSetup, table map[string
 				continue
 			}
 			lat := fmt.Sprintf("%d/%d", r.p50.Microseconds(), r.p99.Microseconds())
-			fmt.Fprintf(&sb, "%-13s %-15s %12.0f %9.1f %22s %8s %8s %8s\n", w.name, s.name, r.evPerSec, r.mbPerSec, lat,
+			fmt.Fprintf(&sb, "%-13s %-24s %12.0f %9.1f %22s %8s %8s %8s\n", w.name, s.name, r.evPerSec, r.mbPerSec, lat,
 				ratio(r, res, "direct"), ratio(r, res, "envoy"), ratio(r, res, "envoy-noop"))
 		}
 	}
@@ -294,6 +302,7 @@ func (e *perfEnv) round(b *testing.B, w perfWorkload, s *perfSetup) perfResult {
 			failOpen += after.Sub(envoyBefore, c)
 		}
 		b.ReportMetric(failOpen, "failopen")
+		b.ReportMetric(after.Sub(envoyBefore, "message_timeouts"), "msg-timeouts")
 		if failOpen != 0 {
 			var by []string
 			for _, c := range harness.FailOpenCounters {
@@ -505,9 +514,15 @@ func startPerfEnv(b *testing.B) *perfEnv {
 	}
 
 	noopPort, noopProc := startNoopProcess(b)
+	extra := strings.Fields(os.Getenv("PERF_SSETRACK_ARGS"))
 	sse := harness.StartSsetrack(b, harness.SsetrackOptions{
 		LogLevel: "info",
-		Args:     append([]string{"--pprof"}, strings.Fields(os.Getenv("PERF_SSETRACK_ARGS"))...),
+		Args:     append([]string{"--pprof"}, extra...),
+	})
+	sseNoJournal := harness.StartSsetrack(b, harness.SsetrackOptions{
+		Name:     "ssetrack-nojournal",
+		LogLevel: "info",
+		Args:     append([]string{"--pprof", "--journal=false"}, extra...),
 	})
 
 	src := harness.ShippedEnvoyConfig(b, "envoy.yaml")
@@ -522,6 +537,9 @@ func startPerfEnv(b *testing.B) *perfEnv {
 	en = envoy("envoy-ssetrack", src, sse.GRPCPort)
 	e.setups = append(e.setups, &perfSetup{name: "envoy-ssetrack", baseURL: en.ProxyURL, envoy: en, extProc: true,
 		metricsURL: sse.MetricsURL, extProcProc: sse.Proc})
+	en = envoy("envoy-ssetrack-nojournal", src, sseNoJournal.GRPCPort)
+	e.setups = append(e.setups, &perfSetup{name: "envoy-ssetrack-nojournal", baseURL: en.ProxyURL, envoy: en, extProc: true,
+		metricsURL: sseNoJournal.MetricsURL, extProcProc: sseNoJournal.Proc})
 	// Registered last, so it runs first: a profile in flight ends before ssetrack stops.
 	b.Cleanup(e.profWG.Wait)
 	return e
