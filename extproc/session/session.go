@@ -44,7 +44,7 @@ type Session struct {
 
 	// unloaded is set when loading the session's history failed (a timeout
 	// under load, NATS away): the copy may lack history, so the next request
-	// that finds it idle loads it again instead of trusting it.
+	// that names the session tries the load again and merges what it finds.
 	unloaded atomic.Bool
 
 	// Guarded by the table shard's mutex.
@@ -260,28 +260,37 @@ func (s *Session) LatestLastID() string {
 	return ""
 }
 
-// restore applies a journal history to a new session.
+// restore applies a journal history to the session: a new one, or one
+// whose earlier load failed and that has delivered events of its own since
+// (those stay: restore only adds what the session does not know yet).
 func (s *Session) restore(h *History) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.seq = max(s.seq, h.Seq) // s.seq: a floor from a dropped stale copy
-	s.principal = h.Principal
+	s.seq = max(s.seq, h.Seq) // s.seq: a floor from a dropped stale copy, or our own
+	if s.principal == "" {
+		s.principal = h.Principal
+	}
 	nums := map[string]uint32{}
+	for _, st := range s.streams {
+		nums[st.id] = st.num
+	}
 	num := func(id string) uint32 {
 		if n, ok := nums[id]; ok {
 			return n
 		}
 		s.nextStream++
 		nums[id] = s.nextStream
-		return s.nextStream
-	}
-	for _, st := range h.Streams {
-		n := num(st.Stream)
 		if len(s.streams) == maxStreams {
 			copy(s.streams, s.streams[1:])
 			s.streams = s.streams[:maxStreams-1]
 		}
-		s.streams = append(s.streams, streamInfo{num: n, id: st.Stream, lastID: []byte(st.LastEventID)})
+		s.streams = append(s.streams, streamInfo{num: s.nextStream, id: id})
+		return s.nextStream
+	}
+	for _, st := range h.Streams {
+		if info := s.stream(num(st.Stream)); info != nil && len(info.lastID) == 0 {
+			info.lastID = []byte(st.LastEventID)
+		}
 	}
 	events := h.Events
 	if len(events) > len(s.win.slots) {
@@ -289,7 +298,9 @@ func (s *Session) restore(h *History) {
 	}
 	for _, e := range events {
 		if e.ID != "" {
-			s.win.add(s.table.hash(e.ID), num(e.Stream))
+			if hv := s.table.hash(e.ID); s.win.find(hv) < 0 {
+				s.win.add(hv, num(e.Stream))
+			}
 		}
 		if e.Seq > s.seq {
 			s.seq = e.Seq

@@ -175,17 +175,21 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 	}
 	select {
 	case <-s.ready:
-		return s, nil
 	case <-ctx.Done():
 		t.Release(s)
 		return nil, ctx.Err()
 	}
+	if load && s.unloaded.CompareAndSwap(true, false) {
+		// The copy's history never loaded: try again, keeping what the copy
+		// learned meanwhile (in degraded operation, its only dedup state).
+		t.load(ctx, s)
+	}
+	return s, nil
 }
 
 // revalidate drops the cached copy of session id when another writer has
 // stored events of the session that the copy has not seen (another replica
-// served it, say), or when loading its history failed, so that Acquire
-// loads it afresh. Only an idle copy is
+// served it, say), so that Acquire loads it afresh. Only an idle copy is
 // dropped: one with open streams here is in use and stays as it is. It
 // returns the last sequence number the dropped copy assigned (0 if none was
 // dropped): the reloaded session goes on after it even if the copy's last
@@ -201,16 +205,14 @@ func (t *Table) revalidate(ctx context.Context, sh *shard, id string) uint64 {
 	s.mu.Lock()
 	seq := s.seq
 	s.mu.Unlock()
-	if !s.unloaded.Load() {
-		stale, err := t.cfg.Loader.Stale(ctx, id, seq)
-		if err != nil {
-			// Keep the copy: at worst it lets a duplicate through.
-			t.cfg.Logger.Warn("check cached session", "session", ShortID(id), "err", err)
-			return 0
-		}
-		if !stale {
-			return 0
-		}
+	stale, err := t.cfg.Loader.Stale(ctx, id, seq)
+	if err != nil {
+		// Keep the copy: at worst it lets a duplicate through.
+		t.cfg.Logger.Warn("check cached session", "session", ShortID(id), "err", err)
+		return 0
+	}
+	if !stale {
+		return 0
 	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -226,7 +228,7 @@ func (t *Table) load(ctx context.Context, s *Session) {
 	if err != nil {
 		// The session goes on without history: dedup starts empty, which can
 		// let a duplicate through but never drops an event. The next request
-		// that finds the session idle tries the load again.
+		// that names the session tries the load again.
 		s.unloaded.Store(true)
 		t.cfg.Logger.Warn("load session history", "session", ShortID(s.id), "err", err)
 		return
