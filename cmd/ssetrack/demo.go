@@ -173,14 +173,19 @@ func serveDemoStream(w http.ResponseWriter, r *http.Request, log *slog.Logger, l
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
+	// The session: the request's Mcp-Session-Id, else the page's cookie, else a new one that
+	// the response assigns, as an MCP server does. A cookie session is not echoed in a
+	// header: ssetrack must find it in the cookie (--session-cookie), as it would for any
+	// browser client.
 	sid := r.Header.Get("Mcp-Session-Id")
-	if c, err := r.Cookie(demoSessionCookie); sid == "" && err == nil {
+	echo := sid != ""
+	if c, err := r.Cookie(demoSessionCookie); sid == "" && err == nil && c.Value != "" {
 		sid = c.Value
 	}
 	if sid == "" {
 		var b [12]byte
 		rand.Read(b[:])
-		sid = hex.EncodeToString(b[:])
+		sid, echo = hex.EncodeToString(b[:]), true
 	}
 	next := 1
 	lastID, resume := r.Header["Last-Event-Id"]
@@ -196,7 +201,9 @@ func serveDemoStream(w http.ResponseWriter, r *http.Request, log *slog.Logger, l
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
-	h.Set("Mcp-Session-Id", sid)
+	if echo {
+		h.Set("Mcp-Session-Id", sid)
+	}
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprintf(w, ": demo stream\nretry: %d\n\n", demoRetry)
 	flusher.Flush()

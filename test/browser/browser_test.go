@@ -136,11 +136,6 @@ func TestDemoPageResume(t *testing.T) {
 	atResume := evalPage[int](t, ctx, `document.querySelectorAll("#events li").length`)
 	waitPage(t, ctx, "5 events after the reconnect",
 		fmt.Sprintf(`document.querySelectorAll("#events li").length >= %d`, atResume+5))
-	// The page polls the counters once a second: wait for them to show the resume and its
-	// dropped repeats (this fails, after the wait, if ssetrack never drops them).
-	waitPage(t, ctx, "the page shows ssetrack's counters after the resume",
-		fmt.Sprintf(`document.getElementById("m-resumes").textContent === "1" && document.getElementById("m-dedup").textContent === "%d"`, overlap))
-
 	ids := evalPage[[]string](t, ctx, `[...document.querySelectorAll("#events li")].map(li => li.dataset.id)`)
 	for i, id := range ids {
 		if id != strconv.Itoa(i+1) {
@@ -149,6 +144,11 @@ func TestDemoPageResume(t *testing.T) {
 		}
 	}
 	t.Logf("the page shows ids 1-%d, each once; it resumed after id %d", len(ids), atResume)
+
+	// The page polls the counters once a second: wait for them to show the resume and its
+	// dropped repeats (this fails, after the wait, if ssetrack never drops them).
+	waitPage(t, ctx, "the page shows ssetrack's counters after the resume",
+		fmt.Sprintf(`document.getElementById("m-resumes").textContent === "1" && document.getElementById("m-dedup").textContent === "%d"`, overlap))
 
 	shown := map[string]string{}
 	for _, id := range []string{"dups", "gaps", "reconnects", "m-dedup", "m-replays", "m-resumes"} {
