@@ -15,7 +15,8 @@
 #   make perf               client -> Envoy -> upstream side by side: direct, Envoy alone, Envoy
 #                           with a do-nothing ext_proc, Envoy with ssetrack (test/perf_test.go)
 #   make demo               Envoy, ssetrack and a demo upstream on this machine (cmd/demo):
-#                           a client drops its stream and resumes it
+#                           a client drops its stream and resumes it; then the demo page
+#                           is served (its address is printed) until Ctrl-C
 #   make envoy              just install Envoy $(ENVOY_VERSION) and print its path
 
 SHELL := bash

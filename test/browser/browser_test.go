@@ -14,9 +14,12 @@ package browser
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,11 +63,9 @@ func chromiumBin(t *testing.T) string {
 	return ""
 }
 
-// TestDemoPageResume opens the demo page, lets it receive events, presses "Drop connection"
-// and checks that the browser's EventSource reconnected with Last-Event-ID and that the page
-// then shows every id exactly once, in order: the upstream's repeats of the last events
-// before that id were dropped by ssetrack (which reads the session from the page's cookie).
-// The page's own ssetrack counters must say so too.
+// TestDemoPageResume starts ssetrack, the demo upstream and Envoy with the flags `make demo`
+// gives them, checks the page (checkPage), and checks that ssetrack's own /metrics agree
+// with what the page shows.
 func TestDemoPageResume(t *testing.T) {
 	chrome := chromiumBin(t)
 	bin := harness.SsetrackBin(t)
@@ -79,6 +80,62 @@ func TestDemoPageResume(t *testing.T) {
 	envoyBefore := e.ExtProcStats(t)
 	before := s.Metrics(t)
 
+	checkPage(t, chrome, e.ProxyURL+"/demo/")
+
+	after := s.Metrics(t)
+	if d := after.Sum("ssetrack_events_deduplicated_total") - before.Sum("ssetrack_events_deduplicated_total"); d != overlap {
+		t.Errorf("ssetrack dropped %v duplicates, want %d (the upstream's --overlap)", d, overlap)
+	}
+	if d := after.Sum(`ssetrack_resumes_total{result="matched"}`) - before.Sum(`ssetrack_resumes_total{result="matched"}`); d != 1 {
+		t.Errorf("ssetrack matched %v resumes, want 1", d)
+	}
+	e.CheckNoFailOpen(t, envoyBefore)
+}
+
+// pageAddress finds the page's address in cmd/demo's output.
+var pageAddress = regexp.MustCompile(`In a browser: (http://\S+/demo/)`)
+
+// TestMakeDemoPage runs cmd/demo as `make demo` does, checks the page at the address it
+// prints (checkPage), then stops it with SIGTERM, which must end it cleanly.
+func TestMakeDemoPage(t *testing.T) {
+	chrome := chromiumBin(t)
+	envoy := harness.EnvoyBin(t)
+	bin := harness.SsetrackBin(t)
+	demo := filepath.Join(t.TempDir(), "demo")
+	build := exec.Command("go", "build", "-o", demo, "./cmd/demo")
+	build.Dir = harness.Root(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/demo: %v\n%s", err, out)
+	}
+	p := harness.Start(t, "demo", exec.Command(demo, "--ssetrack", bin, "--envoy", envoy,
+		"--events", "3", "--resume-events", "3", "--interval", "100ms", "--overlap", strconv.Itoa(overlap)))
+	var page string
+	harness.WaitUntil(t, harness.StartTimeout, func() error {
+		if m := pageAddress.FindStringSubmatch(p.Output()); m != nil {
+			page = m[1]
+			return nil
+		}
+		if p.Exited() {
+			t.Fatalf("cmd/demo exited (%v) without serving the page:\n%s", p.Err(), p.Output())
+		}
+		return errors.New("cmd/demo has not printed the page's address yet")
+	})
+
+	checkPage(t, chrome, page)
+
+	if err := p.Stop(); err != nil {
+		t.Errorf("cmd/demo did not exit cleanly on SIGTERM while serving the page: %v", err)
+	}
+}
+
+// checkPage opens the demo page in a headless Chromium, lets it receive events, presses
+// "Drop connection" and checks that the browser's EventSource reconnected (with
+// Last-Event-ID) and that the page then shows every id exactly once, in order: the
+// upstream's repeats of the events before that id were dropped by ssetrack, which reads the
+// session from the page's cookie. The page's ssetrack counters must say so too; they count
+// every session, so nothing else may stream meanwhile.
+func checkPage(t *testing.T, chrome, page string) {
+	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chrome),
 		chromedp.WindowSize(1100, 1200),
@@ -123,7 +180,6 @@ func TestDemoPageResume(t *testing.T) {
 		}
 	}()
 
-	page := e.ProxyURL + "/demo/"
 	if err := chromedp.Do(ctx, chromedp.Navigate(page)); err != nil {
 		t.Fatalf("open %s: %v", page, err)
 	}
@@ -164,16 +220,6 @@ func TestDemoPageResume(t *testing.T) {
 		}
 	}
 
-	// What the page shows agrees with ssetrack's own /metrics.
-	after := s.Metrics(t)
-	if d := after.Sum("ssetrack_events_deduplicated_total") - before.Sum("ssetrack_events_deduplicated_total"); d != overlap {
-		t.Errorf("ssetrack dropped %v duplicates, want %d (the upstream's --overlap)", d, overlap)
-	}
-	if d := after.Sum(`ssetrack_resumes_total{result="matched"}`) - before.Sum(`ssetrack_resumes_total{result="matched"}`); d != 1 {
-		t.Errorf("ssetrack matched %v resumes, want 1", d)
-	}
-	e.CheckNoFailOpen(t, envoyBefore)
-
 	if path := os.Getenv("BROWSER_SCREENSHOT"); path != "" {
 		png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 		if err != nil {
@@ -182,7 +228,7 @@ func TestDemoPageResume(t *testing.T) {
 		if err := os.WriteFile(path, png, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("screenshot: %s", path)
+		t.Logf("screenshot of %s: %s", page, path)
 	}
 }
 
