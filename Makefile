@@ -3,9 +3,12 @@
 #   make test               gofmt check, go vet, all tests with -race, end-to-end through a
 #                           real Envoy (installed by envoy/install.sh into .cache/envoy/),
 #                           the attach guides against the gateways' API types (test-guides),
-#                           then the end-to-end tests again on Envoy $(ENVOY_COMPAT_VERSION)
+#                           the demo page in headless Chromium (test-browser), then the
+#                           end-to-end tests again on Envoy $(ENVOY_COMPAT_VERSION)
 #   make test-guides        envoy/README.md's yaml blocks and envoy/*.yaml decoded into Envoy
 #                           Gateway's, Gateway API's, Istio's and Envoy's own types
+#   make test-browser       the demo page in a headless Chromium (test/browser; Debian's
+#                           chromium package is installed if missing)
 #   make build              bin/ssetrack
 #   make bench              benchmarks side by side with their baselines, written to
 #                           BENCHMARKS.md (test/bench; BENCHTIME=1s, e.g. 100ms for a quick run)
@@ -14,7 +17,8 @@
 #   make perf               client -> Envoy -> upstream side by side: direct, Envoy alone, Envoy
 #                           with a do-nothing ext_proc, Envoy with ssetrack (test/perf_test.go)
 #   make demo               Envoy, ssetrack and a demo upstream on this machine (cmd/demo):
-#                           a client drops its stream and resumes it
+#                           a client drops its stream and resumes it; then the demo page
+#                           is served (its address is printed) until Ctrl-C
 #   make envoy              just install Envoy $(ENVOY_VERSION) and print its path
 
 SHELL := bash
@@ -25,7 +29,7 @@ ENVOY_VERSION ?= 1.40.0
 ENVOY_COMPAT_VERSION ?= 1.36.2
 BENCHTIME ?= 1s
 
-.PHONY: all build test test-guides fmt-check vet envoy demo bench perf test-envoy-compat clean
+.PHONY: all build test test-guides test-browser fmt-check vet envoy demo bench perf test-envoy-compat clean
 
 all: build
 
@@ -62,12 +66,31 @@ test:
 	$(GO) vet ./...; \
 	$(GO) test -race -count=1 ./...; \
 	$(MAKE) --no-print-directory test-guides; \
+	$(MAKE) --no-print-directory test-browser; \
 	$(MAKE) --no-print-directory test-envoy-compat
 
 # test/guides is its own Go module (it keeps the gateways' API modules out of ssetrack's), so
 # ./... above does not reach it; gofmt -l . does.
 test-guides:
 	cd test/guides && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+# test/browser is its own Go module too (chromedp stays out of ssetrack's). chromium.sh finds
+# Chromium or installs Debian's package; if it cannot, the target skips loudly, or fails
+# with CI=true.
+test-browser:
+	@if ! CHROMIUM_BIN="$$(test/browser/chromium.sh)"; then \
+		if [[ "$${CI:-}" == true || "$${CI:-}" == 1 ]]; then \
+			echo "test-browser: FAILED: CI=true and no Chromium (test/browser/chromium.sh)" >&2; \
+			exit 1; \
+		fi; \
+		echo "test-browser: SKIPPED: no Chromium could be found or installed" >&2; \
+		exit 0; \
+	fi; \
+	export CHROMIUM_BIN; \
+	ENVOY_BIN="$${ENVOY_BIN:-$$(envoy/install.sh $(ENVOY_VERSION))}"; \
+	export ENVOY_BIN; \
+	echo "test-browser: CHROMIUM_BIN=$$CHROMIUM_BIN"; \
+	cd test/browser && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # test/bench/main.go runs the benchmarks (parser, gRPC round trip, journal, replay, Envoy)
 # and writes the ratios against their baselines to BENCHMARKS.md; about 5 minutes at 1s.

@@ -6,8 +6,14 @@
 // demo prints what happened: the events the client saw, the duplicates ssetrack dropped,
 // and what JetStream holds for the session.
 //
+// Then it keeps everything running and prints the address of the demo page
+// (http://127.0.0.1:<Envoy's port>/demo/), served by the demo upstream through Envoy: open
+// it in a browser to watch an EventSource stream, drop its connection and see the browser
+// resume it, with ssetrack's counters beside it. Ctrl-C stops everything.
+//
 //	go run ./cmd/demo                 # or: make demo
 //	go run ./cmd/demo --journal=false # dedup only, nothing persisted
+//	go run ./cmd/demo --browser=false # exit after the report, without serving the page
 //
 // Everything listens on free ports of 127.0.0.1 (Envoy's config is rendered into a temporary
 // folder; the file in envoy/ is not touched). The processes are started by test/harness, as
@@ -47,6 +53,7 @@ func main() {
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		os.Exit(2)
+	case err == nil: // also Ctrl-C while the page is served: the normal end
 	case ctx.Err() != nil:
 		fmt.Fprintln(os.Stderr, "demo: interrupted; everything it started has been stopped")
 		os.Exit(130)
@@ -63,6 +70,7 @@ type config struct {
 	resume      int
 	interval    time.Duration
 	overlap     int
+	browser     bool
 	ssetrackBin string
 	envoyBin    string
 	envoyVer    string
@@ -78,6 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.resume, "resume-events", 8, "events the client reads after it resumes")
 	fs.DurationVar(&c.interval, "interval", 100*time.Millisecond, "time between the upstream's events")
 	fs.IntVar(&c.overlap, "overlap", 3, "events the upstream repeats on a resume (ssetrack drops them)")
+	fs.BoolVar(&c.browser, "browser", true, "after the report, keep running and serve the demo page until Ctrl-C")
 	fs.StringVar(&c.ssetrackBin, "ssetrack", os.Getenv("SSETRACK_BIN"), "ssetrack binary to run (default: $SSETRACK_BIN, else go build ./cmd/ssetrack into a temporary folder)")
 	fs.StringVar(&c.envoyBin, "envoy", os.Getenv("ENVOY_BIN"), "Envoy binary (default: $ENVOY_BIN, else the one envoy/install.sh prints)")
 	fs.StringVar(&c.envoyVer, "envoy-version", harness.DefaultEnvoyVersion, "Envoy version for envoy/install.sh")
@@ -94,8 +103,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	p := newProgress(stdout)
 	var logs bytes.Buffer // the harness's log: commands, and the processes' output on failure
+	d := &demo{cfg: c, p: p, stdout: stdout}
 	err := harness.Run(func(msg string) { fmt.Fprintln(&logs, msg) }, func(tb harness.TB) {
-		d := &demo{cfg: c, p: p, stdout: stdout}
 		d.run(ctx, tb)
 	})
 	p.done()
@@ -106,11 +115,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(w, "\n---- processes ----\n%s", logs.Bytes())
 	}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && !d.serving {
 		return ctx.Err()
 	}
 	return err
 }
+
+// pageCookie is the cookie the demo page keeps its session in (demo-upstream sets it);
+// ssetrack is started with --session-cookie pageCookie so that it reads the page's session.
+const pageCookie = "demo_session"
 
 // demo is one run. Only the run's goroutine uses it.
 type demo struct {
@@ -120,6 +133,7 @@ type demo struct {
 
 	ssetrack *harness.Ssetrack
 	proxyURL string
+	serving  bool // the report is out and the page is being served: Ctrl-C is the normal end
 }
 
 // run starts the system and runs the client; a failure ends it through tb.
@@ -144,20 +158,20 @@ func (d *demo) run(ctx context.Context, tb harness.TB) {
 	}
 
 	// 2. Processes, each waited for until it is ready.
-	upPort := harness.FreePorts(tb, 1)[0]
-	d.p.step(fmt.Sprintf("starting the demo upstream on %s", harness.Addr(upPort)))
-	up := harness.Start(tb, "upstream", exec.Command(bin, "demo-upstream",
-		"--listen", harness.Addr(upPort), "--interval", d.cfg.interval.String(),
-		"--overlap", strconv.Itoa(d.cfg.overlap)))
-	up.WaitHTTP(tb, "http://"+harness.Addr(upPort)+"/healthz")
-
 	what := "without a journal (--journal=false)"
 	if d.cfg.journal {
 		what = "with its embedded NATS JetStream server"
 	}
 	d.p.step("starting ssetrack serve " + what)
 	d.ssetrack = harness.StartSsetrack(tb, harness.SsetrackOptions{Bin: bin, LogLevel: "info",
-		Args: []string{"--journal=" + strconv.FormatBool(d.cfg.journal)}})
+		Args: []string{"--journal=" + strconv.FormatBool(d.cfg.journal), "--session-cookie", pageCookie}})
+
+	upPort := harness.FreePorts(tb, 1)[0]
+	d.p.step(fmt.Sprintf("starting the demo upstream on %s", harness.Addr(upPort)))
+	up := harness.Start(tb, "upstream", exec.Command(bin, "demo-upstream",
+		"--listen", harness.Addr(upPort), "--interval", d.cfg.interval.String(),
+		"--overlap", strconv.Itoa(d.cfg.overlap), "--metrics-url", d.ssetrack.MetricsURL+"/metrics"))
+	up.WaitHTTP(tb, "http://"+harness.Addr(upPort)+"/healthz")
 
 	d.p.step("starting Envoy (envoy/envoy.yaml)")
 	e := harness.StartEnvoy(tb, harness.EnvoyOptions{Bin: envoy, UpstreamPort: upPort, ExtProcPort: d.ssetrack.GRPCPort})
@@ -166,6 +180,18 @@ func (d *demo) run(ctx context.Context, tb harness.TB) {
 	// 3. The client.
 	if ctx.Err() == nil {
 		d.client(ctx, tb, bin)
+	}
+
+	// 4. The page, until Ctrl-C.
+	if d.cfg.browser && ctx.Err() == nil && !tb.Failed() {
+		d.serving = true
+		fmt.Fprintf(d.stdout, "== In a browser: %sdemo/\n\n", d.proxyURL)
+		fmt.Fprintf(d.stdout, "  The page reads an EventSource stream through Envoy, with its session in a cookie;\n")
+		fmt.Fprintf(d.stdout, "  \"Drop connection\" ends it from the upstream's side and the browser resumes with\n")
+		fmt.Fprintf(d.stdout, "  Last-Event-ID. ssetrack's counters are shown beside the events.\n\n")
+		fmt.Fprintf(d.stdout, "  Everything keeps running until Ctrl-C.\n")
+		<-ctx.Done()
+		fmt.Fprintln(d.stdout, "demo: stopping")
 	}
 }
 
