@@ -34,8 +34,14 @@ type chunk struct {
 	rec      session.Record
 	delivery session.Delivery
 	locked   bool
-	carried  bool // the parser held bytes of an earlier chunk
-	size     int  // len(body)
+	carried  bool   // the parser held bytes of an earlier chunk
+	body     []byte // the chunk
+	off      int    // while !carried: offset in body of the segment at hand
+	// While ref, rec.Data is body[refStart:refEnd]: the chunk's recorded
+	// events so far lie back to back in body, so the record references
+	// them instead of copying (see appendRecord).
+	ref              bool
+	refStart, refEnd int
 }
 
 // process parses one chunk and returns what to forward in its place:
@@ -43,8 +49,12 @@ type chunk struct {
 // trailing event, which the parser holds for the next chunk (the latency
 // contract: nothing else waits). At end of stream whatever is held is
 // forwarded unchanged. changed is false when out is body itself.
+//
+// body must not change after the call: the journal record may reference
+// it. A gRPC message's bytes are its own (protobuf copies them out of the
+// transport's buffers), so the chunk Envoy sent qualifies.
 func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
-	c := chunk{carried: x.parser.Pending() > 0, size: len(body)}
+	c := chunk{carried: x.parser.Pending() > 0, body: body}
 	x.rw.reset(body, c.carried)
 	x.parser.Feed(body)
 	if x.replay != nil && !c.carried && len(body) > 0 && body[0] != 0xEF {
@@ -61,6 +71,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		} else {
 			x.rw.drop()
 		}
+		c.off += len(seg.Raw) // segments partition the input, in order
 	}
 	if c.locked {
 		c.delivery.End()
@@ -154,26 +165,41 @@ type recordState struct {
 }
 
 // appendRecord adds a delivered event to the chunk's journal record. The
-// record's buffer is allocated once per chunk, sized for all of it: the
-// events come from the chunk and, when a block was carried over, from the
-// parser's carry buffer as well.
+// common chunk, whose events lie back to back in it, costs no copy: the
+// record references the chunk (cap-limited, so the journal's appends never
+// write into it). Otherwise the record gets one buffer, sized for the whole
+// chunk: the events come from the chunk and, when a block was carried over,
+// from the parser's carry buffer, which is reused and must be copied.
 func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64, c *chunk) {
 	if rec.Count == 0 {
-		size := c.size
-		if c.carried {
-			size += len(seg.Raw)
-		}
 		*rec = session.Record{
 			Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.principal,
-			Data: make([]byte, 0, max(size, len(seg.Raw))+1),
 		}
 		x.journal.recorded = true
-		if x.journal.lfOwed {
-			rec.Data = append(rec.Data, '\n')
-			x.journal.lfOwed = false
+		if !c.carried && !x.journal.lfOwed {
+			c.ref, c.refStart, c.refEnd = true, c.off, c.off
+			rec.Data = c.body[c.off:c.off:c.off]
 		}
 	}
-	rec.Data = append(rec.Data, seg.Raw...)
+	switch {
+	case c.ref && c.refEnd == c.off:
+		c.refEnd += len(seg.Raw)
+		rec.Data = c.body[c.refStart:c.refEnd:c.refEnd]
+	default:
+		if c.ref || rec.Data == nil {
+			// Something lies between this event and the last one (a
+			// dropped duplicate, a comment), or the record never could
+			// reference the chunk.
+			buf := make([]byte, 0, max(len(c.body)+len(seg.Raw), 64)+1)
+			if x.journal.lfOwed {
+				buf = append(buf, '\n')
+				x.journal.lfOwed = false
+			}
+			rec.Data = append(buf, rec.Data...)
+			c.ref = false
+		}
+		rec.Data = append(rec.Data, seg.Raw...)
+	}
 	rec.Count++
 	rec.LastSeq = seq
 	if seg.HasID && len(seg.ID) > 0 {
@@ -187,7 +213,13 @@ func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64
 // finishRecord hands the chunk's record to the journal.
 func (x *exchange) finishRecord(rec *session.Record) {
 	if len(x.journal.lastID) > 0 {
-		rec.LastID = string(x.journal.lastID) // once per chunk, not per event
+		// Once per chunk, not per event; a chunk of one event shares the
+		// string.
+		if string(x.journal.lastID) == rec.FirstID {
+			rec.LastID = rec.FirstID
+		} else {
+			rec.LastID = string(x.journal.lastID)
+		}
 		x.journal.lastID = x.journal.lastID[:0]
 	}
 	if rec.Count == 0 && x.journal.lfOwed {
