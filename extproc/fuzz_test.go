@@ -3,9 +3,7 @@ package extproc
 import (
 	"bytes"
 	"context"
-	"slices"
 	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -98,39 +96,6 @@ func FuzzProcessorSplit(f *testing.F) {
 type dedupStreams struct {
 	body, want [2][]byte
 	resume     string // the second stream's Last-Event-ID; "" for none
-	// crlf lists, per stream, the dropped blocks that end in CRLF: where
-	// their final LF is in body, and where in want it would land.
-	crlf [2][]droppedLF
-}
-
-// droppedLF is the final LF of a dropped block ending in CRLF.
-type droppedLF struct{ body, want int }
-
-// leaksDroppedLF states a known bug: when a chunk ends between the CR and
-// the LF that end a dropped duplicate block, the parser returns that LF as a
-// segment of its own (the latency contract), and the processor forwards it,
-// so the client gets one extra "\n" (a blank line, which dispatches
-// nothing, but not the bytes of the input minus the duplicate). The fix
-// belongs in exchange.go (drop a lone-LF segment that follows a dropped
-// block ending in CR); set this to false with it.
-const leaksDroppedLF = true
-
-// wantCut is what the client must get of stream s when it is cut at the
-// given offsets.
-func (d *dedupStreams) wantCut(s int, cuts []int) []byte {
-	want := d.want[s]
-	if !leaksDroppedLF {
-		return want
-	}
-	out := []byte(nil)
-	prev := 0
-	for _, lf := range d.crlf[s] {
-		if slices.Contains(cuts, lf.body) {
-			out = append(append(out, want[prev:lf.want]...), '\n')
-			prev = lf.want
-		}
-	}
-	return append(out, want[prev:]...)
 }
 
 // buildDedupStreams turns ops into two streams of one session. Each op is a
@@ -164,11 +129,8 @@ func buildDedupStreams(ops []byte, resumeSel uint8) dedupStreams {
 	fresh := 0
 	emit := func(block string, drop bool) {
 		d.body[cur] = append(d.body[cur], block...)
-		switch {
-		case !drop:
+		if !drop {
 			d.want[cur] = append(d.want[cur], block...)
-		case strings.HasSuffix(block, "\r\n"):
-			d.crlf[cur] = append(d.crlf[cur], droppedLF{len(d.body[cur]) - 1, len(d.want[cur])})
 		}
 	}
 	// deliver applies the dedup rule to id and reports whether it is dropped.
@@ -318,8 +280,8 @@ func FuzzProcessorDedup(f *testing.F) {
 				t.Fatalf("stream %d whole (Last-Event-ID %q): client got\n%q\nwant\n%q\nof\n%q", s+1, resume, got, d.want[s], d.body[s])
 			}
 			at := offsets(len(d.body[s]), &cuts)
-			if got, want := playStream(cut, d.body[s], at, resume), d.wantCut(s, at); !bytes.Equal(got, want) {
-				t.Fatalf("stream %d cut at %v (Last-Event-ID %q): client got\n%q\nwant\n%q\nof\n%q", s+1, at, resume, got, want, d.body[s])
+			if got := playStream(cut, d.body[s], at, resume); !bytes.Equal(got, d.want[s]) {
+				t.Fatalf("stream %d cut at %v (Last-Event-ID %q): client got\n%q\nwant\n%q\nof\n%q", s+1, at, resume, got, d.want[s], d.body[s])
 			}
 		}
 	})
