@@ -95,7 +95,8 @@ fuzz:
 	dirs="$$(grep -rlE --include='*_test.go' --exclude-dir=.cache --exclude-dir=.git \
 		'^func Fuzz[A-Za-z0-9_]*\(' . | xargs -r -n1 dirname | sort -u)"; \
 	for dir in $$dirs; do \
-		targets="$$(cd "$$dir" && $(GO) test -run '^$$' -list '^Fuzz' . | grep -E '^Fuzz' | grep -E '$(FUZZ)' || true)"; \
+		list="$$(cd "$$dir" && $(GO) test -run '^$$' -list '^Fuzz' .)"; \
+		targets="$$(grep -E '^Fuzz' <<<"$$list" | grep -E '$(FUZZ)' || true)"; \
 		for t in $$targets; do \
 			ran=$$((ran + 1)); \
 			before="$$(find "$$dir/testdata/fuzz/$$t" -type f 2>/dev/null | sort || true)"; \
