@@ -1,10 +1,15 @@
 # ssetrack's build and test entry points. CI runs .ci/run, which runs `make test`.
 #
-#   make test               gofmt check, go vet, all tests with -race, end-to-end through a
-#                           real Envoy (installed by envoy/install.sh into .cache/envoy/),
-#                           the attach guides against the gateways' API types (test-guides),
-#                           the demo page in headless Chromium (test-browser), then the
+#   make test               gofmt check, go vet, staticcheck, all tests with -race, end-to-end
+#                           through a real Envoy (installed by envoy/install.sh into
+#                           .cache/envoy/), every Fuzz target for $(FUZZTIME) (fuzz), the
+#                           attach guides against the gateways' API types (test-guides), the
+#                           demo page in headless Chromium (test-browser), then the
 #                           end-to-end tests again on Envoy $(ENVOY_COMPAT_VERSION)
+#   make staticcheck        staticcheck (pinned, installed by .ci/tools.sh into .cache/tools/)
+#                           over the Go modules
+#   make fuzz               every Fuzz* target in the tree, one at a time, for FUZZTIME each
+#                           (FUZZ=regexp narrows the targets)
 #   make test-guides        envoy/README.md's yaml blocks and envoy/*.yaml decoded into Envoy
 #                           Gateway's, Gateway API's, Istio's and Envoy's own types
 #   make test-browser       the demo page in a headless Chromium (test/browser; Debian's
@@ -28,8 +33,13 @@ GO ?= go
 ENVOY_VERSION ?= 1.40.0
 ENVOY_COMPAT_VERSION ?= 1.36.2
 BENCHTIME ?= 1s
+FUZZTIME ?= 15s
+# Go minimizes every new interesting input for up to 60 s by default, which would eat a short
+# run; a crash is still minimized, for at most this long.
+FUZZMINIMIZETIME ?= 5s
+FUZZ ?= .
 
-.PHONY: all build test test-guides test-browser fmt-check vet envoy demo bench perf test-envoy-compat clean
+.PHONY: all build test test-guides test-browser fmt-check vet staticcheck fuzz envoy demo bench perf test-envoy-compat clean
 
 all: build
 
@@ -64,10 +74,55 @@ test:
 	echo "make test: ENVOY_BIN=$$ENVOY_BIN"; \
 	$(MAKE) --no-print-directory fmt-check; \
 	$(GO) vet ./...; \
+	$(MAKE) --no-print-directory staticcheck; \
 	$(GO) test -race -count=1 ./...; \
+	$(MAKE) --no-print-directory fuzz; \
 	$(MAKE) --no-print-directory test-guides; \
 	$(MAKE) --no-print-directory test-browser; \
 	$(MAKE) --no-print-directory test-envoy-compat
+
+# Both modules: test/guides (below) is a module of its own, which ./... does not reach.
+staticcheck:
+	@sc="$$(.ci/tools.sh staticcheck)"; \
+	echo "staticcheck: $$sc"; \
+	"$$sc" ./...; \
+	for m in test/guides test/browser test/bench; do (cd "$$m" && "$$sc" ./...); done
+
+# Go fuzzes one target of one package per run, so each target gets its own `go test -fuzz`.
+# The targets are listed, not named here: every package with a `func Fuzz` in a test file
+# (in either module) is asked for its targets with `go test -list`, so a new target runs
+# without anyone editing this file. The seed corpus (f.Add and testdata/fuzz/<target>/) runs
+# first. A failure does not stop the other targets, but fails the run at the end; Go writes
+# the failing input to <package>/testdata/fuzz/<target>/<hash>, and its path and contents are
+# printed here, so a crash found in CI can be reproduced (go test -run=<target>/<hash>) and
+# committed as a seed once fixed.
+fuzz:
+	@failed=(); ran=0; \
+	dirs="$$(grep -rlE --include='*_test.go' --exclude-dir=.cache --exclude-dir=.git \
+		'^func Fuzz[A-Za-z0-9_]*\(' . | xargs -r -n1 dirname | sort -u)"; \
+	for dir in $$dirs; do \
+		list="$$(cd "$$dir" && $(GO) test -run '^$$' -list '^Fuzz' .)"; \
+		targets="$$(grep -E '^Fuzz' <<<"$$list" | grep -E '$(FUZZ)' || true)"; \
+		for t in $$targets; do \
+			ran=$$((ran + 1)); \
+			before="$$(find "$$dir/testdata/fuzz/$$t" -type f 2>/dev/null | sort || true)"; \
+			echo "fuzz: $$dir $$t for $(FUZZTIME)"; \
+			if ! (cd "$$dir" && $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) .); then \
+				failed+=("$$dir $$t"); \
+				after="$$(find "$$dir/testdata/fuzz/$$t" -type f 2>/dev/null | sort || true)"; \
+				for f in $$(comm -13 <(echo "$$before") <(echo "$$after")); do \
+					echo "fuzz: FAIL $$t: failing input written to $$f:" >&2; \
+					cat "$$f" >&2; \
+					echo "fuzz: reproduce with: (cd $$dir && $(GO) test -run '$$t/$$(basename "$$f")' .)" >&2; \
+				done; \
+			fi; \
+		done; \
+	done; \
+	if (( ran == 0 )); then echo "fuzz: no Fuzz targets found" >&2; exit 1; fi; \
+	if (( $${#failed[@]} > 0 )); then \
+		echo "fuzz: $${#failed[@]} of $$ran targets failed: $${failed[*]}" >&2; exit 1; \
+	fi; \
+	echo "fuzz: $$ran targets passed, $(FUZZTIME) each"
 
 # test/guides is its own Go module (it keeps the gateways' API modules out of ssetrack's), so
 # ./... above does not reach it; gofmt -l . does.

@@ -66,10 +66,14 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		if x.replay != nil && seg.Kind != sse.KindBOM {
 			x.sendReplay() // after the stream's BOM, before anything else
 		}
-		if x.keep(seg, &c) {
+		switch cut := x.decide(seg, &c); cut {
+		case 0:
 			x.rw.keep(seg.Raw)
-		} else {
+		case len(seg.Raw):
 			x.rw.drop()
+		default: // the LF of a dropped event's CRLF, then what follows it
+			x.rw.drop()
+			x.rw.keep(seg.Raw[cut:])
 		}
 		c.off += len(seg.Raw) // segments partition the input, in order
 	}
@@ -100,33 +104,40 @@ func (x *exchange) sendReplay() {
 	x.replay = nil
 }
 
-// keep decides one segment: false drops it (a duplicate event the client
-// already has). Everything but events is kept.
-func (x *exchange) keep(seg sse.Segment, c *chunk) bool {
-	crEnd := x.journal.crEnd
-	x.journal.crEnd = false
+// decide decides one segment and returns how many of its leading bytes to
+// leave out: all of a duplicate event the client already has, the LF that
+// completes such an event's CRLF when it comes in the next chunk, none of
+// anything else.
+func (x *exchange) decide(seg sse.Segment, c *chunk) (cut int) {
+	crEnd, dropCR := x.journal.crEnd, x.dropCR
+	x.journal.crEnd, x.dropCR = false, false
 	switch seg.Kind {
 	case sse.KindComment:
-		// The LF that completes a recorded event's CRLF belongs in the
-		// journal with it.
-		x.journal.lfOwed = x.journal.lfOwed || crEnd && seg.Raw[0] == '\n'
-		return true
+		if seg.Raw[0] == '\n' {
+			if dropCR {
+				return 1 // goes with the dropped event, as it would in one chunk
+			}
+			// The LF that completes a recorded event's CRLF belongs in
+			// the journal with it.
+			x.journal.lfOwed = x.journal.lfOwed || crEnd
+		}
+		return 0
 	case sse.KindOversize:
 		if seg.End {
 			c.counts.oversize++
 		}
-		return true
+		return 0
 	case sse.KindBlock:
 		if !seg.HasData && !seg.HasID {
-			return true // retry or event fields only, a blank line: no event
+			return 0 // retry or event fields only, a blank line: no event
 		}
 	default:
-		return true
+		return 0
 	}
 	c.counts.seen++
 	if x.stream == nil {
 		c.counts.forwarded++
-		return true
+		return 0
 	}
 	if !c.locked {
 		c.delivery, c.locked = x.stream.Begin(), true
@@ -141,15 +152,17 @@ func (x *exchange) keep(seg sse.Segment, c *chunk) bool {
 		c.counts.deduped++
 		if x.observe {
 			c.counts.forwarded++
+			return 0
 		}
-		return x.observe
+		x.dropCR = seg.Raw[len(seg.Raw)-1] == '\r'
+		return len(seg.Raw)
 	}
 	c.counts.forwarded++
 	if x.cfg.Recorder != nil {
 		x.appendRecord(&c.rec, seg, seq, c)
 		x.journal.crEnd = seg.Raw[len(seg.Raw)-1] == '\r'
 	}
-	return true
+	return 0
 }
 
 // recordState is what the exchange keeps between chunks for the journal.

@@ -44,6 +44,10 @@ type exchange struct {
 	rw      rewriter
 	replay  []byte // events to send before the upstream's first event
 	journal recordState
+	// dropCR: the last segment was a dropped duplicate ending in the CR of
+	// its blank line, at the end of its chunk; an LF opening the next chunk
+	// completes that CRLF and is dropped with it.
+	dropCR bool
 }
 
 // requestInfo is what the request headers say.

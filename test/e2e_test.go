@@ -670,8 +670,14 @@ func testJournal(t *testing.T, fx *fixture) {
 func waitStored(t *testing.T, js jetstream.JetStream, sid string, want int, bound time.Duration) []byte {
 	t.Helper()
 	var data []byte
+	subject := journal.Subject(journal.DefaultSubjectPrefix, sid)
 	harness.WaitUntil(t, bound, func() error {
-		data = harness.StoredSession(t, js, sid)
+		var err error
+		// A read can fail for a moment (a JetStream cluster electing a
+		// leader answers "no responders"): try again until the bound.
+		if data, _, err = harness.ReadSubject(js, journal.DefaultStream, subject); err != nil {
+			return fmt.Errorf("read %s from stream %s: %w", subject, journal.DefaultStream, err)
+		}
 		if n := len(allIDs(data)); n < want {
 			return fmt.Errorf("JetStream holds %d events of session %s, want %d", n, sid, want)
 		}

@@ -23,7 +23,8 @@
 // blocks, comment lines and blank lines between blocks (heartbeats, even a
 // comment line not yet ended), and the LF that completes a CRLF. A CR at the
 // end of a chunk ends its line at once; if the next chunk starts with LF,
-// that LF is returned as a KindComment segment of its own.
+// that LF opens a KindComment segment (alone, or with the comment lines that
+// follow it in that chunk).
 //
 // # Segment boundaries
 //

@@ -94,10 +94,7 @@ var labelPair = regexp.MustCompile(`([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"
 // splitSeries splits a key or selector into its name and its label pairs, as written.
 func splitSeries(s string) (name string, pairs []string) {
 	name, rest, _ := strings.Cut(s, "{")
-	for _, m := range labelPair.FindAllString(rest, -1) {
-		pairs = append(pairs, m)
-	}
-	return name, pairs
+	return name, labelPair.FindAllString(rest, -1)
 }
 
 // Sub returns m[name] - old[name].
