@@ -158,7 +158,7 @@ func (x *exchange) decide(seg sse.Segment, c *chunk) (cut int) {
 		return len(seg.Raw)
 	}
 	c.counts.forwarded++
-	if x.cfg.Recorder != nil {
+	if x.cfg.Recorder != nil && seq != 0 { // seq 0: stored when first delivered
 		x.appendRecord(&c.rec, seg, seq, c)
 		x.journal.crEnd = seg.Raw[len(seg.Raw)-1] == '\r'
 	}

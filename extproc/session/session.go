@@ -191,25 +191,34 @@ func (d Delivery) End() { d.st.sess.mu.Unlock() }
 // §9.2): an empty id resets the stream's last event id and, like an event
 // without id, is never a duplicate. It returns the event's per-session
 // sequence number, or dup set and seq 0 when the client already has the
-// event. A delivered event's id (copied) becomes the stream's last event id.
+// event. An event a resuming client says it lost (delivered on this stream
+// after its Last-Event-ID) goes to it again with seq 0: it was numbered and
+// stored when first delivered, and is neither numbered nor stored again. A
+// delivered event's id (copied) becomes the stream's last event id.
 func (d Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
 	st := d.st
 	s := st.sess
+	again := false
 	if len(id) > 0 {
 		h := s.table.hashBytes(id)
 		if slot := s.win.find(h); slot >= 0 {
 			pos := s.win.position(slot)
-			redeliver := st.matched && s.win.tag(slot) == tagOf(st.num) && pos > st.cutoff && pos < st.start
-			if !redeliver {
+			again = st.matched && s.win.tag(slot) == tagOf(st.num) && pos > st.cutoff && pos < st.start
+			if !again {
 				return 0, true
 			}
 		}
+		// Once more at the head of the window: a second repeat in this
+		// response is a duplicate.
 		s.win.add(h, st.num)
 	}
 	if hasID {
 		if info := s.stream(st.num); info != nil {
 			info.lastID = append(info.lastID[:0], id...)
 		}
+	}
+	if again {
+		return 0, false
 	}
 	s.seq++
 	return s.seq, false

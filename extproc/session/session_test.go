@@ -473,3 +473,22 @@ func TestFailedLoadIsRetried(t *testing.T) {
 		t.Errorf("delivered %v after the retried load, want [3]", got)
 	}
 }
+
+// TestLostEventsAgainNotRenumbered: events a resuming client says it lost go
+// to it again, but keep the number they were stored with: they are neither
+// numbered nor stored again, and a second repeat in the response is dropped.
+func TestLostEventsAgainNotRenumbered(t *testing.T) {
+	tb := newTestTable(t, Config{})
+	s := acquire(t, tb, "S")
+	deliver(s.OpenStream(Resume{}), "1", "2", "3") // seq 1..3
+	d := s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true}).Begin()
+	defer d.End()
+	var got []string
+	for _, id := range []string{"2", "3", "3", "4"} {
+		seq, dup := d.Deliver([]byte(id), true)
+		got = append(got, fmt.Sprintf("%s:%d/%t", id, seq, dup))
+	}
+	if want := "[2:0/false 3:0/false 3:0/true 4:4/false]"; fmt.Sprint(got) != want {
+		t.Errorf("deliveries %v, want %s", got, want)
+	}
+}

@@ -175,9 +175,17 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 	}
 	select {
 	case <-s.ready:
-	case <-ctx.Done():
-		t.Release(s)
-		return nil, ctx.Err()
+	default:
+		// Another request is loading the session: wait for it, within ctx.
+		// (Only then: a cached session is never refused for a ctx that ran
+		// out on the way here, in a slow Stale check, say. A select over a
+		// closed ready and a done ctx would pick either.)
+		select {
+		case <-s.ready:
+		case <-ctx.Done():
+			t.Release(s)
+			return nil, ctx.Err()
+		}
 	}
 	if load && s.unloaded.CompareAndSwap(true, false) {
 		// The copy's history never loaded: try again, keeping what the copy
