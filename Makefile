@@ -3,9 +3,13 @@
 #   make test               gofmt check, go vet, all tests with -race, end-to-end through a
 #                           real Envoy (installed by envoy/install.sh into .cache/envoy/),
 #                           the attach guides against the gateways' API types (test-guides),
-#                           then the end-to-end tests again on Envoy $(ENVOY_COMPAT_VERSION)
+#                           the MCP Go SDK through Envoy (test-mcp), then the end-to-end
+#                           tests again on Envoy $(ENVOY_COMPAT_VERSION); the README's `nats`
+#                           commands run with the NATS CLI (.ci/tools.sh nats, into .cache/)
 #   make test-guides        envoy/README.md's yaml blocks and envoy/*.yaml decoded into Envoy
 #                           Gateway's, Gateway API's, Istio's and Envoy's own types
+#   make test-mcp           the MCP Go SDK's client and server through Envoy and ssetrack
+#                           (test/mcp, a module of its own)
 #   make build              bin/ssetrack
 #   make bench              Go benchmarks (BENCH=regexp, BENCHTIME=duration)
 #   make test-envoy-compat  the end-to-end tests against Envoy $(ENVOY_COMPAT_VERSION)
@@ -24,7 +28,7 @@ ENVOY_COMPAT_VERSION ?= 1.36.2
 BENCH ?= .
 BENCHTIME ?= 1s
 
-.PHONY: all build test test-guides fmt-check vet envoy demo bench perf test-envoy-compat clean
+.PHONY: all build test test-guides test-mcp fmt-check vet envoy demo bench perf test-envoy-compat clean
 
 all: build
 
@@ -57,16 +61,25 @@ test:
 	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
 	export ENVOY_BIN; \
 	echo "make test: ENVOY_BIN=$$ENVOY_BIN"; \
+	NATS_BIN="$$(.ci/tools.sh nats)"; \
+	export NATS_BIN; \
 	$(MAKE) --no-print-directory fmt-check; \
 	$(GO) vet ./...; \
 	$(GO) test -race -count=1 ./...; \
 	$(MAKE) --no-print-directory test-guides; \
+	$(MAKE) --no-print-directory test-mcp; \
 	$(MAKE) --no-print-directory test-envoy-compat
 
 # test/guides is its own Go module (it keeps the gateways' API modules out of ssetrack's), so
 # ./... above does not reach it; gofmt -l . does.
 test-guides:
 	cd test/guides && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+# test/mcp is a module of its own too (it keeps the MCP SDK out of ssetrack's).
+test-mcp:
+	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
+	export ENVOY_BIN; \
+	cd test/mcp && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
 # test/ has no benchmarks (and its TestMain builds ssetrack), so it is left out.
 bench:

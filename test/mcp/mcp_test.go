@@ -13,8 +13,9 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/ssetrack/ssetrack/extproc/journal"
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 	"github.com/ssetrack/ssetrack/test/harness"
 )
 
@@ -38,23 +39,25 @@ const (
 // ssetrack serves the swallowed events from JetStream first and drops the server's repeats.
 // Each notification arrives once, in order, and then the result.
 func TestMCPResume(t *testing.T) {
-	sys := startSystem(t, mcp.NewMemoryEventStore(nil))
+	resumeThroughCut(t, "replayed", swallow)
+}
+
+// resumeThroughCut runs the call of TestMCPResume against ssetrack started with args; the
+// resume must carry the Ssetrack-Replay header wantReplay, and ssetrack must drop dedups of
+// the server's events as duplicates.
+func resumeThroughCut(t *testing.T, wantReplay string, dedups float64, args ...string) {
+	sys := startSystem(t, mcp.NewMemoryEventStore(nil), args...)
 	sess := sys.connect(t)
 	sid := sess.ID()
 	js := harness.JetStream(t, sys.ssetrack.NATSURL)
 	// The relay drops the connection only once the swallowed events are in JetStream, so
 	// that ssetrack can replay them whatever the timing.
 	sys.relay.beforeDrop = func() error {
-		return waitFor(30*time.Second, func() error {
-			stored, _, err := harness.ReadSubject(js, journal.DefaultStream, journal.Subject(journal.DefaultSubjectPrefix, sid))
-			if err != nil {
-				return err
-			}
-			if !bytes.Contains(stored, fmt.Appendf(nil, `"progress":%d,`, cutAt+swallow)) {
-				return fmt.Errorf("JetStream does not hold notification %d yet", cutAt+swallow)
-			}
-			return nil
+		_, err := readStored(js, sid, func(ev []byte) bool {
+			p, ok := progressOf(ev)
+			return ok && p == cutAt+swallow
 		})
+		return err
 	}
 	before := sys.ssetrack.Metrics(t)
 	envoyBefore := sys.envoy.ExtProcStats(t)
@@ -80,31 +83,39 @@ func TestMCPResume(t *testing.T) {
 	if r.lastEventID != sys.relay.passedID {
 		t.Errorf("resume Last-Event-ID %q, want the last id the client saw, %q", r.lastEventID, sys.relay.passedID)
 	}
-	if r.status != http.StatusOK || r.replay != "replayed" {
-		t.Errorf("resume answered %d with Ssetrack-Replay %q, want 200 and replayed", r.status, r.replay)
+	if r.status != http.StatusOK || r.replay != wantReplay {
+		t.Errorf("resume answered %d with Ssetrack-Replay %q, want 200 and %q", r.status, r.replay, wantReplay)
 	}
 	after := sys.ssetrack.Metrics(t)
-	if d := after.Sum(`ssetrack_replays_total{result="replayed"}`) - before.Sum(`ssetrack_replays_total{result="replayed"}`); d != 1 {
-		t.Errorf("ssetrack_replays_total{result=\"replayed\"} grew by %v, want 1", d)
+	wantReplays := 0.0
+	if wantReplay == "replayed" {
+		wantReplays = 1
 	}
-	// The server replayed the swallowed events too (from its event store): ssetrack dropped
-	// those repeats.
-	if d := after.Sum("ssetrack_events_deduplicated_total") - before.Sum("ssetrack_events_deduplicated_total"); d != swallow {
-		t.Errorf("ssetrack_events_deduplicated_total grew by %v, want %d (the server's repeats of the swallowed events)", d, swallow)
+	if d := after.Sum(`ssetrack_replays_total{result="replayed"}`) - before.Sum(`ssetrack_replays_total{result="replayed"}`); d != wantReplays {
+		t.Errorf("ssetrack_replays_total{result=\"replayed\"} grew by %v, want %v", d, wantReplays)
+	}
+	// With a replay, the server's repeats of the swallowed events (from its event store)
+	// are dropped.
+	if d := after.Sum("ssetrack_events_deduplicated_total") - before.Sum("ssetrack_events_deduplicated_total"); d != dedups {
+		t.Errorf("ssetrack_events_deduplicated_total grew by %v, want %v (the server's repeats of the swallowed events)", d, dedups)
 	}
 	sys.envoy.CheckNoFailOpen(t, envoyBefore)
 
-	// JetStream holds every notification once: neither the replay nor the server's
-	// repeats were stored again.
-	harness.WaitUntil(t, 30*time.Second, func() error {
-		stored := harness.StoredSession(t, js, sid)
-		for i := 1; i <= notifications; i++ {
-			if n := bytes.Count(stored, fmt.Appendf(nil, `"progress":%d,`, i)); n != 1 {
-				return fmt.Errorf("JetStream holds notification %d %d times, want once", i, n)
-			}
+	// JetStream holds every notification once, up to the result: neither the replay nor
+	// the server's repeats were stored again.
+	stored, err := readStored(js, sid, func(ev []byte) bool { return bytes.Contains(ev, []byte("counted to 50")) })
+	if err != nil {
+		t.Fatalf("JetStream: %v", err)
+	}
+	var storedProgress []int
+	for _, ev := range stored {
+		if p, ok := progressOf(ev); ok {
+			storedProgress = append(storedProgress, p)
 		}
-		return nil
-	})
+	}
+	if want := seq(1, notifications); !slices.Equal(storedProgress, want) {
+		t.Errorf("JetStream holds notifications %v, want each of 1..%d once, in order", storedProgress, notifications)
+	}
 }
 
 // TestMCPNoEventStore: the same call to a server without an event store. The SDK's server
@@ -150,13 +161,14 @@ type system struct {
 	received []int // progress values, in the order the client's handler saw them
 }
 
-// startSystem starts the SDK server (with store as its event store, nil for none), ssetrack,
+// startSystem starts the SDK server (with store as its event store, nil for none), ssetrack
+// (with the further flags args),
 // Envoy with envoy/envoy.yaml and the relay in front of Envoy.
-func startSystem(t *testing.T, store mcp.EventStore) *system {
+func startSystem(t *testing.T, store mcp.EventStore, args ...string) *system {
 	t.Helper()
 	harness.EnvoyBin(t) // skip (or fail in CI) before starting anything
 	sys := &system{server: startToolServer(t, store)}
-	sys.ssetrack = harness.StartSsetrack(t, harness.SsetrackOptions{})
+	sys.ssetrack = harness.StartSsetrack(t, harness.SsetrackOptions{Args: args})
 	sys.envoy = harness.StartEnvoy(t, harness.EnvoyOptions{UpstreamPort: sys.server.port, ExtProcPort: sys.ssetrack.GRPCPort})
 	sys.relay = startCutRelay(t, strings.TrimPrefix(sys.envoy.ProxyURL, "http://"), &cutRelay{
 		marker: []byte(`"tools/call"`),
@@ -358,6 +370,29 @@ func seq(from, to int) []int {
 		s = append(s, i)
 	}
 	return s
+}
+
+// readStored reads the session's events from JetStream with the journal's consumer package,
+// waiting for new ones, until last returns true for one; it returns the events read (their
+// SSE bytes), or an error after 30 s.
+func readStored(js jetstream.JetStream, sid string, last func(ev []byte) bool) ([][]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := js.Stream(ctx, history.DefaultStream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", history.DefaultStream, err)
+	}
+	var evs [][]byte
+	for ev, err := range history.NewReader(stream, "").Events(ctx, sid, history.ReadOptions{Follow: true}) {
+		if err != nil {
+			return evs, fmt.Errorf("read session %q after %d events: %w", sid, len(evs), err)
+		}
+		evs = append(evs, bytes.Clone(ev.Data))
+		if last(ev.Data) {
+			return evs, nil
+		}
+	}
+	return evs, fmt.Errorf("read session %q: ended after %d events", sid, len(evs))
 }
 
 // waitFor polls cond until it returns nil or timeout passes, for use off the test
