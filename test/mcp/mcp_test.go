@@ -42,6 +42,14 @@ func TestMCPResume(t *testing.T) {
 	resumeThroughCut(t, "replayed", swallow)
 }
 
+// TestMCPResumeWithoutReplay is TestMCPResume with ssetrack's replay turned off: the server's
+// event store alone gives the client the swallowed events again, and ssetrack forwards them
+// (the client's Last-Event-ID says it never got them). The client still gets each
+// notification once; JetStream must still hold each once.
+func TestMCPResumeWithoutReplay(t *testing.T) {
+	resumeThroughCut(t, "", 0, "--replay=false")
+}
+
 // resumeThroughCut runs the call of TestMCPResume against ssetrack started with args; the
 // resume must carry the Ssetrack-Replay header wantReplay, and ssetrack must drop dedups of
 // the server's events as duplicates.
