@@ -3,13 +3,12 @@
 #   make test               gofmt check, go vet, all tests with -race, end-to-end through a
 #                           real Envoy (installed by envoy/install.sh into .cache/envoy/),
 #                           the attach guides against the gateways' API types (test-guides),
-#                           the MCP Go SDK through Envoy (test-mcp), then the end-to-end
-#                           tests again on Envoy $(ENVOY_COMPAT_VERSION); the README's `nats`
-#                           commands run with the NATS CLI (.ci/tools.sh nats, into .cache/)
+#                           then the end-to-end tests again on Envoy $(ENVOY_COMPAT_VERSION)
 #   make test-guides        envoy/README.md's yaml blocks and envoy/*.yaml decoded into Envoy
 #                           Gateway's, Gateway API's, Istio's and Envoy's own types
 #   make test-mcp           the MCP Go SDK's client and server through Envoy and ssetrack
-#                           (test/mcp, a module of its own)
+#                           (test/mcp, a module of its own); part of make test, which also
+#                           installs the NATS CLI (.ci/tools.sh nats) for test/natscli_test.go
 #   make build              bin/ssetrack
 #   make bench              Go benchmarks (BENCH=regexp, BENCHTIME=duration)
 #   make test-envoy-compat  the end-to-end tests against Envoy $(ENVOY_COMPAT_VERSION)
@@ -28,7 +27,7 @@ ENVOY_COMPAT_VERSION ?= 1.36.2
 BENCH ?= .
 BENCHTIME ?= 1s
 
-.PHONY: all build test test-guides test-mcp fmt-check vet envoy demo bench perf test-envoy-compat clean
+.PHONY: all build test test-guides fmt-check vet envoy demo bench perf test-envoy-compat clean
 
 all: build
 
@@ -76,6 +75,7 @@ test-guides:
 	cd test/guides && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # test/mcp is a module of its own too (it keeps the MCP SDK out of ssetrack's).
+.PHONY: test-mcp
 test-mcp:
 	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
 	export ENVOY_BIN; \

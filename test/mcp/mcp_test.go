@@ -95,6 +95,10 @@ func resumeThroughCut(t *testing.T, wantReplay string, dedups float64, args ...s
 		t.Errorf("resume answered %d with Ssetrack-Replay %q, want 200 and %q", r.status, r.replay, wantReplay)
 	}
 	after := sys.ssetrack.Metrics(t)
+	// ssetrack matched the GET to the POST's stream by its Last-Event-ID.
+	if d := after.Sum(`ssetrack_resumes_total{result="matched"}`) - before.Sum(`ssetrack_resumes_total{result="matched"}`); d != 1 {
+		t.Errorf("ssetrack_resumes_total{result=\"matched\"} grew by %v, want 1 (the GET continues the POST's stream)", d)
+	}
 	wantReplays := 0.0
 	if wantReplay == "replayed" {
 		wantReplays = 1
