@@ -124,7 +124,9 @@ func checkSubOutput(t *testing.T, line, out string, stored []byte) {
 func natsCLI(t *testing.T) string {
 	t.Helper()
 	bin := os.Getenv("NATS_BIN")
+	where := "NATS_BIN=" + bin
 	if bin == "" {
+		where = "nothing under .cache/tools/nats/"
 		found, _ := filepath.Glob(filepath.Join(harness.Root(t), ".cache", "tools", "nats", "*", "nats"))
 		slices.Sort(found)
 		if len(found) > 0 {
@@ -136,7 +138,7 @@ func natsCLI(t *testing.T) string {
 			return bin
 		}
 	}
-	msg := fmt.Sprintf("no NATS CLI (NATS_BIN=%q, nothing under .cache/tools/nats/): run .ci/tools.sh nats (make test does)", os.Getenv("NATS_BIN"))
+	msg := fmt.Sprintf("no NATS CLI (%s): run .ci/tools.sh nats (make test does)", where)
 	if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
 		t.Fatalf("CI=true and %s", msg)
 	}
