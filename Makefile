@@ -14,6 +14,9 @@
 #                           Gateway's, Gateway API's, Istio's and Envoy's own types
 #   make test-browser       the demo page in a headless Chromium (test/browser; Debian's
 #                           chromium package is installed if missing)
+#   make test-mcp           the MCP Go SDK's client and server through Envoy and ssetrack
+#                           (test/mcp, a module of its own); part of make test, which also
+#                           installs the NATS CLI (.ci/tools.sh nats) for test/natscli_test.go
 #   make build              bin/ssetrack
 #   make bench              benchmarks side by side with their baselines, written to
 #                           BENCHMARKS.md (test/bench; BENCHTIME=1s, e.g. 100ms for a quick run)
@@ -72,6 +75,8 @@ test:
 	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
 	export ENVOY_BIN; \
 	echo "make test: ENVOY_BIN=$$ENVOY_BIN"; \
+	NATS_BIN="$$(.ci/tools.sh nats)"; \
+	export NATS_BIN; \
 	$(MAKE) --no-print-directory fmt-check; \
 	$(GO) vet ./...; \
 	$(MAKE) --no-print-directory staticcheck; \
@@ -79,6 +84,7 @@ test:
 	$(MAKE) --no-print-directory fuzz; \
 	$(MAKE) --no-print-directory test-guides; \
 	$(MAKE) --no-print-directory test-browser; \
+	$(MAKE) --no-print-directory test-mcp; \
 	$(MAKE) --no-print-directory test-envoy-compat
 
 # Both modules: test/guides (below) is a module of its own, which ./... does not reach.
@@ -86,7 +92,7 @@ staticcheck:
 	@sc="$$(.ci/tools.sh staticcheck)"; \
 	echo "staticcheck: $$sc"; \
 	"$$sc" ./...; \
-	for m in test/guides test/browser test/bench; do (cd "$$m" && "$$sc" ./...); done
+	for m in test/guides test/browser test/bench test/mcp; do (cd "$$m" && "$$sc" ./...); done
 
 # Go fuzzes one target of one package per run, so each target gets its own `go test -fuzz`.
 # The targets are listed, not named here: every package with a `func Fuzz` in a test file
@@ -149,6 +155,13 @@ test-browser:
 
 # test/bench/main.go runs the benchmarks (parser, gRPC round trip, journal, replay, Envoy)
 # and writes the ratios against their baselines to BENCHMARKS.md; about 5 minutes at 1s.
+# test/mcp is a module of its own too (it keeps the MCP SDK out of ssetrack's).
+.PHONY: test-mcp
+test-mcp:
+	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
+	export ENVOY_BIN; \
+	cd test/mcp && $(GO) vet ./... && $(GO) test -race -count=1 ./...
+
 bench:
 	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
 	export ENVOY_BIN; \

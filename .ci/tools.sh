@@ -2,6 +2,7 @@
 # tools.sh installs a Go tool the checks need, at a pinned version, and prints its path.
 #
 # Usage: .ci/tools.sh staticcheck      (STATICCHECK_VERSION overrides the pin)
+#        .ci/tools.sh nats             (NATSCLI_VERSION overrides the pin)
 #
 # The binary is built with `go install` from the Go module proxy into
 # <repo>/.cache/tools/<name>/<version>/ (.cache/ is gitignored) and reused on later runs, so a
@@ -11,7 +12,10 @@
 #
 # Pins. staticcheck v0.8.2 (honnef.co/go/tools) is the newest version the proxy served when it
 # was chosen (`go list -m -versions honnef.co/go/tools`); its go.mod says `go 1.26.0`, the
-# first line to analyse Go 1.26 code (v0.7.0 was built for Go 1.25).
+# first line to analyse Go 1.26 code (v0.7.0 was built for Go 1.25). The NATS CLI `nats`
+# (github.com/nats-io/natscli) v0.5.1 is the newest the proxy served when it was chosen
+# (`go list -m -versions github.com/nats-io/natscli`); test/natscli_test.go runs the README's
+# `nats` commands with it.
 set -euo pipefail
 
 name="${1:-}"
@@ -20,8 +24,12 @@ staticcheck)
 	version="${STATICCHECK_VERSION:-v0.8.2}"
 	pkg="honnef.co/go/tools/cmd/staticcheck"
 	;;
+nats)
+	version="${NATSCLI_VERSION:-v0.5.1}"
+	pkg="github.com/nats-io/natscli/nats"
+	;;
 *)
-	echo "tools.sh: unknown tool ${name@Q} (known: staticcheck)" >&2
+	echo "tools.sh: unknown tool ${name@Q} (known: staticcheck, nats)" >&2
 	exit 2
 	;;
 esac
