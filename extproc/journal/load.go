@@ -87,7 +87,7 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 			OptStartSeq:    from,
 		}
 		var evs []session.EventRef
-		err = scanBatches(ctx, stream, occ, last.Sequence, func(b history.Batch) error {
+		err = history.Scan(ctx, stream, occ, last.Sequence, func(b history.Batch) error {
 			for ev := range b.Events() {
 				if ev.ID != "" && ev.Seq >= target {
 					evs = append(evs, session.EventRef{ID: ev.ID, Stream: b.Stream, Seq: ev.Seq})
@@ -157,40 +157,4 @@ func findStart(ctx context.Context, stream jetstream.Stream, subj string, target
 		}
 	}
 	return lo, nil
-}
-
-// scanBatches reads batches with an ordered consumer configured by occ and
-// calls fn for each, until the batch at stream sequence end. Messages
-// without batch headers are skipped.
-func scanBatches(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedConsumerConfig, end uint64, fn func(history.Batch) error) error {
-	cons, err := stream.OrderedConsumer(ctx, occ)
-	if err != nil {
-		return fmt.Errorf("ordered consumer: %w", err)
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("consume: %w", err)
-	}
-	defer it.Stop()
-	for {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("next batch: %w", err)
-		}
-		b, err := history.DecodeMsg(msg)
-		switch {
-		case err == nil:
-			if err := fn(b); err != nil {
-				return err
-			}
-		case !errors.Is(err, history.ErrBadBatch):
-			return err
-		}
-		if b.Sequence >= end {
-			return nil
-		}
-	}
 }

@@ -117,6 +117,13 @@ func ReadSubject(js jetstream.JetStream, stream, subject string) (data []byte, m
 	if err != nil {
 		return nil, 0, err
 	}
+	// Polled in loops: leave no consumer behind (the server refuses more
+	// than 1,000 per stream by default).
+	defer func() {
+		if info := cons.CachedInfo(); info != nil {
+			_ = js.DeleteConsumer(context.Background(), stream, info.Name)
+		}
+	}()
 	for {
 		batch, err := cons.FetchNoWait(256)
 		if err != nil {

@@ -193,11 +193,33 @@ func (r *Reader) checkSince(ctx context.Context, subj string, since time.Time) e
 	return nil
 }
 
-// scan reads batches with an ordered consumer configured by occ and hands
-// each to fn, until the batch at stream sequence end (end 0: until ctx
-// ends). Messages without batch headers are skipped.
+// scan is Scan on the Reader's stream.
 func (r *Reader) scan(ctx context.Context, occ jetstream.OrderedConsumerConfig, end uint64, fn func(Batch) error) error {
-	cons, err := r.stream.OrderedConsumer(ctx, occ)
+	return Scan(ctx, r.stream, occ, end, fn)
+}
+
+// consumerIdle is how long an ordered consumer of Scan lives on the server
+// when the delete that ends Scan does not arrive (nats.go's default is 5
+// minutes).
+const consumerIdle = 10 * time.Second
+
+// Scan reads the batches of stream that occ selects, in stored order, with an
+// ordered consumer, and calls fn with each until fn returns an error or the
+// batch at stream sequence end has been read (end 0: until ctx ends).
+// Messages without batch headers are skipped. It returns fn's error, ctx's
+// error, or a wrapped JetStream error.
+//
+// The consumer is deleted when Scan returns. An ordered consumer would
+// otherwise stay on the server for its inactive threshold, and nats-server
+// refuses consumers past a per-stream limit (1,000 by default,
+// JSDefaultMaxConsumersPerStream), so a burst of reads (resumes, history
+// loads) would start failing. occ.InactiveThreshold, if zero, is set to a
+// short backstop for a delete that does not arrive.
+func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedConsumerConfig, end uint64, fn func(Batch) error) error {
+	if occ.InactiveThreshold == 0 {
+		occ.InactiveThreshold = consumerIdle
+	}
+	cons, err := stream.OrderedConsumer(ctx, occ)
 	if err != nil {
 		return fmt.Errorf("ordered consumer: %w", err)
 	}
@@ -205,7 +227,19 @@ func (r *Reader) scan(ctx context.Context, occ jetstream.OrderedConsumerConfig, 
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
-	defer it.Stop()
+	defer func() {
+		it.Stop()
+		info := cons.CachedInfo()
+		if info == nil {
+			return // never created on the server
+		}
+		// Off the caller's path and budget: the read is over.
+		go func() {
+			dctx, cancel := context.WithTimeout(context.Background(), consumerIdle)
+			defer cancel()
+			_ = stream.DeleteConsumer(dctx, info.Name)
+		}()
+	}()
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {

@@ -238,3 +238,34 @@ func TestReaderRepeatedID(t *testing.T) {
 		t.Errorf("got %v, want %v", got, want)
 	}
 }
+
+// TestReadsLeaveNoConsumers: every read through an ordered consumer deletes
+// it, so a burst of resumes never meets the server's consumer limit (1,000
+// per stream by default); with nats.go's default they would linger for 5
+// minutes each.
+func TestReadsLeaveNoConsumers(t *testing.T) {
+	js, st := testStream(t, jetstream.StreamConfig{})
+	w := &writer{t: t, js: js, sid: "burst"}
+	w.write("s", 1, 4)
+	r := NewReader(st, "")
+	for range 20 {
+		if _, err := collect(t, r, "burst", ReadOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Consumers == 0 {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%d consumers left after 20 reads", info.State.Consumers)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
