@@ -181,8 +181,12 @@ func (p *Parser) Next() (Segment, bool) {
 	if len(p.carry) > 0 {
 		return p.nextCarried()
 	}
-	if seg, ok := p.nextComment(); ok {
-		return seg, true
+	// Most segments are blocks that start right here: skip the look for
+	// bytes between blocks without a call.
+	if p.skipLF || p.comment || p.pos < len(p.chunk) && p.chunk[p.pos] == ':' {
+		if seg, ok := p.nextComment(); ok {
+			return seg, true
+		}
 	}
 	return p.nextBlock()
 }
