@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,51 +13,10 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
-
-	"github.com/ssetrack/ssetrack/extproc/session"
 )
-
-// newBadInputHarness is newHarness with the message size limits of
-// production: the server takes messages up to 64 MiB as cmd/ssetrack's
-// gRPC server does (a 4 MiB cap would reject a large chunk), and the client,
-// standing in for Envoy's own gRPC client (no receive limit), takes answers
-// as large.
-func newBadInputHarness(tb testing.TB, mutate func(*Config)) *harness {
-	tb.Helper()
-	table := session.NewTable(session.Config{Window: 1024})
-	cfg := Config{Sessions: table, Registerer: prometheus.NewRegistry()}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	srv, err := New(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))
-	procv3.RegisterExternalProcessorServer(gs, srv)
-	go gs.Serve(lis)
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		conn.Close()
-		gs.Stop()
-		table.Close()
-	})
-	return &harness{srv: srv, client: procv3.NewExternalProcessorClient(conn)}
-}
 
 // step is one message from the ext_proc peer and the answer it must get,
 // as describe writes it; "" means no answer at all.
@@ -449,7 +407,7 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newBadInputHarness(t, tt.cfg)
+			h := newHarness(t, tt.cfg)
 			var in, out []byte
 			for n, steps := range tt.streams {
 				i, o, code := play(t, h, steps)

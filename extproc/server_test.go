@@ -39,12 +39,17 @@ func newHarness(tb testing.TB, mutate func(*Config)) *harness {
 		tb.Fatal(err)
 	}
 	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer()
+	// The message size limits of production: the server takes messages up
+	// to 64 MiB as cmd/ssetrack's gRPC server does (a 4 MiB cap would
+	// reject a large chunk), and the client, standing in for Envoy's own
+	// gRPC client (no receive limit), takes answers as large.
+	gs := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))
 	procv3.RegisterExternalProcessorServer(gs, srv)
 	go gs.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///bufnet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
 		tb.Fatal(err)
 	}
