@@ -26,28 +26,12 @@ const (
 // long as an event.
 const maxIDHeader = 1024
 
-// Batch is one JetStream message as the publisher writes it: consecutive
-// events of one stream of one session. Package history decodes it back.
-type Batch struct {
-	// Session and Stream identify where the events were delivered.
-	Session, Stream string
-	// FirstID and LastID are the first and last non-empty event ids in
-	// Data; empty if none had one.
-	FirstID, LastID string
-	// Count is the number of events in Data.
-	Count int
-	// FirstSeq and LastSeq are the per-session sequence numbers of the
-	// first and last event.
-	FirstSeq, LastSeq uint64
-	// Data is the events' SSE bytes as received.
-	Data []byte
-	// Writer identifies the Publisher (one ssetrack process) that wrote the
-	// batch: random per process start, so replicas and restarts differ.
-	Writer string
-}
+// Batch is one JetStream message as the publisher writes it and package
+// history decodes it: one type for both sides, so the two cannot drift.
+type Batch = history.Batch
 
 // header builds the message headers of b.
-func (b *Batch) header(msgID string) nats.Header {
+func header(b *Batch, msgID string) nats.Header {
 	h := make(nats.Header, 9)
 	h.Set(HeaderSession, history.EncodeHeaderValue(b.Session))
 	h.Set(HeaderStream, history.EncodeHeaderValue(b.Stream))

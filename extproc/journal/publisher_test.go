@@ -99,7 +99,7 @@ func TestDedup(t *testing.T) {
 	b := Batch{Session: "dup", Stream: "s", FirstID: "s-1", LastID: "s-3", Count: 3, FirstSeq: 1, LastSeq: 3, Data: data}
 	var acks []*jetstream.PubAck
 	for range 2 {
-		msg := &nats.Msg{Subject: Subject(cfg.SubjectPrefix, "dup"), Data: data, Header: b.header(MsgID("dup", "s", "w", 1))}
+		msg := &nats.Msg{Subject: Subject(cfg.SubjectPrefix, "dup"), Data: data, Header: header(&b, MsgID("dup", "s", "w", 1))}
 		ack, err := js.PublishMsg(ctx, msg)
 		if err != nil {
 			t.Fatal(err)

@@ -103,7 +103,7 @@ func TestLongIDsStayOutOfHeaders(t *testing.T) {
 	long := strings.Repeat("x", 100_000)
 	data := []byte("id: " + long + "\ndata: a\n\nid: short\ndata: b\n\n")
 	b := Batch{Session: "s", Stream: "t", FirstID: long, LastID: "short", Count: 2, FirstSeq: 1, LastSeq: 2, Data: data}
-	h := b.header("msg-id")
+	h := header(&b, "msg-id")
 	if h.Get(HeaderFirstID) != "" || h.Get(HeaderIDs) != "payload" {
 		t.Fatalf("headers %v: want ids left to the payload", h)
 	}
