@@ -240,7 +240,7 @@ func (b *batcher) trySend(l *lane) {
 		pb.msg = &nats.Msg{
 			Subject: l.subject,
 			Data:    pb.Data,
-			Header:  header(&pb.Batch, MsgID(pb.Session, pb.Stream, b.p.writer, pb.FirstSeq)),
+			Header:  header(&pb.Batch, MsgID(pb.Session, pb.Stream, b.p.writer, pb.FirstSeq, pb.gen)),
 		}
 		pb.firstTx = time.Now()
 	}

@@ -84,7 +84,7 @@ func BenchmarkPersist(b *testing.B) {
 		start = time.Now()
 		for _, r := range records {
 			bt := Batch{Session: r.Session, Stream: r.Stream, FirstID: r.FirstID, LastID: r.LastID, Count: 1, FirstSeq: r.FirstSeq, LastSeq: r.LastSeq}
-			msg := &nats.Msg{Subject: Subject(rcfg.SubjectPrefix, r.Session), Data: r.Data, Header: header(&bt, MsgID(r.Session, r.Stream, "bench", r.FirstSeq))}
+			msg := &nats.Msg{Subject: Subject(rcfg.SubjectPrefix, r.Session), Data: r.Data, Header: header(&bt, MsgID(r.Session, r.Stream, "bench", r.FirstSeq, 1))}
 			at := time.Now()
 			f, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(10*time.Second))
 			if err != nil {
@@ -203,7 +203,7 @@ func BenchmarkReplay(b *testing.B) {
 				n := min(perBatch, stored-first+1)
 				data, ids := events("s", first, n)
 				bt := Batch{Session: "bench", Stream: "s", FirstID: ids[0], LastID: ids[n-1], Count: n, FirstSeq: uint64(first), LastSeq: uint64(first + n - 1), Writer: "bench"}
-				msg := &nats.Msg{Subject: subj, Data: data, Header: header(&bt, MsgID("bench", "s", "bench", bt.FirstSeq))}
+				msg := &nats.Msg{Subject: subj, Data: data, Header: header(&bt, MsgID("bench", "s", "bench", bt.FirstSeq, 1))}
 				if _, err := js.PublishMsgAsync(msg); err != nil {
 					b.Fatal(err)
 				}

@@ -15,7 +15,7 @@
 // of one (session, stream) pair; package history documents its payload and
 // headers and decodes it. The publisher adds
 //
-//	Nats-Msg-Id         MsgID(session, stream, writer, first seq)
+//	Nats-Msg-Id         MsgID(session, stream, writer, first seq, batch number)
 //
 // so that a retried batch is a server-side duplicate.
 //

@@ -99,7 +99,7 @@ func TestDedup(t *testing.T) {
 	b := Batch{Session: "dup", Stream: "s", FirstID: "s-1", LastID: "s-3", Count: 3, FirstSeq: 1, LastSeq: 3, Data: data}
 	var acks []*jetstream.PubAck
 	for range 2 {
-		msg := &nats.Msg{Subject: Subject(cfg.SubjectPrefix, "dup"), Data: data, Header: header(&b, MsgID("dup", "s", "w", 1))}
+		msg := &nats.Msg{Subject: Subject(cfg.SubjectPrefix, "dup"), Data: data, Header: header(&b, MsgID("dup", "s", "w", 1, 1))}
 		ack, err := js.PublishMsg(ctx, msg)
 		if err != nil {
 			t.Fatal(err)
@@ -112,8 +112,8 @@ func TestDedup(t *testing.T) {
 	if n := len(readAll(t, js, cfg, "dup")); n != 1 {
 		t.Errorf("%d messages, want 1", n)
 	}
-	if MsgID("dup", "s", "w", 1) == MsgID("dup", "t", "w", 1) || MsgID("a", "bc", "w", 1) == MsgID("ab", "c", "w", 1) ||
-		MsgID("dup", "s", "w1", 1) == MsgID("dup", "s", "w2", 1) {
+	if MsgID("dup", "s", "w", 1, 1) == MsgID("dup", "t", "w", 1, 1) || MsgID("a", "bc", "w", 1, 1) == MsgID("ab", "c", "w", 1, 1) ||
+		MsgID("dup", "s", "w1", 1, 1) == MsgID("dup", "s", "w2", 1, 1) {
 		t.Error("MsgID collides")
 	}
 }
@@ -357,5 +357,22 @@ func TestTwoWritersNeverCollide(t *testing.T) {
 	}
 	if stale, _ := a.Stale(ctx, "shared", 5); !stale { // b stored through seq 7
 		t.Error("a does not see b's batch")
+	}
+}
+
+// TestReusedSequenceIsNotLost: a session reloaded from the journal while its
+// last batch was unacknowledged (evicted from memory meanwhile) hands out
+// that batch's sequence numbers again. The second batch must be stored too,
+// not dropped as a duplicate of the first.
+func TestReusedSequenceIsNotLost(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	p := newPublisher(t, nc, Config{Batch: BatchConfig{MaxDelay: 5 * time.Millisecond}})
+	p.Append(record("reused", "s", 1, 3, true))
+	waitFor(t, 5*time.Second, "the first batch", func() bool { return statsOf(t, p).Events == 3 })
+	p.Append(record("reused", "s", 1, 2, true)) // seq 1..2 again
+	waitFor(t, 5*time.Second, "the second batch", func() bool { return statsOf(t, p).Events == 5 })
+	if batches := readAll(t, jsOf(t, nc), Config{}, "reused"); len(batches) != 2 {
+		t.Fatalf("%d batches stored, want 2", len(batches))
 	}
 }
