@@ -158,7 +158,11 @@ func (x *exchange) decide(seg sse.Segment, c *chunk) (cut int) {
 		return len(seg.Raw)
 	}
 	c.counts.forwarded++
-	if x.cfg.Recorder != nil && seq != 0 { // seq 0: stored when first delivered
+	if seq == 0 { // delivered again to a client that lost it: stored when first delivered
+		c.counts.again++
+		return 0
+	}
+	if x.cfg.Recorder != nil {
 		x.appendRecord(&c.rec, seg, seq, c)
 		x.journal.crEnd = seg.Raw[len(seg.Raw)-1] == '\r'
 	}

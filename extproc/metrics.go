@@ -19,6 +19,7 @@ type metrics struct {
 	eventsSeen      prometheus.Counter
 	eventsForwarded prometheus.Counter
 	eventsDeduped   prometheus.Counter
+	eventsAgain     prometheus.Counter
 	eventsOversize  prometheus.Counter
 	bytesSeen       prometheus.Counter
 	bytesForwarded  prometheus.Counter
@@ -48,6 +49,10 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 		eventsDeduped: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_events_deduplicated_total",
 			Help: "SSE events dropped because the client already had them.",
+		}),
+		eventsAgain: f.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_events_redelivered_total",
+			Help: "SSE events a resuming client said it lost, forwarded again from the upstream and not stored again (they were when first delivered).",
 		}),
 		eventsOversize: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_events_oversize_total",
@@ -113,7 +118,7 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 // chunkCounts are one body chunk's totals, added to the metrics once per
 // chunk rather than once per event.
 type chunkCounts struct {
-	seen, forwarded, deduped, oversize int // events
+	seen, forwarded, deduped, again, oversize int // events
 	bytesIn, bytesOut                  int
 	rewritten                          bool // answered with replacement bytes
 }
@@ -132,6 +137,9 @@ func (m *metrics) addChunk(c *chunkCounts) {
 	}
 	if c.deduped > 0 {
 		m.eventsDeduped.Add(float64(c.deduped))
+	}
+	if c.again > 0 {
+		m.eventsAgain.Add(float64(c.again))
 	}
 	if c.oversize > 0 {
 		m.eventsOversize.Add(float64(c.oversize))

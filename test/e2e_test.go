@@ -33,6 +33,7 @@ const (
 	mDedup          = "ssetrack_events_deduplicated_total"
 	mKinds          = "ssetrack_responses_total"
 	mForwarded      = "ssetrack_events_forwarded_total"
+	mRedelivered    = "ssetrack_events_redelivered_total"
 	mPublished      = "ssetrack_journal_events_published_total"
 	mRecordsDropped = "ssetrack_journal_records_dropped_total"
 	mRejected       = "ssetrack_journal_rejected_total"
