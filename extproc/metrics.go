@@ -119,8 +119,8 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 // chunk rather than once per event.
 type chunkCounts struct {
 	seen, forwarded, deduped, again, oversize int // events
-	bytesIn, bytesOut                  int
-	rewritten                          bool // answered with replacement bytes
+	bytesIn, bytesOut                         int
+	rewritten                                 bool // answered with replacement bytes
 }
 
 // addChunk adds a chunk's totals.
