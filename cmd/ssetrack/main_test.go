@@ -252,32 +252,7 @@ func TestServeJournalAndTail(t *testing.T) {
 	const sid = "tail.*>session"
 	body := "id: 1\ndata: one\n\n: comment\n\nid: 2\nevent: note\ndata: two\ndata: lines\n\n"
 	for round := 0; round < 2; round++ { // the second round is all duplicates
-		stream, err := client.Process(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		hm := func(kv ...string) *corev3.HeaderMap {
-			m := &corev3.HeaderMap{}
-			for i := 0; i < len(kv); i += 2 {
-				m.Headers = append(m.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
-			}
-			return m
-		}
-		msgs := []*procv3.ProcessingRequest{
-			{Request: &procv3.ProcessingRequest_RequestHeaders{RequestHeaders: &procv3.HttpHeaders{Headers: hm(":method", "GET", "mcp-session-id", sid)}}},
-			{Request: &procv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &procv3.HttpHeaders{Headers: hm(":status", "200", "content-type", "text/event-stream")}}},
-			{Request: &procv3.ProcessingRequest_ResponseBody{ResponseBody: &procv3.HttpBody{Body: []byte(body), EndOfStream: true}}},
-		}
-		for _, m := range msgs {
-			if err := stream.Send(m); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := stream.Recv(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		stream.CloseSend()
-		stream.Recv()
+		exchange(t, client, sid, body)
 	}
 
 	var out syncBuffer
