@@ -87,31 +87,48 @@ type batcher struct {
 	closing  bool
 }
 
-// run is the batcher goroutine.
+// run is the batcher goroutine. It sleeps until its next timer, a publish
+// result or a wake from Append; whenever it wakes it takes the whole inbox.
 func (p *Publisher) run() {
 	defer close(p.done)
 	b := &batcher{p: p, lanes: make(map[string]*lane)}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	in := p.in
+	var spare []queued
 	for {
+		p.wakeAt.Store(batcherAwake)
+		if !b.closing {
+			recs, closed := p.take(spare)
+			for _, q := range recs {
+				b.add(q)
+			}
+			spare = recs
+			if closed {
+				b.closing = true
+				b.sealAll()
+			}
+		}
+		b.fire(time.Now())
 		if b.closing && len(b.lanes) == 0 {
 			return
 		}
 		b.resetTimer(timer)
-		select {
-		case q, ok := <-in:
-			if !ok {
-				in = nil
-				b.closing = true
-				b.sealAll()
-				continue
+		if !b.closing && p.pendingInbox() {
+			// Records came after the take above (wakeAt is stored now, so
+			// later ones wake us): take them without sleeping, after any
+			// result that is in.
+			select {
+			case r := <-p.results:
+				b.done(r)
+			default:
 			}
-			b.add(q)
+			continue
+		}
+		select {
+		case <-p.wake:
 		case r := <-p.results:
 			b.done(r)
 		case <-timer.C:
-			b.fire(time.Now())
 		case <-p.abort:
 			b.dropAll()
 			return
@@ -119,12 +136,24 @@ func (p *Publisher) run() {
 	}
 }
 
+// pendingInbox reports whether records wait in the inbox.
+func (p *Publisher) pendingInbox() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.inbox) > 0
+}
+
+// resetTimer arms t for the earliest batcher timer and publishes that time
+// in wakeAt for Append.
 func (b *batcher) resetTimer(t *time.Timer) {
-	d := time.Hour
-	if len(b.timers) > 0 {
-		d = max(time.Until(b.timers[0].at), 0)
+	if len(b.timers) == 0 {
+		t.Stop()
+		b.p.wakeAt.Store(batcherIdle)
+		return
 	}
-	t.Reset(d)
+	at := b.timers[0].at
+	t.Reset(max(time.Until(at), 0))
+	b.p.wakeAt.Store(at.UnixNano())
 }
 
 // add takes one record into its session's open batch.
@@ -174,11 +203,10 @@ func (b *batcher) add(q queued) {
 			at:  []time.Time{q.at},
 			gen: b.gen,
 		}
-		// The delay runs from when the batcher opens the batch, not from the
-		// record's enqueue time: a batcher that lags behind a burst would
-		// otherwise find every deadline past and seal one-record batches,
-		// publishing most when it can least afford to.
-		heap.Push(&b.timers, timerEntry{at: time.Now().Add(cfg.Batch.MaxDelay), kind: timerDeadline, lane: l, gen: b.gen})
+		// The delay runs from the record's enqueue time: the batcher takes
+		// the inbox whole and seals due batches only after adding all of
+		// it, so a batcher that lags behind a burst still fills batches.
+		heap.Push(&b.timers, timerEntry{at: q.at.Add(cfg.Batch.MaxDelay), kind: timerDeadline, lane: l, gen: b.gen})
 	} else {
 		o := l.open
 		if o.FirstID == "" {
@@ -361,11 +389,9 @@ func (b *batcher) dropAll() {
 			n += len(l.inflight.at)
 		}
 	}
-	// Records still in the closed input channel.
-	for q := range b.p.in {
-		_ = q
-		n++
-	}
+	// Records still in the inbox.
+	recs, _ := b.p.take(nil)
+	n += len(recs)
 	if n > 0 {
 		b.p.m.drop(dropShutdown, n)
 		b.p.release(n)

@@ -21,6 +21,11 @@ import (
 // Append hands records to a bounded queue and returns at once. One batcher
 // goroutine owns all batching state: it coalesces consecutive records of a
 // (session, stream) pair into batches and publishes them asynchronously.
+// Append does not wake the batcher for every record: the batcher takes the
+// queue whole whenever it wakes, and Append wakes it only when it would not
+// wake by itself before the new record's batch is due (Config.Batch.MaxDelay
+// after the record) or when inboxWake records wait. A stream of a few events
+// per batch delay costs a few wakeups per batch, not one per record.
 // Each session has at most one batch in flight, and a failed batch is
 // retried (same Nats-Msg-Id, so a retry that follows a lost ack is a
 // server-side duplicate) before the session's next batch is sent: batches
@@ -39,9 +44,16 @@ type Publisher struct {
 	m      *metrics
 	state  *stateWriter
 
-	mu     sync.RWMutex // guards closed and closing in; Append holds it shared
+	mu     sync.Mutex // guards closed and inbox
 	closed bool
-	in     chan queued
+	inbox  []queued // records from Append the batcher has not taken yet
+	// wake (capacity 1) tells the batcher to take the inbox now.
+	wake chan struct{}
+	// wakeAt is when the batcher wakes by itself next, in Unix nanoseconds:
+	// batcherAwake while it runs (it looks at the inbox before it sleeps),
+	// batcherIdle when only a wake or a result will wake it.
+	wakeAt atomic.Int64
+	wakes  atomic.Int64 // wakes Append sent, for tests
 
 	// held counts records from Append until ack or loss; it bounds memory.
 	held        atomic.Int64
@@ -113,7 +125,7 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 		log:     log,
 		m:       m,
 		state:   newStateWriter(kvjs, kv, cfg, log, m),
-		in:      make(chan queued, cfg.QueueSize),
+		wake:    make(chan struct{}, 1),
 		results: make(chan result, cfg.MaxInFlight),
 		abort:   make(chan struct{}),
 		done:    make(chan struct{}),
@@ -147,22 +159,65 @@ func (p *Publisher) Append(rec session.Record) bool {
 // enqueue is Append with the record's enqueue time given (a Journal hands
 // over what it queued before the Publisher existed).
 func (p *Publisher) enqueue(q queued) bool {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
+	p.mu.Lock()
 	if p.closed {
+		p.mu.Unlock()
 		p.m.drop(dropClosed, 1)
 		return false
 	}
 	if n := p.held.Add(1); n > int64(p.cfg.QueueSize) {
 		p.held.Add(-1)
+		p.mu.Unlock()
 		p.m.drop(dropQueueFull, 1)
 		logDrop(p.log, &p.lastDropLog, &p.dropsToLog, q.rec.Session, p.cfg.QueueSize)
 		return false
 	}
-	// held <= QueueSize == cap(in) bounds len(in), so this never blocks.
-	p.in <- q
+	p.inbox = append(p.inbox, q)
+	n := len(p.inbox)
+	p.mu.Unlock()
 	p.m.depth.Inc()
+	// The batcher stores wakeAt before it looks at the inbox a last time and
+	// sleeps; this load follows the append under the same lock, so a record
+	// the batcher missed sees the wakeAt it sleeps with.
+	if n == 1 {
+		if w := p.wakeAt.Load(); w == batcherIdle || w > q.at.Add(p.cfg.Batch.MaxDelay).UnixNano() {
+			p.signal()
+		}
+	} else if n == inboxWake {
+		p.signal()
+	}
 	return true
+}
+
+// Values of Publisher.wakeAt besides a time.
+const (
+	batcherIdle  = 0
+	batcherAwake = 1
+)
+
+// inboxWake is the inbox length at which Append wakes the batcher whatever
+// its timers: under load batches fill long before their delay is up, and
+// are published when full.
+const inboxWake = 64
+
+// signal wakes the batcher; a wake already pending is enough.
+func (p *Publisher) signal() {
+	select {
+	case p.wake <- struct{}{}:
+		p.wakes.Add(1)
+	default:
+	}
+}
+
+// take returns the inbox, emptied, and whether Shutdown closed it; buf is
+// the slice the batcher is done with, reused as the next inbox.
+func (p *Publisher) take(buf []queued) ([]queued, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	recs := p.inbox
+	clear(buf)
+	p.inbox = buf[:0]
+	return recs, p.closed
 }
 
 // logDrop counts a queue-full loss and logs the losses at most once per
@@ -196,8 +251,8 @@ func (p *Publisher) Shutdown(ctx context.Context) error {
 		return ErrClosed
 	}
 	p.closed = true
-	close(p.in)
 	p.mu.Unlock()
+	p.signal()
 
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc

@@ -376,3 +376,56 @@ func TestReusedSequenceIsNotLost(t *testing.T) {
 		t.Fatalf("%d batches stored, want 2", len(batches))
 	}
 }
+
+// TestPacedRecordsWakeOncePerBatch appends records a millisecond apart, as a
+// token stream does: every record is published within about the batch delay,
+// while Append wakes the batcher about once per batch, not once per record.
+func TestPacedRecordsWakeOncePerBatch(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{Stream: "PACED", SubjectPrefix: "paced", Bucket: "paced", Batch: BatchConfig{MaxDelay: 20 * time.Millisecond}}
+	p := newPublisher(t, nc, cfg)
+	const n = 200
+	for r := 1; r <= n; r++ {
+		p.Append(record("paced", "s", r, 1, false))
+		time.Sleep(time.Millisecond)
+	}
+	// No End record: only the batch delay publishes the last batch.
+	waitFor(t, 10*time.Second, "every record acknowledged", func() bool { return statsOf(t, p).Events == n })
+	bs := readAll(t, jsOf(t, nc), cfg, "paced")
+	if len(bs) < 2 {
+		t.Errorf("%d batches: the delay never sealed one before the end", len(bs))
+	}
+	if w := p.wakes.Load(); w > n/4 {
+		t.Errorf("Append woke the batcher %d times for %d records", w, n)
+	}
+	t.Logf("%d records, %d batches, %d wakes", n, len(bs), p.wakes.Load())
+}
+
+// TestConcurrentAppendsNeverStall appends from many goroutines at random
+// paces with a short delay: a record that came while the batcher was going
+// to sleep must still be published.
+func TestConcurrentAppendsNeverStall(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{Stream: "CONC", SubjectPrefix: "conc", Bucket: "conc", Batch: BatchConfig{MaxDelay: 2 * time.Millisecond}}
+	p := newPublisher(t, nc, cfg)
+	const writers, per = 16, 100
+	done := make(chan struct{})
+	for w := range writers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			sid := fmt.Sprintf("conc-%d", w)
+			for r := 1; r <= per; r++ {
+				p.Append(record(sid, "s", r, 1, false))
+				if r%(w+1) == 0 {
+					time.Sleep(time.Duration(w*50) * time.Microsecond)
+				}
+			}
+		}()
+	}
+	for range writers {
+		<-done
+	}
+	waitFor(t, 10*time.Second, "every record acknowledged", func() bool { return statsOf(t, p).Events == writers*per })
+}
