@@ -67,8 +67,9 @@ func newExchange(s *Server, ctx context.Context) *exchange {
 	}
 }
 
-// handle answers one message from Envoy; nil means no answer is due.
-func (x *exchange) handle(req *procv3.ProcessingRequest) *procv3.ProcessingResponse {
+// handle answers one message from Envoy; nil means no answer is due. phase
+// is the message's kind, for ssetrack_message_seconds.
+func (x *exchange) handle(req *procv3.ProcessingRequest) (resp *procv3.ProcessingResponse, phase int) {
 	if !x.started {
 		// observability_mode is filter configuration, the same on every
 		// message: the first message decides for the stream. A flag that
@@ -76,28 +77,28 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) *procv3.ProcessingRespo
 		// stalls, and answers Envoy would ignore do no harm.
 		x.started, x.observe = true, req.GetObservabilityMode()
 	}
-	var resp *procv3.ProcessingResponse
+	phase = phaseOther
 	switch r := req.Request.(type) {
 	case *procv3.ProcessingRequest_RequestHeaders:
-		resp = x.requestHeaders(r.RequestHeaders)
+		resp, phase = x.requestHeaders(r.RequestHeaders), phaseRequestHeaders
 	case *procv3.ProcessingRequest_ResponseHeaders:
-		resp = x.responseHeaders(r.ResponseHeaders)
+		resp, phase = x.responseHeaders(r.ResponseHeaders), phaseResponseHeaders
 	case *procv3.ProcessingRequest_ResponseBody:
-		resp = x.responseBody(r.ResponseBody)
+		resp, phase = x.responseBody(r.ResponseBody), phaseResponseBody
 	case *procv3.ProcessingRequest_ResponseTrailers:
-		resp = x.responseTrailers()
+		resp, phase = x.responseTrailers(), phaseResponseTrailers
 	case *procv3.ProcessingRequest_RequestBody:
 		resp = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestBody{RequestBody: &procv3.BodyResponse{}}}
 	case *procv3.ProcessingRequest_RequestTrailers:
 		resp = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestTrailers{RequestTrailers: &procv3.TrailersResponse{}}}
 	default:
 		// A message this version does not know: nothing to answer.
-		return nil
+		return nil, phase
 	}
 	if x.observe {
-		return nil
+		return nil, phase
 	}
-	return resp
+	return resp, phase
 }
 
 // responseTrailers ends the body: trailers come without an end_of_stream

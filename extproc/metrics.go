@@ -32,7 +32,22 @@ type metrics struct {
 	journalDrops    prometheus.Counter
 	errors          *prometheus.CounterVec
 	sessions        prometheus.GaugeFunc
+	// answer is ssetrack_message_seconds by message kind, curried once.
+	answer [numPhases]prometheus.Observer
 }
+
+// Message kinds of ssetrack_message_seconds, Envoy's ProcessingRequest
+// oneof names.
+const (
+	phaseRequestHeaders = iota
+	phaseResponseHeaders
+	phaseResponseBody
+	phaseResponseTrailers
+	phaseOther
+	numPhases
+)
+
+var phaseNames = [numPhases]string{"request_headers", "response_headers", "response_body", "response_trailers", "other"}
 
 // newMetrics makes the collectors and registers them with reg (none if nil).
 func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
@@ -103,6 +118,17 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 		Name: "ssetrack_sessions_active",
 		Help: "Sessions held in memory.",
 	}, sessions)
+	answer := f.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "ssetrack_message_seconds",
+		Help: "Time from receiving an ext_proc message from Envoy to handing its answer to gRPC, by message kind. " +
+			"Keep it well under the filter's message_timeout; it does not include time queued in gRPC before ssetrack reads the message.",
+		// 25µs to about 1.6s: a body chunk takes microseconds, a header
+		// message with a history load or a replay up to --journal-timeout.
+		Buckets: prometheus.ExponentialBuckets(25e-6, 2, 17),
+	}, []string{"message"})
+	for i, n := range phaseNames {
+		m.answer[i] = answer.WithLabelValues(n)
+	}
 	for _, k := range []string{kindSSE, kindPassthrough, kindEncoded, kindError} {
 		m.responses.WithLabelValues(k)
 	}

@@ -189,11 +189,14 @@ func (s *Server) Process(stream procv3.ExternalProcessor_ProcessServer) error {
 			}
 			return err
 		}
-		resp := x.handle(req)
+		start := time.Now()
+		resp, phase := x.handle(req)
 		if resp == nil {
 			continue
 		}
-		if err := stream.Send(resp); err != nil {
+		err = stream.Send(resp)
+		s.metrics.answer[phase].Observe(time.Since(start).Seconds())
+		if err != nil {
 			s.metrics.errors.WithLabelValues("send").Inc()
 			return err
 		}

@@ -14,6 +14,7 @@ import (
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
@@ -641,5 +642,30 @@ func TestReplayOnlyToOwner(t *testing.T) {
 			}
 			rp.mu.Unlock()
 		})
+	}
+}
+
+// TestMessageSecondsByKind checks that every answered message is timed
+// under its own kind, and that a message in observability mode (never
+// answered) is not.
+func TestMessageSecondsByKind(t *testing.T) {
+	h := newHarness(t, nil)
+	h.run(t, request{
+		reqHeaders:  []string{"mcp-session-id", "timed"},
+		respHeaders: sseHeaders(),
+		chunks:      [][]byte{[]byte("id: 1\ndata: a\n\n"), []byte("id: 2\ndata: b\n\n"), nil},
+	})
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "watched"}, respHeaders: sseHeaders(),
+		chunks: [][]byte{[]byte("id: 1\ndata: a\n\n")}, observe: true})
+	for kind, want := range map[int]uint64{
+		phaseRequestHeaders: 1, phaseResponseHeaders: 1, phaseResponseBody: 3, phaseResponseTrailers: 0,
+	} {
+		var m dto.Metric
+		if err := h.srv.metrics.answer[kind].(prometheus.Histogram).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.GetHistogram().GetSampleCount(); got != want {
+			t.Errorf("%s: %d answers timed, want %d", phaseNames[kind], got, want)
+		}
 	}
 }
