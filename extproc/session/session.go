@@ -175,16 +175,21 @@ func (st *Stream) Resumed() bool { return st.continued }
 // session (an MCP client's GET stream and a POST response) interleave per
 // chunk, not per event. Its methods are the only way to deliver. A Delivery
 // belongs to the goroutine that began it; End must be called exactly once.
-type Delivery struct{ st *Stream }
+type Delivery struct {
+	st   *Stream
+	info *streamInfo // the stream's entry in the session, looked up once; nil if forgotten
+}
 
 // Begin starts a delivery to the stream, locking its session until End.
 func (st *Stream) Begin() Delivery {
 	st.sess.mu.Lock()
-	return Delivery{st}
+	// The session's stream list changes only under the lock: info stays
+	// valid until End.
+	return Delivery{st: st, info: st.sess.stream(st.num)}
 }
 
 // End ends the delivery and unlocks the session.
-func (d Delivery) End() { d.st.sess.mu.Unlock() }
+func (d *Delivery) End() { d.st.sess.mu.Unlock() }
 
 // Deliver decides whether an event goes to the client and records it if so.
 // id is the event's id and hasID whether it had a valid id field (WHATWG HTML
@@ -195,13 +200,14 @@ func (d Delivery) End() { d.st.sess.mu.Unlock() }
 // after its Last-Event-ID) goes to it again with seq 0: it was numbered and
 // stored when first delivered, and is neither numbered nor stored again. A
 // delivered event's id (copied) becomes the stream's last event id.
-func (d Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
+func (d *Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
 	st := d.st
 	s := st.sess
 	again := false
 	if len(id) > 0 {
 		h := s.table.hashBytes(id)
-		if slot := s.win.find(h); slot >= 0 {
+		slot := s.win.find(h)
+		if slot >= 0 {
 			pos := s.win.position(slot)
 			again = st.matched && s.win.tag(slot) == tagOf(st.num) && pos > st.cutoff && pos < st.start
 			if !again {
@@ -210,12 +216,10 @@ func (d Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
 		}
 		// Once more at the head of the window: a second repeat in this
 		// response is a duplicate.
-		s.win.add(h, st.num)
+		s.win.move(h, st.num, slot)
 	}
-	if hasID {
-		if info := s.stream(st.num); info != nil {
-			info.lastID = append(info.lastID[:0], id...)
-		}
+	if hasID && d.info != nil {
+		d.info.lastID = append(d.info.lastID[:0], id...)
 	}
 	if again {
 		return 0, false
@@ -228,7 +232,7 @@ func (d Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
 // delivered again to this response, from the journal: the upstream's own
 // repeat of it is then a duplicate. Unlike Deliver it assigns no sequence
 // number.
-func (d Delivery) Replayed(id []byte) {
+func (d *Delivery) Replayed(id []byte) {
 	if len(id) > 0 {
 		d.st.sess.win.add(d.st.sess.table.hashBytes(id), d.st.num)
 	}

@@ -98,8 +98,11 @@ func (w *window) position(s int) uint64 {
 }
 
 // add records hash h, delivered on stream st, at the next position.
-func (w *window) add(h uint64, st uint32) {
-	if old := w.find(h); old >= 0 {
+func (w *window) add(h uint64, st uint32) { w.move(h, st, w.find(h)) }
+
+// move is add for a caller that just looked h up: old is find(h).
+func (w *window) move(h uint64, st uint32, old int) {
+	if old >= 0 {
 		w.unindex(old)
 		w.slots[old] = 0
 	}
