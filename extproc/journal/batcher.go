@@ -2,6 +2,7 @@ package journal
 
 import (
 	"container/heap"
+	"errors"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -262,6 +263,13 @@ func (b *batcher) trySend(l *lane) {
 	pb := l.ready[0]
 	l.ready[0] = nil
 	l.ready = l.ready[1:]
+	if pb.tries > 0 && time.Since(pb.firstTx) >= b.p.retryBudget() {
+		// A retry that waited for a slot (a long outage, many sessions)
+		// past the budget could be stored twice: given up, as in done.
+		b.giveUp(pb, errRetryTooLate)
+		b.trySend(l)
+		return
+	}
 	l.inflight = pb
 	b.inflight++
 	if pb.msg == nil {
@@ -319,14 +327,8 @@ func (b *batcher) done(r result) {
 		p.state.update(pb.Session, pb.Stream, pb.LastID, pb.LastSeq, l.principal)
 	} else {
 		p.m.errors.Inc()
-		// A retry must land inside the duplicate window of the first try,
-		// or it could store the batch twice.
-		budget := p.cfg.DuplicateWindow - p.cfg.PublishTimeout
-		if isPermanent(r.err) || time.Since(pb.firstTx) >= budget {
-			p.log.Error("journal batch lost", "session", session.ShortID(pb.Session),
-				"first_seq", pb.FirstSeq, "events", pb.Count, "tries", pb.tries, "err", r.err)
-			p.m.drop(dropGaveUp, len(pb.at))
-			p.release(len(pb.at))
+		if isPermanent(r.err) || time.Since(pb.firstTx) >= p.retryBudget() {
+			b.giveUp(pb, r.err)
 		} else {
 			p.log.Debug("journal publish failed, retrying", "session", session.ShortID(pb.Session),
 				"first_seq", pb.FirstSeq, "tries", pb.tries, "err", r.err)
@@ -346,6 +348,25 @@ func (b *batcher) done(r result) {
 		b.trySend(w)
 	}
 	b.forget(l)
+}
+
+// errRetryTooLate is why a batch whose retry came too late was given up.
+var errRetryTooLate = errors.New("retry would come after the duplicate window")
+
+// retryBudget is how long after its first publish a batch may still be
+// retried: a retry must land inside the duplicate window of the first try,
+// or it could store the batch twice.
+func (p *Publisher) retryBudget() time.Duration {
+	return p.cfg.DuplicateWindow - p.cfg.PublishTimeout
+}
+
+// giveUp counts a batch as lost.
+func (b *batcher) giveUp(pb *pending, err error) {
+	p := b.p
+	p.log.Error("journal batch lost", "session", session.ShortID(pb.Session),
+		"first_seq", pb.FirstSeq, "events", pb.Count, "tries", pb.tries, "err", err)
+	p.m.drop(dropGaveUp, len(pb.at))
+	p.release(len(pb.at))
 }
 
 // fire handles due timers.

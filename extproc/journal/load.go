@@ -26,6 +26,11 @@ import (
 // that last message. Each payload is split into events to recover their
 // ids. Load is bounded by ctx (the caller's budget for one Envoy message);
 // events recorded but not yet acknowledged are not included.
+//
+// A message on the session's subject that is not a batch (published there
+// by something else, or damaged) is passed over, never an error: when it is
+// the last one, the KV state's sequence number stands in for the last
+// batch's, and the read goes forward from there to the end.
 func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.History, error) {
 	start := time.Now()
 	h, st, err := loadHistory(ctx, p.stream, p.kv, p.cfg, sessionID)
@@ -57,6 +62,15 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 	if !haveKV && last == nil {
 		return nil, st, nil
 	}
+	var lb history.Batch
+	lastOK := false
+	if last != nil {
+		if lb, err = history.Decode(last.Header, last.Data); err == nil {
+			lastOK = true
+		} else if !errors.Is(err, history.ErrBadBatch) {
+			return nil, st, err
+		}
+	}
 	streams := make(map[string]string, len(st.Streams))
 	for k, v := range st.Streams {
 		streams[k] = v
@@ -64,18 +78,17 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 	kvSeq := st.Seq
 	h := &session.History{Seq: st.Seq, Principal: st.Principal}
 	if last != nil {
-		lb, err := history.Decode(last.Header, last.Data)
-		if err != nil {
-			return nil, st, err
+		if lastOK {
+			h.Seq = max(h.Seq, lb.LastSeq)
 		}
-		h.Seq = max(h.Seq, lb.LastSeq)
+		newest := h.Seq // the KV's, if the last message is not a batch
 		n := uint64(cfg.HistoryEvents)
 		target := uint64(1)
-		if lb.LastSeq > n {
-			target = lb.LastSeq - n + 1
+		if newest > n {
+			target = newest - n + 1
 		}
 		from := last.Sequence
-		if lb.FirstSeq > target {
+		if !lastOK || lb.FirstSeq > target {
 			from, err = findStart(ctx, stream, subj, target, last.Sequence)
 			if err != nil {
 				return nil, st, err
@@ -88,6 +101,7 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 		}
 		var evs []session.EventRef
 		err = history.Scan(ctx, stream, occ, last.Sequence, func(b history.Batch) error {
+			h.Seq = max(h.Seq, b.LastSeq)
 			for ev := range b.Events() {
 				if ev.ID != "" && ev.Seq >= target {
 					evs = append(evs, session.EventRef{ID: ev.ID, Stream: b.Stream, Seq: ev.Seq})
@@ -127,17 +141,22 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 // where to start reading to see event target. It relies on batches of a
 // session being stored in sequence order.
 func findStart(ctx context.Context, stream jetstream.Stream, subj string, target, lastSeq uint64) (uint64, error) {
-	// next returns the first batch on subj at or after stream sequence n.
+	// next returns the first batch on subj at or after stream sequence n,
+	// passing over messages that are not batches; past the last batch it
+	// returns lastSeq and a first sequence past target.
 	next := func(n uint64) (uint64, uint64, error) {
-		m, err := stream.GetMsg(ctx, n, jetstream.WithGetMsgSubject(subj))
-		if err != nil {
-			return 0, 0, fmt.Errorf("get batch: %w", err)
+		for n <= lastSeq {
+			m, err := stream.GetMsg(ctx, n, jetstream.WithGetMsgSubject(subj))
+			if err != nil {
+				return 0, 0, fmt.Errorf("get batch: %w", err)
+			}
+			fs, err := strconv.ParseUint(m.Header.Get(HeaderFirstSeq), 10, 64)
+			if err == nil && m.Header.Get(history.HeaderSession) != "" {
+				return m.Sequence, fs, nil
+			}
+			n = m.Sequence + 1
 		}
-		fs, err := strconv.ParseUint(m.Header.Get(HeaderFirstSeq), 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("%w: %s header", history.ErrBadBatch, HeaderFirstSeq)
-		}
-		return m.Sequence, fs, nil
+		return lastSeq, target + 1, nil
 	}
 	lo, fs, err := next(1)
 	if err != nil || fs > target {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ssetrack/ssetrack/extproc/session"
 )
@@ -428,4 +429,70 @@ func TestConcurrentAppendsNeverStall(t *testing.T) {
 		<-done
 	}
 	waitFor(t, 10*time.Second, "every record acknowledged", func() bool { return statsOf(t, p).Events == writers*per })
+}
+
+// TestForeignMessagesArePassedOver puts messages that are not batches on a
+// session's subject, in the middle of its history and at its end: Load
+// still returns the session's recent events and Stale does not fail.
+func TestForeignMessagesArePassedOver(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{HistoryEvents: 50, Batch: BatchConfig{MaxEvents: 5}}
+	js := jsOf(t, nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	subj := Subject(DefaultSubjectPrefix, "foreign")
+	const n = 200
+	p := newPublisher(t, nc, cfg)
+	for i := 1; i <= n; i++ {
+		p.Append(record("foreign", "a", i, 1, false))
+		if i == n/2 {
+			waitFor(t, 5*time.Second, "first half", func() bool { return statsOf(t, p).Events == n/2 })
+			if _, err := js.Publish(ctx, subj, []byte("not a batch")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, subj, []byte("not a batch either")); err != nil {
+		t.Fatal(err)
+	}
+
+	p2 := newPublisher(t, nc, cfg)
+	h, err := p2.Load(ctx, "foreign")
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if h == nil || h.Seq != n || len(h.Events) != 50 || h.Events[49].ID != fmt.Sprintf("a-%d", n) || h.Events[0].Seq != n-49 {
+		t.Fatalf("history %+v", h)
+	}
+	if stale, err := p2.Stale(ctx, "foreign", n); stale || err != nil {
+		t.Errorf("Stale: %v, %v", stale, err)
+	}
+}
+
+// TestLateRetryIsGivenUp holds a failed batch back until its retry would
+// come after the duplicate window (it waited for an in-flight slot during
+// a long outage): it is given up and counted, never published, since a
+// late retry of a batch whose first try was stored would store it twice.
+func TestLateRetryIsGivenUp(t *testing.T) {
+	cfg := Config{}.withDefaults()
+	p := &Publisher{cfg: cfg, m: newMetrics(nil), log: testLog()}
+	b := &batcher{p: p, lanes: map[string]*lane{}}
+	pb := &pending{Batch: Batch{Session: "late", Count: 3}, at: make([]time.Time, 3), tries: 1,
+		firstTx: time.Now().Add(-p.retryBudget() - time.Second)}
+	l := &lane{session: "late", ready: []*pending{pb}}
+	p.held.Store(3)
+	b.trySend(l)
+	if l.inflight != nil || b.inflight != 0 {
+		t.Fatal("the late retry was published")
+	}
+	if got := testutil.ToFloat64(p.m.dropped.WithLabelValues(dropGaveUp)); got != 3 {
+		t.Errorf("%v records counted lost, want 3", got)
+	}
+	if p.held.Load() != 0 {
+		t.Errorf("%d records still held", p.held.Load())
+	}
 }

@@ -41,7 +41,9 @@ func (p *Publisher) Stale(ctx context.Context, sessionID string, seq uint64) (bo
 	}
 	last, err := strconv.ParseUint(msg.Header.Get(history.HeaderLastSeq), 10, 64)
 	if err != nil {
-		return false, fmt.Errorf("last batch of session: %w: %s header", history.ErrBadBatch, history.HeaderLastSeq)
+		// Not a batch (Load passes such messages over): nothing newer that
+		// ssetrack wrote can be told from it.
+		return false, nil
 	}
 	stale := last > seq
 	if stale {
