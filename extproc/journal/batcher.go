@@ -157,8 +157,33 @@ func (b *batcher) resetTimer(t *time.Timer) {
 	b.p.wakeAt.Store(at.UnixNano())
 }
 
-// add takes one record into its session's open batch.
+// add takes one record into its session's open batch. A record too large
+// for one message is split first (splitRecord).
 func (b *batcher) add(q queued) {
+	if lim := b.p.maxRecord; lim > 0 && len(q.rec.Data) > lim {
+		parts, tooLarge := splitRecord(q.rec, lim)
+		if tooLarge > 0 {
+			b.p.m.drop(dropTooLarge, tooLarge)
+			b.p.log.Error("journal: event larger than the NATS server's max_payload not stored",
+				"session", session.ShortID(q.rec.Session), "events", tooLarge, "limit_bytes", lim)
+		}
+		if len(parts) == 0 {
+			b.p.release(1)
+			return
+		}
+		// One record became len(parts): each is released on its own.
+		b.p.held.Add(int64(len(parts) - 1))
+		b.p.m.depth.Add(float64(len(parts) - 1))
+		for _, r := range parts {
+			b.addRecord(queued{rec: r, at: q.at})
+		}
+		return
+	}
+	b.addRecord(q)
+}
+
+// addRecord is add for a record that fits in one message.
+func (b *batcher) addRecord(q queued) {
 	cfg := &b.p.cfg
 	rec := q.rec
 	l := b.lanes[rec.Session]

@@ -25,6 +25,7 @@ const (
 	dropQueueFull = "queue_full"
 	dropClosed    = "closed"
 	dropGaveUp    = "publish_failed"
+	dropTooLarge  = "too_large" // an event over the server's max_payload: one count per event
 	dropShutdown  = "shutdown"
 )
 

@@ -71,6 +71,9 @@ type Publisher struct {
 
 	// writer names this Publisher in batch headers and message ids.
 	writer string
+	// maxRecord is the most payload bytes one batch message may carry: the
+	// server's max_payload less headerRoom. Larger records are split.
+	maxRecord int
 }
 
 var _ session.Loader = (*Publisher)(nil)
@@ -130,6 +133,9 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 		abort:   make(chan struct{}),
 		done:    make(chan struct{}),
 		writer:  newWriterID(),
+		// The server's limit as of this connection (its INFO); a cluster
+		// whose servers differ should be configured alike.
+		maxRecord: max(int(nc.MaxPayload())-headerRoom, 1<<10),
 	}
 	go p.state.run()
 	go p.run()

@@ -1,0 +1,85 @@
+package journal
+
+import (
+	"github.com/ssetrack/ssetrack/extproc/session"
+	"github.com/ssetrack/ssetrack/extproc/sse"
+)
+
+// headerRoom is what a batch message's headers may take besides its
+// payload: fixed names and numbers, and two ids of at most 512 bytes each
+// (a longer id is left out of the headers, see history.HeaderIDs).
+const headerRoom = 8 << 10
+
+// splitRecord cuts rec, whose bytes exceed limit, at event boundaries into
+// records of at most limit bytes each, in order, so that every one fits in
+// a message the server accepts (its max_payload less headerRoom). An event
+// that alone is larger than limit cannot be stored: it is left out and
+// counted in tooLarge (its sequence number is then missing from the
+// journal). Bytes that are not events (the LF owed to the previous record's
+// CRLF) stay with their neighbours. End goes with the last part.
+//
+// The record's events carry consecutive sequence numbers from FirstSeq:
+// the processor numbers a chunk's events while it holds the session.
+func splitRecord(rec session.Record, limit int) (parts []session.Record, tooLarge int) {
+	p := sse.Parser{MaxEventSize: len(rec.Data) + 1} // never oversize: the record holds whole events
+	p.Feed(rec.Data)
+	var (
+		cur      session.Record // the part being built; Data set when closed
+		start    = 0            // offset of cur's bytes in rec.Data
+		off      = 0            // offset of the segment at hand
+		seq      = rec.FirstSeq
+		curEmpty = true
+	)
+	newPart := func() session.Record {
+		return session.Record{Session: rec.Session, Stream: rec.Stream, Principal: rec.Principal}
+	}
+	cur = newPart()
+	closePart := func(end int) {
+		if !curEmpty || end > start {
+			cur.Data = rec.Data[start:end:end]
+			parts = append(parts, cur)
+		}
+		cur, start, curEmpty = newPart(), end, true
+	}
+	handle := func(seg sse.Segment) {
+		end := off + len(seg.Raw)
+		defer func() { off = end }()
+		if seg.Kind != sse.KindBlock || (!seg.HasData && !seg.HasID) {
+			return // not an event: rides with what is around it
+		}
+		evSeq := seq
+		seq++
+		switch {
+		case len(seg.Raw) > limit:
+			closePart(off)
+			tooLarge++
+			start = end // dropped
+			return
+		case !curEmpty && end-start > limit:
+			closePart(off)
+		}
+		if curEmpty {
+			cur.FirstSeq = evSeq
+		}
+		cur.LastSeq, cur.Count, curEmpty = evSeq, cur.Count+1, false
+		if seg.HasID && len(seg.ID) > 0 {
+			if cur.FirstID == "" {
+				cur.FirstID = string(seg.ID)
+			}
+			cur.LastID = string(seg.ID)
+		}
+	}
+	for seg, ok := p.Next(); ok; seg, ok = p.Next() {
+		handle(seg)
+	}
+	if tail := p.Flush(); len(tail) > 0 {
+		off += len(tail) // partial bytes: never in a record, kept as received
+	}
+	closePart(len(rec.Data))
+	if len(parts) > 0 {
+		parts[len(parts)-1].End = rec.End
+	} else if rec.End {
+		parts = append(parts, session.Record{Session: rec.Session, Stream: rec.Stream, Principal: rec.Principal, End: true})
+	}
+	return parts, tooLarge
+}

@@ -1,0 +1,103 @@
+package journal
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+)
+
+// bigRecord is a record of events with the given data sizes, ids e-<seq>
+// from seq 1; lead is prepended (the LF owed to an earlier CRLF).
+func bigRecord(lead string, sizes ...int) session.Record {
+	var b strings.Builder
+	b.WriteString(lead)
+	for i, n := range sizes {
+		fmt.Fprintf(&b, "id: e-%d\r\ndata: %s\r\n\r\n", i+1, strings.Repeat("x", n))
+	}
+	return session.Record{Session: "s", Stream: "t", FirstSeq: 1, LastSeq: uint64(len(sizes)), Count: len(sizes),
+		FirstID: "e-1", LastID: fmt.Sprintf("e-%d", len(sizes)), Data: []byte(b.String()), End: true}
+}
+
+func TestSplitRecord(t *testing.T) {
+	rec := bigRecord("\n", 300, 300, 5000, 300, 300, 300)
+	parts, tooLarge := splitRecord(rec, 1000)
+	if tooLarge != 1 {
+		t.Errorf("tooLarge %d, want 1", tooLarge)
+	}
+	var joined []byte
+	var seqs []string
+	for i, p := range parts {
+		if len(p.Data) > 1000 {
+			t.Errorf("part %d: %d bytes", i, len(p.Data))
+		}
+		if p.Count > 0 && (p.LastSeq-p.FirstSeq+1 != uint64(p.Count) || p.FirstID != fmt.Sprintf("e-%d", p.FirstSeq) || p.LastID != fmt.Sprintf("e-%d", p.LastSeq)) {
+			t.Errorf("part %d: %+v", i, p)
+		}
+		if p.End != (i == len(parts)-1) {
+			t.Errorf("part %d: End %v", i, p.End)
+		}
+		seqs = append(seqs, fmt.Sprintf("%d-%d", p.FirstSeq, p.LastSeq))
+		joined = append(joined, p.Data...)
+	}
+	// Event 3 is left out, everything else kept in order, byte for byte.
+	third := []byte(fmt.Sprintf("id: e-3\r\ndata: %s\r\n\r\n", strings.Repeat("x", 5000)))
+	if want := bytes.Replace(rec.Data, third, nil, 1); !bytes.Equal(joined, want) {
+		t.Errorf("parts joined differ from the record without event 3")
+	}
+	if got, want := strings.Join(seqs, " "), "1-2 4-6"; got != want {
+		t.Errorf("parts %s, want %s", got, want)
+	}
+}
+
+// TestRecordOverMaxPayloadIsSplit publishes a record larger than the
+// server's max_payload: its events are stored in several batches, and an
+// event larger than max_payload is counted, not lost silently with its
+// neighbours.
+func TestRecordOverMaxPayloadIsSplit(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), MaxPayload: 64 << 10, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	nc := connect(t, ns.ClientURL())
+	cfg := Config{}
+	p := newPublisher(t, nc, cfg)
+	sizes := make([]int, 0, 12)
+	for i := range 12 {
+		sizes = append(sizes, 20<<10)
+		if i == 5 {
+			sizes[i] = 100 << 10 // over max_payload alone
+		}
+	}
+	rec := bigRecord("", sizes...)
+	p.Append(rec)
+	waitFor(t, 10*time.Second, "11 events published", func() bool { return statsOf(t, p).Events == 11 })
+	var stored []byte
+	n := 0
+	for _, b := range readAll(t, jsOf(t, nc), cfg, "s") {
+		stored = append(stored, b.Data...)
+		n += b.Count
+	}
+	sixth := []byte(fmt.Sprintf("id: e-6\r\ndata: %s\r\n\r\n", strings.Repeat("x", 100<<10)))
+	if want := bytes.Replace(rec.Data, sixth, nil, 1); n != 11 || !bytes.Equal(stored, want) {
+		t.Errorf("stored %d events, %d bytes; want 11 events, the record without event 6", n, len(stored))
+	}
+	if got := testutil.ToFloat64(p.m.dropped.WithLabelValues(dropTooLarge)); got != 1 {
+		t.Errorf("too_large drops %v, want 1", got)
+	}
+	if h := p.held.Load(); h != 0 {
+		t.Errorf("%d records still held", h)
+	}
+}
