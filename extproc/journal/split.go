@@ -16,7 +16,8 @@ const headerRoom = 8 << 10
 // that alone is larger than limit cannot be stored: it is left out and
 // counted in tooLarge (its sequence number is then missing from the
 // journal). Bytes that are not events (the LF owed to the previous record's
-// CRLF) stay with their neighbours. End goes with the last part.
+// CRLF) stay with the events around them while the part has room, else
+// start the next part. End goes with the last part.
 //
 // The record's events carry consecutive sequence numbers from FirstSeq:
 // the processor numbers a chunk's events while it holds the session.
@@ -44,24 +45,27 @@ func splitRecord(rec session.Record, limit int) (parts []session.Record, tooLarg
 	handle := func(seg sse.Segment) {
 		end := off + len(seg.Raw)
 		defer func() { off = end }()
-		if seg.Kind != sse.KindBlock || (!seg.HasData && !seg.HasID) {
-			return // not an event: rides with what is around it
-		}
-		evSeq := seq
-		seq++
-		switch {
-		case len(seg.Raw) > limit:
+		event := seg.Kind == sse.KindBlock && (seg.HasData || seg.HasID)
+		if event && len(seg.Raw) > limit {
+			seq++
 			closePart(off)
 			tooLarge++
-			start = end // dropped
+			start = end // left out
 			return
-		case !curEmpty && end-start > limit:
+		}
+		if end-start > limit && off > start {
+			// What is at hand goes to a new part; so do bytes that are not
+			// events when the part is full.
 			closePart(off)
 		}
-		if curEmpty {
-			cur.FirstSeq = evSeq
+		if !event {
+			return // rides with the events around it
 		}
-		cur.LastSeq, cur.Count, curEmpty = evSeq, cur.Count+1, false
+		if curEmpty {
+			cur.FirstSeq = seq
+		}
+		cur.LastSeq, cur.Count, curEmpty = seq, cur.Count+1, false
+		seq++
 		if seg.HasID && len(seg.ID) > 0 {
 			if cur.FirstID == "" {
 				cur.FirstID = string(seg.ID)
@@ -73,7 +77,11 @@ func splitRecord(rec session.Record, limit int) (parts []session.Record, tooLarg
 		handle(seg)
 	}
 	if tail := p.Flush(); len(tail) > 0 {
-		off += len(tail) // partial bytes: never in a record, kept as received
+		// A partial block (never in a processor's record): kept as received.
+		if off+len(tail)-start > limit && off > start {
+			closePart(off)
+		}
+		off += len(tail)
 	}
 	closePart(len(rec.Data))
 	if len(parts) > 0 {

@@ -101,3 +101,39 @@ func TestRecordOverMaxPayloadIsSplit(t *testing.T) {
 		t.Errorf("%d records still held", h)
 	}
 }
+
+// FuzzSplitRecord checks splitRecord on any bytes: parts stay within the
+// limit unless they hold no event, and the parts joined are the record
+// with the too-large events left out, in order.
+func FuzzSplitRecord(f *testing.F) {
+	f.Add([]byte("id: 1\ndata: a\n\nid: 2\ndata: bb\n\n"), 16)
+	f.Add([]byte("\nid: 1\r\ndata: a\r\n\r\nid: 2\r\n\r\n: c\r\n"), 8)
+	f.Add([]byte("data: x\r\rdata: y\r\r"), 9)
+	f.Fuzz(func(t *testing.T, data []byte, limit int) {
+		limit = 1 + abs(limit)%64
+		rec := session.Record{Session: "s", Stream: "t", FirstSeq: 1, LastSeq: 100, Count: 100, Data: data}
+		parts, tooLarge := splitRecord(rec, limit)
+		var joined []byte
+		count := 0
+		for _, p := range parts {
+			if len(p.Data) > limit && p.Count > 0 {
+				t.Fatalf("part of %d events has %d bytes, limit %d", p.Count, len(p.Data), limit)
+			}
+			count += p.Count
+			joined = append(joined, p.Data...)
+		}
+		if len(joined) > len(data) || (tooLarge == 0 && !bytes.Equal(joined, data)) {
+			t.Fatalf("parts joined %q, record %q", joined, data)
+		}
+		if len(joined) == len(data) && tooLarge > 0 {
+			t.Fatalf("%d events left out, yet every byte kept", tooLarge)
+		}
+	})
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
