@@ -18,7 +18,10 @@ import (
 // soakRSSSlackMiB, whichever is larger, by the end; goroutines and open files must come back
 // within soakMargin of their count before the streams.
 const (
-	soakStreams     = 1000
+	// More than Envoy's default circuit breakers (1024 concurrent requests or connections per
+	// cluster): every stream holds an upstream connection and an ext_proc gRPC stream, so the
+	// shipped config must raise both (the overflow check below fails otherwise).
+	soakStreams     = 1100
 	soakRSSGrowth   = 0.20
 	soakRSSSlackMiB = 16
 	soakMargin      = 8

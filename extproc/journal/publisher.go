@@ -24,7 +24,7 @@ import (
 // Append does not wake the batcher for every record: the batcher takes the
 // queue whole whenever it wakes, and Append wakes it only when it would not
 // wake by itself before the new record's batch is due (Config.Batch.MaxDelay
-// after the record) or when inboxWake records wait. A stream of a few events
+// after the record), when a stream ends, or when inboxWake records wait. A stream of a few events
 // per batch delay costs a few wakeups per batch, not one per record.
 // Each session has at most one batch in flight, and a failed batch is
 // retried (same Nats-Msg-Id, so a retry that follows a lost ack is a
@@ -185,12 +185,14 @@ func (p *Publisher) enqueue(q queued) bool {
 	// The batcher stores wakeAt before it looks at the inbox a last time and
 	// sleeps; this load follows the append under the same lock, so a record
 	// the batcher missed sees the wakeAt it sleeps with.
-	if n == 1 {
+	switch {
+	case q.rec.End, n == inboxWake:
+		// The end of a stream publishes its batch at once.
+		p.signal()
+	case n == 1:
 		if w := p.wakeAt.Load(); w == batcherIdle || w > q.at.Add(p.cfg.Batch.MaxDelay).UnixNano() {
 			p.signal()
 		}
-	} else if n == inboxWake {
-		p.signal()
 	}
 	return true
 }
