@@ -18,6 +18,10 @@ import (
 // pending is a batch being filled or waiting to be (re)published.
 type pending struct {
 	Batch
+	// owned: Data is a buffer of the batcher's (from buffers), returned
+	// to it once the batch is acknowledged or given up; otherwise Data is
+	// the batch's one record's own bytes.
+	owned   bool
 	at      []time.Time // enqueue time of each record, for latency
 	gen     uint64      // identifies the open batch for its deadline timer
 	msg     *nats.Msg   // built when first published
@@ -86,6 +90,35 @@ type batcher struct {
 	inflight int
 	gen      uint64
 	closing  bool
+	// buffers are batch buffers of capacity Batch.MaxBytes that no batch
+	// holds: a batch of more than one record is assembled in one, and it
+	// comes back when the batch is acknowledged, so steady publishing
+	// allocates none.
+	buffers [][]byte
+}
+
+// maxSpareBuffers bounds the batch buffers kept for reuse (at 64 KiB each,
+// 16 MiB).
+const maxSpareBuffers = 256
+
+// buffer returns an empty buffer of capacity at least n.
+func (b *batcher) buffer(n int) []byte {
+	size := max(n, b.p.cfg.Batch.MaxBytes)
+	if k := len(b.buffers); k > 0 && size == b.p.cfg.Batch.MaxBytes {
+		buf := b.buffers[k-1]
+		b.buffers[k-1] = nil
+		b.buffers = b.buffers[:k-1]
+		return buf[:0]
+	}
+	return make([]byte, 0, size)
+}
+
+// recycle takes back pb's buffer, if it is the batcher's.
+func (b *batcher) recycle(pb *pending) {
+	if pb.owned && cap(pb.Data) == b.p.cfg.Batch.MaxBytes && len(b.buffers) < maxSpareBuffers {
+		b.buffers = append(b.buffers, pb.Data[:0])
+	}
+	pb.Data, pb.owned, pb.msg = nil, false, nil
 }
 
 // run is the batcher goroutine. It sleeps until its next timer, a publish
@@ -248,6 +281,12 @@ func (b *batcher) addRecord(q queued) {
 			o.LastSeq = rec.LastSeq
 		}
 		o.Count += rec.Count
+		if !o.owned {
+			// A second record: assemble the batch in a buffer of ours
+			// (the first record's bytes are the processor's chunk).
+			buf := b.buffer(len(o.Data) + len(rec.Data))
+			o.Data, o.owned = append(buf, o.Data...), true
+		}
 		o.Data = append(o.Data, rec.Data...)
 		o.at = append(o.at, q.at)
 	}
@@ -350,6 +389,7 @@ func (b *batcher) done(r result) {
 		}
 		p.release(len(pb.at))
 		p.state.update(pb.Session, pb.Stream, pb.LastID, pb.LastSeq, l.principal)
+		b.recycle(pb)
 	} else {
 		p.m.errors.Inc()
 		if isPermanent(r.err) || time.Since(pb.firstTx) >= p.retryBudget() {
@@ -392,6 +432,7 @@ func (b *batcher) giveUp(pb *pending, err error) {
 		"first_seq", pb.FirstSeq, "events", pb.Count, "tries", pb.tries, "err", err)
 	p.m.drop(dropGaveUp, len(pb.at))
 	p.release(len(pb.at))
+	b.recycle(pb)
 }
 
 // fire handles due timers.
