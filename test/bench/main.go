@@ -75,6 +75,7 @@ func run(benchtime string, persistRounds int, out string) error {
 		{root, "./extproc/", "^BenchmarkChunkRoundTrip$", benchtime},
 		{root, "./extproc/journal/", "^BenchmarkPersist$", fmt.Sprintf("%dx", persistRounds)},
 		{root, "./extproc/journal/", "^BenchmarkReplay$", benchtime},
+		{root, "./test/", "^BenchmarkProcessor$", processorEvents(benchtime)},
 		{root, "./test/", "^BenchmarkPerf$", perfTime(benchtime)},
 	} {
 		args := []string{"test", "-run", "^$", "-bench", r.bench, "-benchtime", r.benchtime, "-benchmem", "-timeout", "30m", r.pkg}
@@ -113,6 +114,7 @@ func run(benchtime string, persistRounds int, out string) error {
 	parserTable(&md, all)
 	chunkTable(&md, all)
 	persistTable(&md, all)
+	processorTable(&md, all)
 	perfTable(&md, all)
 	replayTable(&md, all)
 	fmt.Fprintf(&md, "## Raw results\n\n<details><summary>go test -bench output</summary>\n\n```\n%s```\n\n</details>\n", raw.String())
@@ -125,6 +127,15 @@ func perfTime(benchtime string) string {
 		return "1s"
 	}
 	return benchtime
+}
+
+// processorEvents is benchtime for BenchmarkProcessor, a fixed event count: 3,000,000 (a few
+// seconds per server) for a benchtime of 1s or more, 500,000 below.
+func processorEvents(benchtime string) string {
+	if d, err := time.ParseDuration(benchtime); err == nil && d < time.Second {
+		return "500000x"
+	}
+	return "3000000x"
 }
 
 // benchLine is a result line of `go test -bench`: name-GOMAXPROCS, iterations, then value
@@ -245,13 +256,28 @@ func persistTable(md *strings.Builder, rs results) {
 	fmt.Fprintf(md, "| event to ack p99, ms | %s | %s | %s |\n\n", num(bp, bpok), num(rp, rpok), ratio(bp, bpok, rp, rpok))
 }
 
+func processorTable(md *strings.Builder, rs results) {
+	fmt.Fprintf(md, "## The ext_proc process alone\n\n")
+	fmt.Fprintf(md, "`BenchmarkProcessor` (test/processor_bench_test.go): the test process plays Envoy over real gRPC on loopback, 64 concurrent ext_proc streams (a new session each) of 8 KiB body chunks, 32 MCP notifications of 256 B per chunk, each chunk answered before the next; no Envoy, upstream or HTTP client shares the measurement. ")
+	fmt.Fprintf(md, "CPU per event is the server process's (user + system, from /proc); **noop** is the do-nothing server of perf_test.go, **ssetrack** the built binary with its embedded JetStream journal (its NATS server's CPU included), **ssetrack-nojournal** with `--journal=false`.\n\n")
+	fmt.Fprintf(md, "| server | events/s | CPU µs/ev | CPU / noop |\n|---|--:|--:|--:|\n")
+	n, nok := rs.get("BenchmarkProcessor/noop", "server-cpu-us/ev")
+	for _, s := range []string{"noop", "ssetrack", "ssetrack-nojournal"} {
+		name := "BenchmarkProcessor/" + s
+		c, cok := rs.get(name, "server-cpu-us/ev")
+		ns, nsok := rs.get(name, "ns/op")
+		fmt.Fprintf(md, "| %s | %s | %s | %s |\n", s, num(1e9/ns, nsok), num(c, cok), ratio(c, cok, n, nok))
+	}
+	fmt.Fprintf(md, "\n")
+}
+
 func perfTable(md *strings.Builder, rs results) {
 	fmt.Fprintf(md, "## End to end through Envoy\n\n")
 	fmt.Fprintf(md, "`BenchmarkPerf` (test/perf_test.go; its doc comment has the details): a client and an SSE upstream in the test process, one Envoy per setup. ")
 	fmt.Fprintf(md, "**envoy** has no ext_proc filter; **envoy-noop** runs the do-nothing ext_proc server (its own process, same mode_override as ssetrack); **envoy-ssetrack** runs the built ssetrack with its embedded JetStream journal; **envoy-ssetrack-nojournal** the same with `--journal=false`. ")
 	fmt.Fprintf(md, "Workloads: **tokens** one stream of 100 B events flat out; **tokens-paced** the same at one event per ms; **mcp** 64 streams of 256 B events flat out; **large** one stream of 64 KiB events. ")
 	fmt.Fprintf(md, "CPU µs/ev is Envoy's plus the ext_proc process's (ssetrack's includes its NATS server) per event; p99 is an event's upstream write to client read. Timeouts are Envoy's ext_proc `message_timeouts` in the round.\n\n")
-	fmt.Fprintf(md, "| workload | setup | events/s | events/s / envoy | events/s / envoy-noop | p99 µs | p99 / envoy-noop | CPU µs/ev | CPU / envoy | CPU / envoy-noop | timeouts |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	fmt.Fprintf(md, "| workload | setup | events/s | events/s / envoy | events/s / envoy-noop | p99 µs | p99 / envoy-noop | CPU µs/ev | CPU / envoy | CPU / envoy-noop | ext_proc CPU / noop's | timeouts |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	cpu := func(name string) (float64, bool) {
 		e, eok := rs.get(name, "envoy-cpu-us/ev")
 		x, _ := rs.get(name, "xp-cpu-us/ev")
@@ -268,8 +294,10 @@ func perfTable(md *strings.Builder, rs results) {
 			c, cok := cpu(name)
 			ec, ecok := cpu(envoy)
 			nc, ncok := cpu(noop)
-			fmt.Fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, s, num(ev, evok), ratio(ev, evok, ee, eeok), ratio(ev, evok, ne, neok),
-				num(p, pok), ratio(p, pok, np, npok), num(c, cok), ratio(c, cok, ec, ecok), ratio(c, cok, nc, ncok), num(rs.get(name, "msg-timeouts")))
+			xp, xpok := rs.get(name, "xp-cpu-us/ev")
+			nxp, nxpok := rs.get(noop, "xp-cpu-us/ev")
+			fmt.Fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, s, num(ev, evok), ratio(ev, evok, ee, eeok), ratio(ev, evok, ne, neok),
+				num(p, pok), ratio(p, pok, np, npok), num(c, cok), ratio(c, cok, ec, ecok), ratio(c, cok, nc, ncok), ratio(xp, xpok, nxp, nxpok), num(rs.get(name, "msg-timeouts")))
 		}
 	}
 	fmt.Fprintf(md, "\nEnvoy's CPU is sampled from /proc in 10 ms ticks: at small event counts the CPU columns are coarse.\n\n")
