@@ -101,21 +101,32 @@ type batcher struct {
 // 16 MiB).
 const maxSpareBuffers = 256
 
-// buffer returns an empty buffer of capacity at least n.
+// maxBytes is the most payload bytes of a batch of several records:
+// Batch.MaxBytes, or less if the server takes less (maxRecord).
+func (b *batcher) maxBytes() int {
+	if b.p.maxRecord <= 0 {
+		return b.p.cfg.Batch.MaxBytes
+	}
+	return min(b.p.cfg.Batch.MaxBytes, b.p.maxRecord)
+}
+
+// buffer returns an empty buffer for a batch that holds n bytes so far: a
+// spare one, or a new one of twice that (appends grow it). New buffers are
+// sized by need, so small batches held through an outage hold little.
 func (b *batcher) buffer(n int) []byte {
-	size := max(n, b.p.cfg.Batch.MaxBytes)
-	if k := len(b.buffers); k > 0 && size == b.p.cfg.Batch.MaxBytes {
+	if k := len(b.buffers); k > 0 {
 		buf := b.buffers[k-1]
 		b.buffers[k-1] = nil
 		b.buffers = b.buffers[:k-1]
 		return buf[:0]
 	}
-	return make([]byte, 0, size)
+	return make([]byte, 0, min(max(2*n, 4<<10), b.maxBytes()))
 }
 
-// recycle takes back pb's buffer, if it is the batcher's.
+// recycle takes back pb's buffer, if it is the batcher's and large: the
+// buffers of full batches are the ones steady publishing needs again.
 func (b *batcher) recycle(pb *pending) {
-	if pb.owned && cap(pb.Data) == b.p.cfg.Batch.MaxBytes && len(b.buffers) < maxSpareBuffers {
+	if c := cap(pb.Data); pb.owned && c >= b.maxBytes()/2 && c <= 2*b.maxBytes() && len(b.buffers) < maxSpareBuffers {
 		b.buffers = append(b.buffers, pb.Data[:0])
 	}
 	pb.Data, pb.owned, pb.msg = nil, false, nil
@@ -187,7 +198,7 @@ func (b *batcher) resetTimer(t *time.Timer) {
 	}
 	at := b.timers[0].at
 	t.Reset(max(time.Until(at), 0))
-	b.p.wakeAt.Store(at.UnixNano())
+	b.p.wakeAt.Store(b.p.since(at))
 }
 
 // add takes one record into its session's open batch. A record too large
@@ -246,7 +257,7 @@ func (b *batcher) addRecord(q queued) {
 	if o := l.open; o != nil {
 		contiguous := rec.FirstSeq == 0 || o.LastSeq == 0 || rec.FirstSeq == o.LastSeq+1
 		if o.Stream != rec.Stream || !contiguous ||
-			o.Count+rec.Count > cfg.Batch.MaxEvents || len(o.Data)+len(rec.Data) > cfg.Batch.MaxBytes {
+			o.Count+rec.Count > cfg.Batch.MaxEvents || len(o.Data)+len(rec.Data) > b.maxBytes() {
 			b.seal(l)
 		}
 	}
@@ -290,7 +301,7 @@ func (b *batcher) addRecord(q queued) {
 		o.Data = append(o.Data, rec.Data...)
 		o.at = append(o.at, q.at)
 	}
-	if o := l.open; rec.End || o.Count >= cfg.Batch.MaxEvents || len(o.Data) >= cfg.Batch.MaxBytes {
+	if o := l.open; rec.End || o.Count >= cfg.Batch.MaxEvents || len(o.Data) >= b.maxBytes() {
 		b.seal(l)
 	}
 }
@@ -411,6 +422,7 @@ func (b *batcher) done(r result) {
 		b.waitq = b.waitq[1:]
 		w.waiting = false
 		b.trySend(w)
+		b.forget(w) // idle if its batch was given up
 	}
 	b.forget(l)
 }

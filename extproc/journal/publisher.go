@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,10 +50,12 @@ type Publisher struct {
 	inbox  []queued // records from Append the batcher has not taken yet
 	// wake (capacity 1) tells the batcher to take the inbox now.
 	wake chan struct{}
-	// wakeAt is when the batcher wakes by itself next, in Unix nanoseconds:
-	// batcherAwake while it runs (it looks at the inbox before it sleeps),
-	// batcherIdle when only a wake or a result will wake it.
+	// wakeAt is when the batcher wakes by itself next, in nanoseconds since
+	// epoch (monotonic: a wall clock jump changes nothing): batcherAwake
+	// while it runs (it looks at the inbox before it sleeps), batcherIdle
+	// when only a wake or a result will wake it.
 	wakeAt atomic.Int64
+	epoch  time.Time
 	wakes  atomic.Int64 // wakes Append sent, for tests
 
 	// held counts records from Append until ack or loss; it bounds memory.
@@ -129,6 +132,7 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 		m:       m,
 		state:   newStateWriter(kvjs, kv, cfg, log, m),
 		wake:    make(chan struct{}, 1),
+		epoch:   time.Now(),
 		results: make(chan result, cfg.MaxInFlight),
 		abort:   make(chan struct{}),
 		done:    make(chan struct{}),
@@ -190,18 +194,22 @@ func (p *Publisher) enqueue(q queued) bool {
 		// The end of a stream publishes its batch at once.
 		p.signal()
 	case n == 1:
-		if w := p.wakeAt.Load(); w == batcherIdle || w > q.at.Add(p.cfg.Batch.MaxDelay).UnixNano() {
+		if p.wakeAt.Load() > p.since(q.at.Add(p.cfg.Batch.MaxDelay)) {
 			p.signal()
 		}
 	}
 	return true
 }
 
-// Values of Publisher.wakeAt besides a time.
+// Values of Publisher.wakeAt besides a time: idle is later than any
+// deadline (Append wakes the batcher), awake earlier (it does not).
 const (
-	batcherIdle  = 0
-	batcherAwake = 1
+	batcherIdle  = math.MaxInt64
+	batcherAwake = math.MinInt64
 )
+
+// since is t in wakeAt's unit.
+func (p *Publisher) since(t time.Time) int64 { return int64(t.Sub(p.epoch)) }
 
 // inboxWake is the inbox length at which Append wakes the batcher whatever
 // its timers: under load batches fill long before their delay is up, and

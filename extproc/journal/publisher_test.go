@@ -473,6 +473,31 @@ func TestForeignMessagesArePassedOver(t *testing.T) {
 	}
 }
 
+// TestGivenUpLaneIsForgotten gives up a waiting lane's late retry when a
+// slot frees: the lane, idle now, must not stay in the batcher, or Shutdown
+// would wait for it until its deadline.
+func TestGivenUpLaneIsForgotten(t *testing.T) {
+	cfg := Config{MaxInFlight: 1}.withDefaults()
+	p := &Publisher{cfg: cfg, m: newMetrics(nil), log: testLog()}
+	b := &batcher{p: p, lanes: map[string]*lane{}}
+	late := &pending{Batch: Batch{Session: "late", Count: 1}, at: make([]time.Time, 1), tries: 1,
+		firstTx: time.Now().Add(-p.retryBudget() - time.Second)}
+	busy := &pending{Batch: Batch{Session: "busy", Count: 1}, at: make([]time.Time, 1), tries: 1, firstTx: time.Now()}
+	lw := &lane{session: "late", ready: []*pending{late}, waiting: true}
+	lb := &lane{session: "busy", inflight: busy}
+	b.lanes["late"], b.lanes["busy"] = lw, lb
+	b.waitq, b.inflight = []*lane{lw}, 1
+	p.held.Store(2)
+	// The busy lane's publish fails for good: its slot goes to the waiting lane.
+	b.done(result{lane: lb, err: nats.ErrMaxPayload})
+	if len(b.lanes) != 0 {
+		t.Errorf("%d lanes left after both batches were given up", len(b.lanes))
+	}
+	if p.held.Load() != 0 {
+		t.Errorf("%d records still held", p.held.Load())
+	}
+}
+
 // TestLateRetryIsGivenUp holds a failed batch back until its retry would
 // come after the duplicate window (it waited for an in-flight slot during
 // a long outage): it is given up and counted, never published, since a

@@ -6,9 +6,12 @@ import (
 )
 
 // headerRoom is what a batch message's headers may take besides its
-// payload: fixed names and numbers, and two ids of at most 512 bytes each
-// (a longer id is left out of the headers, see history.HeaderIDs).
-const headerRoom = 8 << 10
+// payload, with room to spare: the session id (at most 4096 bytes, the
+// processor's limit, base64-encoded past 512: 5.5 KiB), two event ids of at
+// most maxIDHeader bytes each (base64 past 512: 2.7 KiB; longer ones are
+// left out of the headers, see history.HeaderIDs), the stream id, the
+// writer, the Nats-Msg-Id and the numbers (under 1 KiB).
+const headerRoom = 16 << 10
 
 // splitRecord cuts rec, whose bytes exceed limit, at event boundaries into
 // records of at most limit bytes each, in order, so that every one fits in

@@ -100,6 +100,20 @@ func TestRecordOverMaxPayloadIsSplit(t *testing.T) {
 	if h := p.held.Load(); h != 0 {
 		t.Errorf("%d records still held", h)
 	}
+
+	// Two records that fit alone but not together with headers go in two
+	// batches: a batch of several records is capped by max_payload too.
+	half := bigRecord("", 32_700)
+	half.Session, half.End = "s2", false
+	p.Append(half)
+	second := bigRecord("", 32_700)
+	second.Session, second.FirstSeq, second.LastSeq, second.FirstID, second.LastID, second.End = "s2", 2, 2, "e-2", "e-2", false
+	second.Data = bytes.Replace(second.Data, []byte("e-1"), []byte("e-2"), 1)
+	p.Append(second)
+	waitFor(t, 10*time.Second, "both records published", func() bool { return statsOf(t, p).Events == 13 })
+	if got := testutil.ToFloat64(p.m.dropped.WithLabelValues(dropGaveUp)); got != 0 {
+		t.Errorf("%v records lost to publish failures", got)
+	}
 }
 
 // FuzzSplitRecord checks splitRecord on any bytes: parts stay within the
