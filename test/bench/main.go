@@ -27,6 +27,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,8 +39,9 @@ import (
 	"time"
 )
 
-// result is one benchmark line: its metrics by unit (ns/op, events/s, ...).
-type result map[string]float64
+// result is a benchmark's metrics by unit (ns/op, events/s, ...): one value per line of
+// the run (several with -count).
+type result map[string][]float64
 
 // results are the benchmark lines of a run by name, without the GOMAXPROCS suffix.
 type results map[string]result
@@ -70,15 +72,17 @@ func run(benchtime string, persistRounds int, out string) error {
 	all := results{}
 	for _, r := range []struct {
 		dir, pkg, bench, benchtime string
+		count                      int // rounds; the tables show each metric's median
 	}{
-		{".", ".", "^BenchmarkParser$", benchtime},
-		{root, "./extproc/", "^BenchmarkChunkRoundTrip$", benchtime},
-		{root, "./extproc/journal/", "^BenchmarkPersist$", fmt.Sprintf("%dx", persistRounds)},
-		{root, "./extproc/journal/", "^BenchmarkReplay$", benchtime},
-		{root, "./test/", "^BenchmarkProcessor$", processorEvents(benchtime)},
-		{root, "./test/", "^BenchmarkPerf$", perfTime(benchtime)},
+		{".", ".", "^BenchmarkParser$", benchtime, 1},
+		{root, "./extproc/", "^BenchmarkChunkRoundTrip$", benchtime, 1},
+		{root, "./extproc/journal/", "^BenchmarkPersist$", fmt.Sprintf("%dx", persistRounds), 1},
+		{root, "./extproc/journal/", "^BenchmarkReplay$", benchtime, 1},
+		{root, "./test/", "^BenchmarkProcessor$", processorEvents(benchtime), 3},
+		{root, "./test/", "^BenchmarkPerf$", perfTime(benchtime), 3},
 	} {
-		args := []string{"test", "-run", "^$", "-bench", r.bench, "-benchtime", r.benchtime, "-benchmem", "-timeout", "30m", r.pkg}
+		args := []string{"test", "-run", "^$", "-bench", r.bench, "-benchtime", r.benchtime, "-count", strconv.Itoa(max(r.count, 1)),
+			"-benchmem", "-timeout", "30m", r.pkg}
 		fmt.Fprintf(os.Stderr, "bench: go %s\n", strings.Join(args, " "))
 		var buf bytes.Buffer
 		cmd := exec.Command("go", args...)
@@ -88,9 +92,7 @@ func run(benchtime string, persistRounds int, out string) error {
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("go %s: %w", strings.Join(args, " "), err)
 		}
-		for name, res := range parse(buf.Bytes()) {
-			all[name] = res
-		}
+		maps.Copy(all, parse(buf.Bytes()))
 		for line := range strings.Lines(buf.String()) {
 			if strings.HasPrefix(line, "Benchmark") {
 				raw.WriteString(line)
@@ -103,7 +105,8 @@ func run(benchtime string, persistRounds int, out string) error {
 	fmt.Fprintf(&md, "# Benchmarks\n\n")
 	fmt.Fprintf(&md, "Written by `make bench BENCHTIME=%s` (test/bench/main.go) on %s, in %s.\n",
 		benchtime, start.UTC().Format("2006-01-02 15:04 MST"), time.Since(start).Round(time.Second))
-	fmt.Fprintf(&md, "Every ratio compares two rows of this one run; timings are reported, never checked.\n\n")
+	fmt.Fprintf(&md, "Every ratio compares two rows of this one run; timings are reported, never checked. ")
+	fmt.Fprintf(&md, "`BenchmarkProcessor` and `BenchmarkPerf` run three rounds (`-count 3`), every setup in each: their figures are the median of the three, and their ratios ratios of medians.\n\n")
 	fmt.Fprintf(&md, "| machine | |\n|---|---|\n")
 	fmt.Fprintf(&md, "| CPU | %s |\n", cpuModel())
 	fmt.Fprintf(&md, "| cores | %d |\n", runtime.NumCPU())
@@ -151,26 +154,30 @@ func parse(out []byte) results {
 		if m == nil {
 			continue
 		}
-		r := result{}
+		r := rs[m[1]]
+		if r == nil {
+			r = result{}
+			rs[m[1]] = r
+		}
 		f := strings.Fields(m[3])
 		for i := 0; i+1 < len(f); i += 2 {
 			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
-				r[f[i+1]] = v
+				r[f[i+1]] = append(r[f[i+1]], v)
 			}
 		}
-		rs[m[1]] = r
 	}
 	return rs
 }
 
-// get returns the metric unit of benchmark name, and whether the run has it.
+// get returns the metric unit of benchmark name, the median of its values (the lower middle
+// one of an even count), and whether the run has it.
 func (rs results) get(name, unit string) (float64, bool) {
-	r, ok := rs[name]
-	if !ok {
+	vs := slices.Clone(rs[name][unit])
+	if len(vs) == 0 {
 		return 0, false
 	}
-	v, ok := r[unit]
-	return v, ok
+	slices.Sort(vs)
+	return vs[(len(vs)-1)/2], true
 }
 
 // num formats v with about three significant digits; "-" if missing.
