@@ -28,7 +28,7 @@ const (
 	soakWindow      = 8
 )
 
-// TestSoak holds 1,000 concurrent SSE streams through Envoy (envoy/envoy.yaml) and ssetrack
+// TestSoak holds soakStreams (1,100) concurrent SSE streams through Envoy (envoy/envoy.yaml) and ssetrack
 // for about 60 s (15 s with -short), each a session of its own with an event a second. It
 // asserts that ssetrack's resident memory (VmRSS in /proc/<pid>/status) is flat after the
 // warm-up (all streams open, then a quarter of the run, or long enough to fill the sessions'
@@ -36,8 +36,8 @@ const (
 // soakRSSGrowth or soakRSSSlackMiB of the warm-up figure; that once the streams ended its
 // goroutines (go_goroutines on /metrics) and open file descriptors (/proc/<pid>/fd) come
 // back to their count before the streams, within soakMargin; that every client got every
-// event once; and that Envoy overflowed no circuit breaker (envoy.yaml sets none: Envoy's
-// defaults allow 1,024 connections and requests per cluster). Envoy's fail-open count is
+// event once; and that Envoy overflowed no circuit breaker (Envoy's defaults allow 1,024
+// connections and requests per cluster; envoy.yaml raises them for both clusters). Envoy's fail-open count is
 // logged: on a loaded machine the 200 ms message_timeout trips for some streams.
 func TestSoak(t *testing.T) {
 	requireFaultPrereqs(t)
@@ -138,7 +138,7 @@ func TestSoak(t *testing.T) {
 	if d := met.Sum(mRecordsDropped) + met.Sum(mRejected); d != 0 {
 		t.Errorf("ssetrack dropped %v journal records", d)
 	}
-	// Tally: every stream's events; persisted is ssetrack's published total (reading 1,000
+	// Tally: every stream's events; persisted is ssetrack's published total (reading 1,100
 	// subjects back would cost more than the soak); streams that failed open are not in it.
 	sent := soakStreams * events
 	delivered := (soakStreams - failed) * events

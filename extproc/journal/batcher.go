@@ -399,6 +399,7 @@ func (b *batcher) done(r result) {
 			}
 		}
 		p.release(len(pb.at))
+		p.stored(pb)
 		p.state.update(pb.Session, pb.Stream, pb.LastID, pb.LastSeq, l.principal)
 		b.recycle(pb)
 	} else {
@@ -444,6 +445,7 @@ func (b *batcher) giveUp(pb *pending, err error) {
 		"first_seq", pb.FirstSeq, "events", pb.Count, "tries", pb.tries, "err", err)
 	p.m.drop(dropGaveUp, len(pb.at))
 	p.release(len(pb.at))
+	p.stored(pb)
 	b.recycle(pb)
 }
 

@@ -25,7 +25,9 @@ import (
 // S-HistoryEvents+1, and an ordered consumer reads forward from there to
 // that last message. Each payload is split into events to recover their
 // ids. Load is bounded by ctx (the caller's budget for one Envoy message);
-// events recorded but not yet acknowledged are not included.
+// events recorded but not yet acknowledged are not included, but the
+// History's Seq counts them: a session reloaded while they are on their way
+// (evicted from memory, say) goes on after them.
 //
 // A message on the session's subject that is not a batch (published there
 // by something else, or damaged) is passed over, never an error: when it is
@@ -40,6 +42,12 @@ func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.Histor
 	}
 	if h != nil {
 		p.state.seed(sessionID, st)
+	}
+	if u := p.unstoredSeq(sessionID); u > 0 {
+		if h == nil {
+			h = &session.History{}
+		}
+		h.Seq = max(h.Seq, u)
 	}
 	return h, nil
 }

@@ -45,9 +45,14 @@ type Publisher struct {
 	m      *metrics
 	state  *stateWriter
 
-	mu     sync.Mutex // guards closed and inbox
+	mu     sync.Mutex // guards closed, inbox and unstored
 	closed bool
 	inbox  []queued // records from Append the batcher has not taken yet
+	// unstored is each session's highest sequence number among the records
+	// appended and not yet acknowledged or given up. Load reports it, so a
+	// session reloaded (evicted from memory, say) while its last events are
+	// on their way never numbers new events with their numbers.
+	unstored map[string]uint64
 	// wake (capacity 1) tells the batcher to take the inbox now.
 	wake chan struct{}
 	// wakeAt is when the batcher wakes by itself next, in nanoseconds since
@@ -124,19 +129,20 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
 	p := &Publisher{
-		cfg:     cfg,
-		js:      js,
-		stream:  stream,
-		kv:      kv,
-		log:     log,
-		m:       m,
-		state:   newStateWriter(kvjs, kv, cfg, log, m),
-		wake:    make(chan struct{}, 1),
-		epoch:   time.Now(),
-		results: make(chan result, cfg.MaxInFlight),
-		abort:   make(chan struct{}),
-		done:    make(chan struct{}),
-		writer:  newWriterID(),
+		cfg:      cfg,
+		js:       js,
+		stream:   stream,
+		kv:       kv,
+		log:      log,
+		m:        m,
+		state:    newStateWriter(kvjs, kv, cfg, log, m),
+		wake:     make(chan struct{}, 1),
+		unstored: make(map[string]uint64),
+		epoch:    time.Now(),
+		results:  make(chan result, cfg.MaxInFlight),
+		abort:    make(chan struct{}),
+		done:     make(chan struct{}),
+		writer:   newWriterID(),
 		// The server's limit as of this connection (its INFO); a cluster
 		// whose servers differ should be configured alike.
 		maxRecord: max(int(nc.MaxPayload())-headerRoom, 1<<10),
@@ -184,6 +190,9 @@ func (p *Publisher) enqueue(q queued) bool {
 	}
 	p.inbox = append(p.inbox, q)
 	n := len(p.inbox)
+	if s := q.rec.LastSeq; s > p.unstored[q.rec.Session] {
+		p.unstored[q.rec.Session] = s
+	}
 	p.mu.Unlock()
 	p.m.depth.Inc()
 	// The batcher stores wakeAt before it looks at the inbox a last time and
@@ -247,6 +256,23 @@ func logDrop(log *slog.Logger, last, count *atomic.Int64, sessionID string, queu
 	}
 	log.Warn("journal queue full, dropping records",
 		"session", session.ShortID(sessionID), "queue_size", queueSize, "dropped", count.Swap(0))
+}
+
+// stored forgets pb's sequence numbers as unstored (acknowledged or given
+// up) unless later records of the session are still on their way.
+func (p *Publisher) stored(pb *pending) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s, ok := p.unstored[pb.Session]; ok && s <= pb.LastSeq {
+		delete(p.unstored, pb.Session)
+	}
+}
+
+// unstoredSeq is the session's highest sequence number not yet stored, or 0.
+func (p *Publisher) unstoredSeq(sessionID string) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.unstored[sessionID]
 }
 
 // release forgets n records (acknowledged or lost).

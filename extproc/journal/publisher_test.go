@@ -521,3 +521,36 @@ func TestLateRetryIsGivenUp(t *testing.T) {
 		t.Errorf("%d records still held", p.held.Load())
 	}
 }
+
+// TestLoadCountsUnstoredRecords loads a session whose last records are
+// still on their way (an open batch): Load's Seq includes them, so a
+// session reloaded meanwhile (evicted from memory, say) does not number new
+// events with their numbers. Once they are stored, the stored ones count.
+func TestLoadCountsUnstoredRecords(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{Batch: BatchConfig{MaxDelay: time.Hour}}
+	p := newPublisher(t, nc, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p.Append(record("unstored", "a", 1, 3, true)) // seq 1..3, stored
+	waitFor(t, 5*time.Second, "first batch", func() bool { return statsOf(t, p).Events == 3 })
+	p.Append(record("unstored", "a", 4, 2, false)) // seq 4..5, held for an hour
+	h, err := p.Load(ctx, "unstored")
+	if err != nil || h == nil || h.Seq != 5 {
+		t.Fatalf("Load: %+v, %v; want Seq 5", h, err)
+	}
+	if h, err := p.Load(ctx, "fresh"); h != nil || err != nil {
+		t.Errorf("a session with nothing stored or on its way: %+v, %v", h, err)
+	}
+	p.Append(record("new", "b", 1, 2, false)) // nothing stored yet
+	if h, err := p.Load(ctx, "new"); err != nil || h == nil || h.Seq != 2 {
+		t.Errorf("a session with only unstored records: %+v, %v; want Seq 2", h, err)
+	}
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.unstoredSeq("unstored") + p.unstoredSeq("new"); n != 0 {
+		t.Errorf("unstored sequence numbers left after every batch was stored: %d", n)
+	}
+}

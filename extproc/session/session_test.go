@@ -492,38 +492,3 @@ func TestLostEventsAgainNotRenumbered(t *testing.T) {
 		t.Errorf("deliveries %v, want %s", got, want)
 	}
 }
-
-// TestEvictedSessionKeepsSequence evicts a session (the table is full)
-// whose last events the journal does not hold yet: reloaded, it goes on
-// after the numbers the evicted copy assigned, not after the journal's.
-func TestEvictedSessionKeepsSequence(t *testing.T) {
-	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}}}
-	tb := newTestTable(t, Config{Loader: fakeHistory{h}, MaxSessions: shardCount}) // one per shard
-	old, err := tb.AcquireNew("S")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deliver(old.OpenStream(Resume{}), "a", "b", "c", "d", "e") // seq 1..5, not stored yet
-	tb.Release(old)
-	// Another session of the same shard takes its place.
-	other := ""
-	for i := 0; other == ""; i++ {
-		if id := fmt.Sprint("other-", i); tb.shard(id) == tb.shard("S") {
-			other = id
-		}
-	}
-	tb.Release(acquire(t, tb, other))
-	if tb.shard("S").m["S"] != nil {
-		t.Fatal("S was not evicted")
-	}
-	s, err := tb.Acquire(context.Background(), "S")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := s.OpenStream(Resume{}).Begin()
-	seq, _ := d.Deliver([]byte("f"), true)
-	d.End()
-	if seq != 6 {
-		t.Errorf("seq %d after reload, want 6 (the evicted copy assigned 1..5; the journal holds 1..3)", seq)
-	}
-}

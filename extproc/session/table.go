@@ -31,7 +31,9 @@ type Config struct {
 	TTL time.Duration
 	// MaxSessions caps the sessions held; past it the least recently used
 	// session without open streams is evicted (or, if all are busy, the least
-	// recently used one: its open streams keep working, detached).
+	// recently used one: its open streams keep working, detached, numbering
+	// their events on their own, so a copy loaded meanwhile may repeat those
+	// numbers: keep it above the sessions with open streams).
 	MaxSessions int
 	// Loader, if set, is asked for a session's history when a request names
 	// a session this table does not hold: the table is then a cache of what
@@ -78,46 +80,7 @@ type shard struct {
 	m  map[string]*Session
 	// LRU list: head is the most recently used, tail the least.
 	head, tail *Session
-	// floors remembers the last sequence number of the sessions this shard
-	// evicted most recently (a ring), keyed by the id's hash: a session
-	// evicted while its last batch was not yet stored reloads without those
-	// events, and must not number new events with their numbers again. A
-	// hash collision only raises a floor, leaving a gap in the numbers.
-	floors [floorsPerShard]evictedSeq
-	nextFl int
-	_      [40]byte // keep shards on separate cache lines
-}
-
-// evictedSeq is an evicted session's id hash and last sequence number.
-type evictedSeq struct{ hash, seq uint64 }
-
-// floorsPerShard bounds the remembered evictions: 4096 over the table, the
-// most recent ones, far more than can have a batch in flight at once.
-const floorsPerShard = 64
-
-// evicted remembers s's last sequence number as it leaves the table.
-// sh.mu is held; s.mu is taken (never the other way round).
-func (t *Table) evicted(sh *shard, s *Session) {
-	s.mu.Lock()
-	seq := s.seq
-	s.mu.Unlock()
-	if seq == 0 {
-		return
-	}
-	sh.floors[sh.nextFl] = evictedSeq{hash: t.hash(s.id), seq: seq}
-	sh.nextFl = (sh.nextFl + 1) % floorsPerShard
-}
-
-// floorOf is the last sequence number an evicted copy of session id
-// assigned, or 0. sh.mu is held.
-func (t *Table) floorOf(sh *shard, id string) uint64 {
-	h, seq := t.hash(id), uint64(0)
-	for _, f := range sh.floors {
-		if f.hash == h {
-			seq = max(seq, f.seq)
-		}
-	}
-	return seq
+	_          [40]byte // keep shards on separate cache lines
 }
 
 // NewTable returns a table and starts its eviction sweeper; Close stops it.
@@ -191,7 +154,6 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 	if ok {
 		sh.unlink(s)
 	} else {
-		floor = max(floor, t.floorOf(sh, id))
 		s = &Session{id: id, table: t, ready: readyNow, win: newWindow(t.cfg.Window), seq: floor}
 		if loading {
 			s.ready = make(chan struct{})
@@ -306,7 +268,6 @@ func (t *Table) evictOne(sh *shard) {
 		}
 	}
 	if victim != nil {
-		t.evicted(sh, victim)
 		sh.remove(victim)
 	}
 }
@@ -366,7 +327,6 @@ func (t *Table) evictIdle(nowNanos int64) (n int) {
 		for s := sh.tail; s != nil; {
 			prev := s.prev
 			if s.active == 0 && s.lastUsed < cutoff {
-				t.evicted(sh, s)
 				sh.remove(s)
 				n++
 			}

@@ -180,6 +180,17 @@ func (rs results) get(name, unit string) (float64, bool) {
 	return vs[(len(vs)-1)/2], true
 }
 
+// sum returns the total of the metric unit of benchmark name over the run's rounds, and
+// whether the run has it.
+func (rs results) sum(name, unit string) (float64, bool) {
+	vs := rs[name][unit]
+	t := 0.0
+	for _, v := range vs {
+		t += v
+	}
+	return t, len(vs) > 0
+}
+
 // num formats v with about three significant digits; "-" if missing.
 func num(v float64, ok bool) string {
 	if !ok {
@@ -283,7 +294,7 @@ func perfTable(md *strings.Builder, rs results) {
 	fmt.Fprintf(md, "`BenchmarkPerf` (test/perf_test.go; its doc comment has the details): a client and an SSE upstream in the test process, one Envoy per setup. ")
 	fmt.Fprintf(md, "**envoy** has no ext_proc filter; **envoy-noop** runs the do-nothing ext_proc server (its own process, same mode_override as ssetrack); **envoy-ssetrack** runs the built ssetrack with its embedded JetStream journal; **envoy-ssetrack-nojournal** the same with `--journal=false`. ")
 	fmt.Fprintf(md, "Workloads: **tokens** one stream of 100 B events flat out; **tokens-paced** the same at one event per ms; **mcp** 64 streams of 256 B events flat out; **large** one stream of 64 KiB events. ")
-	fmt.Fprintf(md, "CPU µs/ev is Envoy's plus the ext_proc process's (ssetrack's includes its NATS server) per event; p99 is an event's upstream write to client read. Timeouts are Envoy's ext_proc `message_timeouts` in the round.\n\n")
+	fmt.Fprintf(md, "CPU µs/ev is Envoy's plus the ext_proc process's (ssetrack's includes its NATS server) per event; p99 is an event's upstream write to client read. Timeouts are Envoy's ext_proc `message_timeouts`, summed over the rounds.\n\n")
 	fmt.Fprintf(md, "| workload | setup | events/s | events/s / envoy | events/s / envoy-noop | p99 µs | p99 / envoy-noop | CPU µs/ev | CPU / envoy | CPU / envoy-noop | ext_proc CPU / noop's | timeouts |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	cpu := func(name string) (float64, bool) {
 		e, eok := rs.get(name, "envoy-cpu-us/ev")
@@ -304,7 +315,7 @@ func perfTable(md *strings.Builder, rs results) {
 			xp, xpok := rs.get(name, "xp-cpu-us/ev")
 			nxp, nxpok := rs.get(noop, "xp-cpu-us/ev")
 			fmt.Fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, s, num(ev, evok), ratio(ev, evok, ee, eeok), ratio(ev, evok, ne, neok),
-				num(p, pok), ratio(p, pok, np, npok), num(c, cok), ratio(c, cok, ec, ecok), ratio(c, cok, nc, ncok), ratio(xp, xpok, nxp, nxpok), num(rs.get(name, "msg-timeouts")))
+				num(p, pok), ratio(p, pok, np, npok), num(c, cok), ratio(c, cok, ec, ecok), ratio(c, cok, nc, ncok), ratio(xp, xpok, nxp, nxpok), num(rs.sum(name, "msg-timeouts")))
 		}
 	}
 	fmt.Fprintf(md, "\nEnvoy's CPU is sampled from /proc in 10 ms ticks: at small event counts the CPU columns are coarse.\n\n")
