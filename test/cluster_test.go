@@ -35,15 +35,7 @@ func TestNATSCluster(t *testing.T) {
 	cl := harness.StartNATSCluster(t, 3)
 	fx := natsFixture(t, cl.URLs(), "--replicas", "3")
 
-	nc, err := nats.Connect(cl.URLs(), nats.Name("e2e-observer"), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := harness.JetStream(t, cl.URLs(), nats.Name("e2e-observer"), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	kvStream := "KV_" + journal.DefaultBucket
 	leader := harness.WaitStreamHealthy(t, js, journal.DefaultStream, 3, time.Minute)
 	harness.WaitStreamHealthy(t, js, kvStream, 3, time.Minute)

@@ -103,12 +103,7 @@ const maxSpareBuffers = 256
 
 // maxBytes is the most payload bytes of a batch of several records:
 // Batch.MaxBytes, or less if the server takes less (maxRecord).
-func (b *batcher) maxBytes() int {
-	if b.p.maxRecord <= 0 {
-		return b.p.cfg.Batch.MaxBytes
-	}
-	return min(b.p.cfg.Batch.MaxBytes, b.p.maxRecord)
-}
+func (b *batcher) maxBytes() int { return min(b.p.cfg.Batch.MaxBytes, b.p.maxRecord) }
 
 // buffer returns an empty buffer for a batch that holds n bytes so far: a
 // spare one, or a new one of twice that (appends grow it). New buffers are
@@ -144,6 +139,9 @@ func (p *Publisher) run() {
 		p.wakeAt.Store(batcherAwake)
 		if !b.closing {
 			recs, closed := p.take(spare)
+			if len(recs) > 0 && p.takeHook != nil { // after an Append: ordered by p.mu
+				p.takeHook()
+			}
 			for _, q := range recs {
 				b.add(q)
 			}
@@ -204,7 +202,7 @@ func (b *batcher) resetTimer(t *time.Timer) {
 // add takes one record into its session's open batch. A record too large
 // for one message is split first (splitRecord).
 func (b *batcher) add(q queued) {
-	if lim := b.p.maxRecord; lim > 0 && len(q.rec.Data) > lim {
+	if lim := b.p.maxRecord; len(q.rec.Data) > lim {
 		parts, tooLarge := splitRecord(q.rec, lim)
 		if tooLarge > 0 {
 			b.p.m.drop(dropTooLarge, tooLarge)

@@ -76,6 +76,9 @@ type Publisher struct {
 	// ackHook, set by tests before any Append, sees each record's
 	// enqueue-to-ack latency on the batcher goroutine.
 	ackHook func(time.Duration)
+	// takeHook, set by tests before any Append, runs on the batcher
+	// goroutine right after it takes the inbox.
+	takeHook func()
 
 	// writer names this Publisher in batch headers and message ids.
 	writer string

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -401,6 +402,23 @@ func TestPacedRecordsWakeOncePerBatch(t *testing.T) {
 		t.Errorf("Append woke the batcher %d times for %d records", w, n)
 	}
 	t.Logf("%d records, %d batches, %d wakes", n, len(bs), p.wakes.Load())
+}
+
+// TestAppendDuringTakeIsNotStranded appends a record just after the
+// batcher took the inbox and before it sleeps, with no timer of its own to
+// wake it (it took only the end of an empty stream): the batcher must see
+// the record before it sleeps, since Append, finding it awake, does not
+// wake it.
+func TestAppendDuringTakeIsNotStranded(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	p := newPublisher(t, nc, Config{Stream: "STRAND", SubjectPrefix: "strand", Bucket: "strand"})
+	var once sync.Once
+	p.takeHook = func() { once.Do(func() { p.Append(record("strand", "s", 1, 1, false)) }) }
+	// The batcher is asleep with no wake pending: the wake below is the only one.
+	waitFor(t, 5*time.Second, "batcher asleep", func() bool { return p.wakeAt.Load() == batcherIdle && len(p.wake) == 0 })
+	p.Append(session.Record{Session: "strand", Stream: "s", End: true}) // no events, no batch, no timer
+	waitFor(t, 5*time.Second, "the record appended during the take", func() bool { return statsOf(t, p).Events == 1 })
 }
 
 // TestConcurrentAppendsNeverStall appends from many goroutines at random

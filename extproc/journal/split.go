@@ -25,66 +25,57 @@ const headerRoom = 16 << 10
 // The record's events carry consecutive sequence numbers from FirstSeq:
 // the processor numbers a chunk's events while it holds the session.
 func splitRecord(rec session.Record, limit int) (parts []session.Record, tooLarge int) {
-	p := sse.Parser{MaxEventSize: len(rec.Data) + 1} // never oversize: the record holds whole events
-	p.Feed(rec.Data)
-	var (
-		cur      session.Record // the part being built; Data set when closed
-		start    = 0            // offset of cur's bytes in rec.Data
-		off      = 0            // offset of the segment at hand
-		seq      = rec.FirstSeq
-		curEmpty = true
-	)
-	newPart := func() session.Record {
+	part := func() session.Record {
 		return session.Record{Session: rec.Session, Stream: rec.Stream, Principal: rec.Principal}
 	}
-	cur = newPart()
+	cur := part()      // the part being built; its Data is set when it is closed
+	start, off := 0, 0 // offsets in rec.Data: cur's first byte, the segment at hand
+	seq := rec.FirstSeq
 	closePart := func(end int) {
-		if !curEmpty || end > start {
+		if cur.Count > 0 || end > start {
 			cur.Data = rec.Data[start:end:end]
 			parts = append(parts, cur)
 		}
-		cur, start, curEmpty = newPart(), end, true
+		cur, start = part(), end
 	}
-	handle := func(seg sse.Segment) {
+	take := func(seg sse.Segment) {
 		end := off + len(seg.Raw)
-		defer func() { off = end }()
 		event := seg.Kind == sse.KindBlock && (seg.HasData || seg.HasID)
-		if event && len(seg.Raw) > limit {
-			seq++
+		switch {
+		case event && len(seg.Raw) > limit:
 			closePart(off)
 			tooLarge++
+			seq++
 			start = end // left out
-			return
-		}
-		if end-start > limit && off > start {
-			// What is at hand goes to a new part; so do bytes that are not
-			// events when the part is full.
-			closePart(off)
-		}
-		if !event {
-			return // rides with the events around it
-		}
-		if curEmpty {
-			cur.FirstSeq = seq
-		}
-		cur.LastSeq, cur.Count, curEmpty = seq, cur.Count+1, false
-		seq++
-		if seg.HasID && len(seg.ID) > 0 {
-			if cur.FirstID == "" {
-				cur.FirstID = string(seg.ID)
+		default:
+			if end-start > limit && off > start {
+				// What is at hand starts the next part; so do bytes that
+				// are not events when the part is full.
+				closePart(off)
 			}
-			cur.LastID = string(seg.ID)
+			if event {
+				if cur.Count == 0 {
+					cur.FirstSeq = seq
+				}
+				cur.LastSeq, cur.Count = seq, cur.Count+1
+				seq++
+				if seg.HasID && len(seg.ID) > 0 {
+					if cur.FirstID == "" {
+						cur.FirstID = string(seg.ID)
+					}
+					cur.LastID = string(seg.ID)
+				}
+			}
 		}
+		off = end
 	}
+	p := sse.Parser{MaxEventSize: len(rec.Data) + 1} // never oversize: the record holds whole events
+	p.Feed(rec.Data)
 	for seg, ok := p.Next(); ok; seg, ok = p.Next() {
-		handle(seg)
+		take(seg)
 	}
 	if tail := p.Flush(); len(tail) > 0 {
-		// A partial block (never in a processor's record): kept as received.
-		if off+len(tail)-start > limit && off > start {
-			closePart(off)
-		}
-		off += len(tail)
+		take(sse.Segment{Raw: tail}) // a partial block (never in a processor's record), kept as received
 	}
 	closePart(len(rec.Data))
 	if len(parts) > 0 {

@@ -384,10 +384,7 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}},
 		Events: []EventRef{{ID: "1", Stream: "r-1", Seq: 1}, {ID: "2", Stream: "r-1", Seq: 2}, {ID: "3", Stream: "r-1", Seq: 3}}}
 	tb := newTestTable(t, Config{Loader: staleJournal{h}})
-	old, err := tb.AcquireNew("S") // cached, history not read
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := acquire(t, tb, "S") // cached, history not read
 	tb.Release(old)
 	s, err := tb.Acquire(context.Background(), "S")
 	if err != nil {
@@ -416,10 +413,7 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 func TestStaleReloadKeepsSequence(t *testing.T) {
 	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}}}
 	tb := newTestTable(t, Config{Loader: staleJournal{h}})
-	old, err := tb.AcquireNew("S")
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := acquire(t, tb, "S")
 	deliver(old.OpenStream(Resume{}), "a", "b", "c", "d", "e") // seq 1..5, not stored yet
 	tb.Release(old)
 	s, err := tb.Acquire(context.Background(), "S")

@@ -93,10 +93,11 @@ func (n *NATSServer) Kill() {
 	<-n.proc.Done()
 }
 
-// JetStream connects a NATS client to url for reading JetStream; it closes when tb ends.
-func JetStream(tb TB, url string) jetstream.JetStream {
+// JetStream connects a NATS client to url (with opts) for reading JetStream; it closes when tb
+// ends.
+func JetStream(tb TB, url string, opts ...nats.Option) jetstream.JetStream {
 	tb.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		tb.Fatalf("connect to %s: %v", url, err)
 	}
