@@ -115,43 +115,63 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// served is `ssetrack serve` running in this process.
+type served struct {
+	metrics string // its metrics listener's address
+	logs    *syncBuffer
+	exited  chan struct{}
+	err     error  // Main's result, once exited is closed
+	stop    func() // cancels it and waits; idempotent, and run at cleanup
+}
+
+// runServe starts `ssetrack serve --metrics-listen <free address> args...`
+// in-process and returns at once. Its logs are printed if the test fails.
+func runServe(t *testing.T, args ...string) *served {
+	t.Helper()
+	s := &served{metrics: freeAddr(t), logs: &syncBuffer{}, exited: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer close(s.exited)
+		s.err = Main(ctx, append([]string{"serve", "--metrics-listen", s.metrics}, args...), s.logs, s.logs)
+	}()
+	s.stop = sync.OnceFunc(func() {
+		cancel()
+		<-s.exited
+		if s.err != nil {
+			t.Errorf("serve: %v", s.err)
+		}
+		if t.Failed() {
+			t.Logf("serve logs:\n%s", s.logs.String())
+		}
+	})
+	t.Cleanup(s.stop)
+	return s
+}
+
+// readyzUntil polls /readyz every 20 ms until done accepts its answer
+// (code 0: no answer), and returns that answer. It fails the test if serve
+// exits first.
+func (s *served) readyzUntil(t *testing.T, done func(code int) bool) (code int, body string) {
+	t.Helper()
+	for {
+		if code, body = readyz(s.metrics); done(code) {
+			return code, body
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("serve exited: %v\n%s", s.err, s.logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // startServe runs `ssetrack serve` in-process until the test ends and
 // waits for /readyz.
 func startServe(t *testing.T, args ...string) (metrics string, logs *syncBuffer) {
 	t.Helper()
-	metrics = freeAddr(t)
-	logs = &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	exited := make(chan struct{})
-	var serveErr error
-	go func() {
-		defer close(exited)
-		serveErr = Main(ctx, append([]string{"serve", "--metrics-listen", metrics}, args...), logs, logs)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-exited
-		if serveErr != nil {
-			t.Errorf("serve: %v", serveErr)
-		}
-		if t.Failed() {
-			t.Logf("serve logs:\n%s", logs.String())
-		}
-	})
-	for i := 0; ; i++ {
-		resp, err := http.Get("http://" + metrics + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return metrics, logs
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("serve exited: %v\n%s", serveErr, logs.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	s := runServe(t, args...)
+	s.readyzUntil(t, func(code int) bool { return code == http.StatusOK })
+	return s.metrics, s.logs
 }
 
 func TestServeMutualTLS(t *testing.T) {
@@ -528,43 +548,15 @@ func tailIDs(t *testing.T, natsURL, sid string) []string {
 // nats-server started 10 s later gets what the queue held, /readyz turns
 // ready, and later events are published as usual.
 func TestServeStartsWithoutNATS(t *testing.T) {
-	listen, natsAddr, metrics := freeAddr(t), freeAddr(t), freeAddr(t)
+	listen, natsAddr := freeAddr(t), freeAddr(t)
 	natsURL := "nats://" + natsAddr
-	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	exited := make(chan struct{})
-	var serveErr error
 	started := time.Now()
 	const queue = 3 // records: one per body chunk with events, one per stream end
-	go func() {
-		defer close(exited)
-		serveErr = Main(ctx, []string{"serve", "--listen", listen, "--metrics-listen", metrics,
-			"--nats-url", natsURL, "--queue-size", fmt.Sprint(queue), "--batch-delay", "5ms"}, logs, logs)
-	}()
-	stopServe := sync.OnceFunc(func() {
-		cancel()
-		<-exited
-		if serveErr != nil {
-			t.Errorf("serve: %v", serveErr)
-		}
-		if t.Failed() {
-			t.Logf("serve logs:\n%s", logs.String())
-		}
-	})
-	defer stopServe()
+	ss := runServe(t, "--listen", listen, "--nats-url", natsURL,
+		"--queue-size", fmt.Sprint(queue), "--batch-delay", "5ms")
+	metrics := ss.metrics
 
-	var code int
-	var body string
-	for i := 0; ; i++ {
-		if code, body = readyz(metrics); code != 0 {
-			break
-		}
-		select {
-		case <-exited:
-			t.Fatalf("serve exited without NATS: %v\n%s", serveErr, logs.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	code, body := ss.readyzUntil(t, func(code int) bool { return code != 0 })
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "NATS connection") {
 		t.Fatalf("/readyz without NATS: %d %q, want 503 with the reason", code, body)
 	}
@@ -603,7 +595,7 @@ func TestServeStartsWithoutNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Shutdown(context.Background())
-	defer stopServe() // before the server's shutdown, so the journal drains into it
+	defer ss.stop() // before the server's shutdown, so the journal drains into it
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		code, body = readyz(metrics)
