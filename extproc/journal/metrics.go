@@ -2,6 +2,7 @@ package journal
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // metrics holds the journal's Prometheus collectors.
@@ -29,60 +30,58 @@ const (
 	dropShutdown  = "shutdown"
 )
 
+// newMetrics makes the collectors and registers them with reg (none when
+// reg is nil).
 func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		depth: prometheus.NewGauge(prometheus.GaugeOpts{
+	f := promauto.With(reg)
+	return &metrics{
+		depth: f.NewGauge(prometheus.GaugeOpts{
 			Name: "ssetrack_journal_queue_depth",
 			Help: "Records held by the journal publisher: queued, batching or awaiting an ack.",
 		}),
-		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+		dropped: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_journal_records_dropped_total",
-			Help: "Records lost by the journal, by reason (queue_full, closed, publish_failed, shutdown).",
+			Help: "Records lost by the journal, by reason (queue_full, closed, publish_failed, too_large, shutdown).",
 		}, []string{"reason"}),
-		batches: prometheus.NewCounter(prometheus.CounterOpts{
+		batches: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_batches_published_total",
 			Help: "Batches acknowledged by JetStream.",
 		}),
-		events: prometheus.NewCounter(prometheus.CounterOpts{
+		events: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_events_published_total",
 			Help: "Events in batches acknowledged by JetStream.",
 		}),
-		errors: prometheus.NewCounter(prometheus.CounterOpts{
+		errors: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_publish_errors_total",
 			Help: "Failed batch publish attempts (each is retried until the duplicate window runs out).",
 		}),
-		retries: prometheus.NewCounter(prometheus.CounterOpts{
+		retries: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_publish_retries_total",
 			Help: "Batch publish attempts after a failed one, with the same message id.",
 		}),
-		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+		latency: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ssetrack_journal_publish_latency_seconds",
 			Help:    "Time from a record's Append to its batch's JetStream ack.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
-		kvWrites: prometheus.NewCounter(prometheus.CounterOpts{
+		kvWrites: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_kv_writes_total",
 			Help: "Session state writes to the KV bucket (coalesced: at most one per session per cycle).",
 		}),
-		kvErrors: prometheus.NewCounter(prometheus.CounterOpts{
+		kvErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_kv_errors_total",
 			Help: "Failed session state writes (retried next cycle).",
 		}),
-		loadTimer: prometheus.NewHistogram(prometheus.HistogramOpts{
+		loadTimer: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ssetrack_journal_load_seconds",
 			Help:    "Time to load a session's history from JetStream.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
-		staleSessions: prometheus.NewCounter(prometheus.CounterOpts{
+		staleSessions: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_stale_sessions_total",
 			Help: "Cached sessions found last written by another ssetrack process, and so reloaded from JetStream.",
 		}),
 	}
-	if reg != nil {
-		reg.MustRegister(m.depth, m.dropped, m.batches, m.events, m.errors, m.retries,
-			m.latency, m.kvWrites, m.kvErrors, m.loadTimer, m.staleSessions)
-	}
-	return m
 }
 
 func (m *metrics) drop(reason string, n int) {
