@@ -8,15 +8,24 @@ import (
 )
 
 // responseBody is the body phase: one answer per chunk, in order (Envoy's
-// STREAMED mode pops its oldest chunk with each answer).
+// STREAMED mode pops its oldest chunk with each answer; in
+// FULL_DUPLEX_STREAMED the answer carries the bytes to forward).
 func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
 	br := &procv3.BodyResponse{}
 	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
 	if !x.sseBody || x.ended {
 		// Not ours to touch, or after end_of_stream: answer, change nothing.
+		if x.modes.fullDuplex() {
+			br.Response = streamedBody(b.GetBody(), b.GetEndOfStream())
+		}
 		return resp
 	}
-	if out, changed := x.process(b.GetBody(), b.GetEndOfStream()); changed && !x.observe {
+	out, changed := x.process(b.GetBody(), b.GetEndOfStream())
+	switch {
+	case x.modes.fullDuplex():
+		// Envoy forwards only what the answer carries, changed or not.
+		br.Response = streamedBody(out, b.GetEndOfStream())
+	case changed && !x.observe:
 		br.Response = &procv3.CommonResponse{BodyMutation: &procv3.BodyMutation{
 			Mutation: &procv3.BodyMutation_Body{Body: out},
 		}}

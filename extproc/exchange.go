@@ -3,7 +3,9 @@ package extproc
 import (
 	"context"
 	"log/slog"
+	"sync"
 
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/ssetrack/ssetrack/extproc/session"
@@ -24,8 +26,13 @@ type exchange struct {
 	log     *slog.Logger
 	ctx     context.Context
 
-	started bool // a message was handled: observe is decided
-	observe bool // Envoy's observability_mode: never answer
+	started bool        // a message was handled: observe and modes are decided
+	observe bool        // Envoy's observability_mode: never answer
+	modes   filterModes // the filter's body modes, from protocol_config
+	warned  *sync.Map   // response kinds already explained in the log (Server.warned)
+	// before is an answer due ahead of the one handle returns: the held
+	// tail of a full-duplex body, flushed before the trailers' answer.
+	before *procv3.ProcessingResponse
 
 	// The headers of each direction come once per stream; a repeat is the
 	// peer's mistake, answered without effect (requestHeaders,
@@ -62,7 +69,7 @@ type requestInfo struct {
 
 func newExchange(s *Server, ctx context.Context) *exchange {
 	return &exchange{
-		cfg: &s.cfg, headers: s.headers, m: s.metrics, log: s.log, ctx: ctx,
+		cfg: &s.cfg, headers: s.headers, m: s.metrics, log: s.log, ctx: ctx, warned: &s.warned,
 		parser: sse.Parser{MaxEventSize: s.cfg.MaxEventSize},
 	}
 }
@@ -74,8 +81,10 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) (resp *procv3.Processin
 		// observability_mode is filter configuration, the same on every
 		// message: the first message decides for the stream. A flag that
 		// flips later is ignored, so a filter waiting for answers never
-		// stalls, and answers Envoy would ignore do no harm.
+		// stalls, and answers Envoy would ignore do no harm. Envoy sends
+		// protocol_config on the first message only.
 		x.started, x.observe = true, req.GetObservabilityMode()
+		x.modes = modesOf(req.GetProtocolConfig())
 	}
 	phase = phaseOther
 	switch r := req.Request.(type) {
@@ -88,7 +97,12 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) (resp *procv3.Processin
 	case *procv3.ProcessingRequest_ResponseTrailers:
 		resp, phase = x.responseTrailers(), phaseResponseTrailers
 	case *procv3.ProcessingRequest_RequestBody:
-		resp = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestBody{RequestBody: &procv3.BodyResponse{}}}
+		// Request bodies pass unchanged; in full duplex that takes echoing them.
+		br := &procv3.BodyResponse{}
+		if x.modes.request == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
+			br.Response = streamedBody(r.RequestBody.GetBody(), r.RequestBody.GetEndOfStream())
+		}
+		resp = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestBody{RequestBody: br}}
 	case *procv3.ProcessingRequest_RequestTrailers:
 		resp = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestTrailers{RequestTrailers: &procv3.TrailersResponse{}}}
 	default:
@@ -102,9 +116,17 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) (resp *procv3.Processin
 }
 
 // responseTrailers ends the body: trailers come without an end_of_stream
-// body chunk. A partial event still held cannot be sent from here (a
-// trailers response carries no body); a browser would discard it anyway.
+// body chunk. In STREAMED a partial event still held cannot be sent from
+// here (a trailers response carries no body; a browser would discard it
+// anyway); in FULL_DUPLEX_STREAMED it goes out, as at end_of_stream, in a
+// body answer ahead of the trailers' answer.
 func (x *exchange) responseTrailers() *procv3.ProcessingResponse {
+	if x.modes.fullDuplex() && x.sseBody && !x.ended && !x.observe && (x.parser.Pending() > 0 || x.replay != nil) {
+		out, _ := x.process(nil, true)
+		x.before = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseBody{
+			ResponseBody: &procv3.BodyResponse{Response: streamedBody(out, false)},
+		}}
+	}
 	x.abandonTail()
 	x.endBody()
 	return &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &procv3.TrailersResponse{}}}

@@ -11,6 +11,8 @@ const (
 	kindPassthrough = "passthrough" // not SSE: body never sent to ssetrack
 	kindEncoded     = "encoded"     // SSE with a content-encoding: left untouched
 	kindError       = "error"       // SSE with a non-2xx status: left untouched
+	kindBuffered    = "buffered"    // SSE under response_body_mode BUFFERED_PARTIAL: left untouched
+	kindNotSent     = "not_sent"    // SSE whose body Envoy's config keeps from ssetrack: left untouched
 )
 
 // metrics are the processor's Prometheus collectors. Counters are updated
@@ -91,7 +93,7 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 		}),
 		responses: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_responses_total",
-			Help: "Responses by how ssetrack handled them (sse, passthrough, encoded, error).",
+			Help: "Responses by how ssetrack handled them (sse, passthrough, encoded, error, buffered, not_sent; see envoy/README.md for the last two).",
 		}, []string{"kind"}),
 		resumes: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_resumes_total",

@@ -50,10 +50,21 @@ func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResp
 	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}}
 
 	kind := responseKind(contentType, encoding, status)
+	if kind == kindSSE && h.GetEndOfStream() {
+		kind = kindPassthrough // no body (HEAD, 204): nothing to track
+	}
+	if kind == kindSSE {
+		if ok, why := x.modes.sseBody(); !ok {
+			kind = why
+			x.explain(why)
+		}
+	}
 	x.m.responses.WithLabelValues(kind).Inc()
-	if kind != kindSSE || h.GetEndOfStream() {
+	if kind != kindSSE {
 		// Body not needed: with a static STREAMED config, turn it off.
-		resp.ModeOverride = responseBodyMode(filterv3.ProcessingMode_NONE)
+		if x.modes.overridable() {
+			resp.ModeOverride = responseBodyMode(filterv3.ProcessingMode_NONE)
+		}
 		return resp
 	}
 
@@ -84,8 +95,27 @@ func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResp
 		}
 	}
 	hr.Response = &procv3.CommonResponse{HeaderMutation: mut}
-	resp.ModeOverride = responseBodyMode(filterv3.ProcessingMode_STREAMED)
+	if x.modes.overridable() {
+		resp.ModeOverride = responseBodyMode(filterv3.ProcessingMode_STREAMED)
+	}
 	return resp
+}
+
+// explain logs, once per process and kind, why an SSE response is
+// forwarded untouched (filterModes.sseBody), naming the setting to change.
+func (x *exchange) explain(kind string) {
+	if _, done := x.warned.LoadOrStore(kind, true); done {
+		return
+	}
+	switch kind {
+	case kindBuffered:
+		x.log.Warn("response_body_mode BUFFERED_PARTIAL: SSE responses are forwarded untouched, without dedup, replay or journal; "+
+			"set response_body_mode NONE with allow_mode_override: true, or STREAMED (envoy/README.md)", "kind", kind)
+	case kindNotSent:
+		x.log.Warn("Envoy ignores mode_override with this filter config (send_body_without_waiting_for_header_response, or a "+
+			"FULL_DUPLEX_STREAMED request body) and response_body_mode is NONE, so SSE bodies never reach ssetrack and are "+
+			"forwarded untouched; set response_body_mode STREAMED (envoy/README.md)", "kind", kind)
+	}
 }
 
 // responseKind classifies a response for ssetrack_responses_total: only
@@ -112,14 +142,18 @@ func isEventStream(contentType string) bool {
 }
 
 // responseBodyMode is the mode_override that sets the response body mode.
-// Envoy applies an override whole, so every field is written out; trailers
-// stay SKIP as in the recommended config.
+// Envoy applies an override whole, and checks it against
+// allowed_override_modes by exact equality, so every field is written out
+// (trailers SKIP as in the recommended config): the two entries an
+// allow-list needs are printed in envoy/README.md.
 func responseBodyMode(m filterv3.ProcessingMode_BodySendMode) *filterv3.ProcessingMode {
 	return &filterv3.ProcessingMode{
-		RequestHeaderMode:  filterv3.ProcessingMode_SEND,
-		ResponseHeaderMode: filterv3.ProcessingMode_SEND,
-		RequestBodyMode:    filterv3.ProcessingMode_NONE,
-		ResponseBodyMode:   m,
+		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
+		ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
+		RequestBodyMode:     filterv3.ProcessingMode_NONE,
+		ResponseBodyMode:    m,
+		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: filterv3.ProcessingMode_SKIP,
 	}
 }
 

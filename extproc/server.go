@@ -20,6 +20,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -128,6 +129,7 @@ type Server struct {
 	headers map[string]int // session headers, to their priority
 	metrics *metrics
 	log     *slog.Logger
+	warned  sync.Map // response kinds explained in the log once (exchange.explain)
 }
 
 // New returns a Server for cfg.
@@ -191,6 +193,13 @@ func (s *Server) Process(stream procv3.ExternalProcessor_ProcessServer) error {
 		}
 		start := time.Now()
 		resp, phase := x.handle(req)
+		if x.before != nil {
+			err, x.before = stream.Send(x.before), nil
+			if err != nil {
+				s.metrics.errors.WithLabelValues("send").Inc()
+				return err
+			}
+		}
 		if resp == nil {
 			continue
 		}

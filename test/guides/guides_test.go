@@ -413,6 +413,19 @@ func checkEnvoyFragment(top map[string]json.RawMessage) (string, error) {
 			}
 		}
 		return what, errors.Join(errs...)
+	case len(top) == 1 && top["http_filters"] != nil:
+		const what = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter (a connection manager's filters)"
+		var filters []json.RawMessage
+		if err := json.Unmarshal(top["http_filters"], &filters); err != nil {
+			return what, fmt.Errorf("http_filters: %w", err)
+		}
+		var errs []error
+		for i, f := range filters {
+			if err := decodeEnvoyJSON(f, &hcmv3.HttpFilter{}); err != nil {
+				errs = append(errs, fmt.Errorf("http_filters[%d]: %w", i, err))
+			}
+		}
+		return what, errors.Join(errs...)
 	case top["static_resources"] != nil:
 		j, err := json.Marshal(top)
 		if err != nil {
@@ -425,7 +438,7 @@ func checkEnvoyFragment(top map[string]json.RawMessage) (string, error) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	return "", fmt.Errorf("no Envoy type known for a block with the top-level keys %v (give apiVersion and kind, or a `routes` list, or a bootstrap)", keys)
+	return "", fmt.Errorf("no Envoy type known for a block with the top-level keys %v (give apiVersion and kind, a `routes` or `http_filters` list, or a bootstrap)", keys)
 }
 
 // decodeEnvoyYAML decodes Envoy configuration in YAML into m and validates it.
