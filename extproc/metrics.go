@@ -97,7 +97,7 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 		}, []string{"kind"}),
 		resumes: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_resumes_total",
-			Help: "SSE requests carrying Last-Event-ID, by whether the id was known to the session.",
+			Help: "SSE requests carrying Last-Event-ID, by whether the id was known to the session (matched: in its dedup window; located: found in JetStream; unknown), and resumes without the header (without_header).",
 		}, []string{"result"}),
 		replays: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_replays_total",

@@ -166,14 +166,39 @@ func (x *exchange) openStream(ctx context.Context, assigned bool) {
 	}
 	x.stream = x.sess.OpenStream(session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID})
 	x.owner = x.sess.Bind(x.principal)
+	located := x.hasLastEventID && !x.stream.Resumed() && x.locateStream(ctx)
 	switch {
 	case !x.hasLastEventID:
 		if x.stream.Resumed() {
 			x.m.resumes.WithLabelValues("without_header").Inc()
 		}
+	case located:
+		x.m.resumes.WithLabelValues("located").Inc()
 	case x.stream.Resumed():
 		x.m.resumes.WithLabelValues("matched").Inc()
 	default:
 		x.m.resumes.WithLabelValues("unknown").Inc()
 	}
+}
+
+// locateStream asks the journal which stream carried the client's
+// Last-Event-ID when the dedup window no longer holds it, and continues
+// that stream, so that what the client missed is replayed however far back
+// the id is. It asks only when the session has delivered more ids than its
+// window holds (an id of a session that never overflowed it was never
+// delivered) and only for the session's owner, who alone gets replays: an
+// unknown id costs a read of the session's history, bounded by ctx.
+func (x *exchange) locateStream(ctx context.Context) bool {
+	if x.cfg.Replayer == nil || x.observe || !x.owner || x.lastEventID == "" || !x.sess.Forgets() {
+		return false
+	}
+	stream, err := x.cfg.Replayer.StreamOf(ctx, x.sessionID, x.lastEventID)
+	switch {
+	case errors.Is(err, session.ErrHistoryMissing):
+		return false
+	case err != nil:
+		x.log.Warn("locate stream", "session", session.ShortID(x.sessionID), "err", err)
+		return false
+	}
+	return x.stream.Continue(stream, x.lastEventID)
 }

@@ -119,6 +119,11 @@ type Replayer interface {
 	// and session.ErrHistoryIncomplete when through is not (yet): history
 	// is never replayed in part. It does network I/O, bounded by ctx.
 	Replay(ctx context.Context, sessionID, stream, after, through string) (data []byte, ids []string, err error)
+	// StreamOf returns the stream of the session that carried the stored
+	// event id: a resume whose Last-Event-ID has left the dedup window is
+	// matched to its stream this way. It returns session.ErrHistoryMissing
+	// when no stored event has the id. It does network I/O, bounded by ctx.
+	StreamOf(ctx context.Context, sessionID, id string) (stream string, err error)
 }
 
 // Server implements Envoy's ExternalProcessor gRPC service.

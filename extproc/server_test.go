@@ -3,6 +3,7 @@ package extproc
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -149,6 +150,31 @@ func (h *harness) run(tb testing.TB, req request) result {
 		tb.Fatalf("unexpected answer %v", r)
 	}
 	return res
+}
+
+// eventCuts returns the offsets just after each blank line ("\n\n") of s:
+// with split, one event per chunk.
+func eventCuts(s string) []int {
+	var cuts []int
+	for i := 0; ; {
+		j := strings.Index(s[i:], "\n\n")
+		if j < 0 || i+j+2 == len(s) {
+			return cuts
+		}
+		i += j + 2
+		cuts = append(cuts, i)
+	}
+}
+
+// replayHeader is the ssetrack-replay header a response's headers answer
+// set, "" if none.
+func replayHeader(res result) string {
+	for _, o := range res.respResp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
+		if o.GetHeader().GetKey() == headerReplay {
+			return string(o.GetHeader().GetRawValue())
+		}
+	}
+	return ""
 }
 
 func split(s string, at ...int) [][]byte {
@@ -466,6 +492,20 @@ func (r *replayer) Replay(_ context.Context, sid, stream, after, through string)
 	return nil, nil, session.ErrHistoryIncomplete
 }
 
+func (r *replayer) StreamOf(_ context.Context, sid, id string) (string, error) {
+	if r.err != nil {
+		return "", r.err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.recs) - 1; i >= 0; i-- {
+		if rec := r.recs[i]; rec.Session == sid && !rec.End && rec.LastID == id {
+			return rec.Stream, nil
+		}
+	}
+	return "", session.ErrHistoryMissing
+}
+
 func TestReplayMissedEvents(t *testing.T) {
 	first := "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\n"
 	tests := []struct {
@@ -534,6 +574,56 @@ func TestReplayMissedEvents(t *testing.T) {
 				t.Fatalf("%s: %s header %q, want %q", tt.name, headerReplay, hdr, tt.wantHdr)
 			}
 		}
+	}
+}
+
+// TestReplayAfterWindow resumes from an id the dedup window no longer holds:
+// the journal names the stream that carried it, the stream is continued and
+// everything it delivered after the id is replayed; the upstream's repeat of
+// a replayed event is dropped. A session that never overflowed its window is
+// not searched.
+func TestReplayAfterWindow(t *testing.T) {
+	var first, all strings.Builder
+	for i := 1; i <= 10; i++ {
+		fmt.Fprintf(&first, "id: %d\ndata: e%d\n\n", i, i)
+	}
+	for i := 4; i <= 11; i++ {
+		fmt.Fprintf(&all, "id: %d\ndata: e%d\n\n", i, i)
+	}
+	rp := &replayer{}
+	h := newHarness(t, func(c *Config) {
+		c.Sessions = session.NewTable(session.Config{Window: 4})
+		c.Recorder, c.Replayer = rp, rp
+	})
+	// One event per chunk, so the replayer can cut by record.
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first.String(), eventCuts(first.String())...)})
+	// Another stream of the session, so the window holds ids of two streams.
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split("id: x\ndata: other\n\n")})
+	// The upstream repeats its last event, then goes on.
+	resumed := "id: 10\ndata: e10\n\nid: 11\ndata: e11\n\n"
+	res := h.run(t, request{
+		reqHeaders:  []string{"mcp-session-id", "S", "last-event-id", "3"},
+		respHeaders: sseHeaders(),
+		chunks:      split(resumed, eventCuts(resumed)...),
+	})
+	if got, want := string(res.body), all.String(); got != want {
+		t.Errorf("resume from 3 (out of the window of 4) forwarded %q, want events 4 to 11 once: %q", got, want)
+	}
+	if hdr := replayHeader(res); hdr != "replayed" {
+		t.Errorf("%s header %q, want replayed", headerReplay, hdr)
+	}
+	if n := testutil.ToFloat64(h.srv.metrics.resumes.WithLabelValues("located")); n != 1 {
+		t.Errorf("resumes_total{result=located} = %v, want 1", n)
+	}
+
+	// A session that delivered fewer ids than its window: an unknown id was
+	// never delivered, and the journal is not asked.
+	rp2 := &replayer{err: errors.New("journal asked")}
+	h2 := newHarness(t, func(c *Config) { c.Recorder, c.Replayer = rp2, rp2 })
+	h2.run(t, request{reqHeaders: []string{"mcp-session-id", "T"}, respHeaders: sseHeaders(), chunks: split("id: 1\ndata: a\n\n")})
+	res = h2.run(t, request{reqHeaders: []string{"mcp-session-id", "T", "last-event-id", "nope"}, respHeaders: sseHeaders(), chunks: split("id: 2\ndata: b\n\n")})
+	if hdr := replayHeader(res); hdr != "" || string(res.body) != "id: 2\ndata: b\n\n" {
+		t.Errorf("unknown id in a small session: header %q, body %q; want no replay and the event", hdr, res.body)
 	}
 }
 

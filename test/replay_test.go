@@ -70,3 +70,35 @@ func waitPublished(t *testing.T, fx *fixture, n float64, what string) {
 		return nil
 	})
 }
+
+// TestReplayBeyondWindow: the client lost more events than the session's dedup window
+// remembers (--dedup-window 8, 30 events lost), so its Last-Event-ID is no longer in
+// memory. ssetrack asks JetStream which stream carried that id, continues that stream and
+// replays everything the client missed; the upstream continues live.
+func TestReplayBeyondWindow(t *testing.T) {
+	fx := newFixture(t, "envoy.yaml", harness.SsetrackOptions{Args: []string{"--dedup-window", "8"}})
+	sid := newSession(t)
+	evs := numberedEvents(40)
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
+		if n == 0 {
+			b := harness.EncodeAll(evs[:35])
+			return harness.Reply{Header: sessionHeader(sid), Body: b, Cuts: harness.EventCuts(evs[:35])}
+		}
+		b := harness.EncodeAll(evs[35:]) // live continuation, whatever the client asks
+		return harness.Reply{Header: sessionHeader(sid), Body: b, Cuts: harness.EventCuts(evs[35:])}
+	})
+	_, got1 := fx.get(t, path, sessionHeader(sid))
+	expectBody(t, "first stream", got1, harness.EncodeAll(evs[:35]))
+	waitPublished(t, fx, 35, "the first stream")
+
+	// The client got only the first 5 events: its id left the window 22 events ago.
+	before := fx.ssetrack.Metrics(t)
+	resp, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {evs[4].ID}})
+	if h := resp.Header.Get("Ssetrack-Replay"); h != "replayed" {
+		t.Fatalf("Ssetrack-Replay = %q, want replayed", h)
+	}
+	expectBody(t, "resumed stream", got2, harness.EncodeAll(evs[5:]))
+	after := fx.ssetrack.Metrics(t)
+	expectDelta(t, `ssetrack_resumes_total{result="located"}`, before, after, 1)
+	expectDelta(t, `ssetrack_replays_total{result="replayed"}`, before, after, 1)
+}

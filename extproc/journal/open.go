@@ -288,6 +288,16 @@ func (j *Journal) Replay(ctx context.Context, sessionID, stream, after, through 
 	return p.Replay(ctx, sessionID, stream, after, through)
 }
 
+// StreamOf implements extproc.Replayer through the Publisher (see
+// Publisher.StreamOf); before NATS is ready it fails as Replay does.
+func (j *Journal) StreamOf(ctx context.Context, sessionID, id string) (string, error) {
+	p, err := j.publisher()
+	if err != nil {
+		return "", err
+	}
+	return p.StreamOf(ctx, sessionID, id)
+}
+
 func (j *Journal) publisher() (*Publisher, error) {
 	if p := j.pub.Load(); p != nil {
 		return p, nil

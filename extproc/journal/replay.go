@@ -39,3 +39,18 @@ func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, throug
 	}
 	return nil, nil, session.ErrHistoryIncomplete
 }
+
+// StreamOf implements extproc.Replayer: the stream of the session that
+// carried the stored event id (history.Reader.StreamOf), or
+// session.ErrHistoryMissing when no stored event has it. Callers bound it
+// with ctx.
+func (p *Publisher) StreamOf(ctx context.Context, sessionID, id string) (string, error) {
+	stream, err := history.NewReader(p.stream, p.cfg.SubjectPrefix).StreamOf(ctx, sessionID, id)
+	switch {
+	case errors.Is(err, history.ErrEventNotFound):
+		return "", session.ErrHistoryMissing
+	case err != nil:
+		return "", fmt.Errorf("stream of event: %w", err)
+	}
+	return stream, nil
+}

@@ -78,12 +78,13 @@ type Stream struct {
 	num  uint32
 	id   string
 
-	// matched is set when the response resumes a known stream after a
-	// Last-Event-ID the session had recorded at position cutoff: ids of that
-	// stream delivered after cutoff and before start may be delivered again,
-	// since the client said it has not seen them.
+	// matched is set when the response resumes a known stream after the
+	// client's Last-Event-ID: ids of that stream the window recorded at
+	// positions from from up to start may be delivered again, since the
+	// client said it has not seen them (from is 0 when the id had left the
+	// window: all of them are after it).
 	matched bool
-	cutoff  uint64
+	from    uint64
 	start   uint64
 	// continued is set when the response continues a stream the session
 	// already knew (matched by Last-Event-ID or by its last id).
@@ -109,7 +110,7 @@ func (s *Session) OpenStream(r Resume) *Stream {
 				if tagOf(s.streams[i].num) == s.win.tag(slot) {
 					st.num = s.streams[i].num
 					st.matched = true
-					st.cutoff = s.win.position(slot)
+					st.from = s.win.position(slot) + 1
 					break
 				}
 			}
@@ -141,6 +142,60 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		s.streams = append(s.streams, streamInfo{num: st.num, id: st.id, lastID: []byte(r.LastEventID)})
 	}
 	return st
+}
+
+// Forgets reports whether the session has delivered more ids than its dedup
+// window holds: a Last-Event-ID it does not find may then be an older id of
+// one of its streams (see Continue), not one it never delivered.
+func (s *Session) Forgets() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.win.next > uint64(len(s.win.slots))
+}
+
+// Continue makes st, opened as a new stream for a Last-Event-ID the window
+// no longer holds, the continuation of the remembered stream with id
+// streamID, which the journal says carried that id (Journal's StreamOf).
+// Every id of that stream still in the window was delivered after the
+// client's id, and what the stream delivered after it is missed (Missed).
+// Call it before st delivers anything. It reports false, changing nothing,
+// when st continues a stream already or the session no longer remembers
+// streamID.
+func (st *Stream) Continue(streamID, lastEventID string) bool {
+	s := st.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.continued || lastEventID == "" {
+		return false
+	}
+	found := false
+	for i := range s.streams {
+		if s.streams[i].id == streamID && s.streams[i].num != st.num {
+			found = true
+		}
+	}
+	if !found {
+		return false
+	}
+	// Forget the new stream OpenStream remembered for st (nothing was
+	// delivered to it: Continue comes before the response's body).
+	for i := range s.streams {
+		if s.streams[i].num == st.num {
+			s.streams = append(s.streams[:i], s.streams[i+1:]...)
+			break
+		}
+	}
+	var info *streamInfo
+	for i := range s.streams {
+		if s.streams[i].id == streamID {
+			info = &s.streams[i]
+		}
+	}
+	st.num, st.id, st.continued, st.matched, st.from = info.num, info.id, true, true, 0
+	if len(info.lastID) > 0 && string(info.lastID) != lastEventID {
+		st.missedAfter, st.missedThrough = lastEventID, string(info.lastID)
+	}
+	return true
 }
 
 // Missed reports the events the stream delivered that the resuming client
@@ -209,7 +264,7 @@ func (d *Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
 		slot := s.win.find(h)
 		if slot >= 0 {
 			pos := s.win.position(slot)
-			again = st.matched && s.win.tag(slot) == tagOf(st.num) && pos > st.cutoff && pos < st.start
+			again = st.matched && s.win.tag(slot) == tagOf(st.num) && pos >= st.from && pos < st.start
 			if !again {
 				return 0, true
 			}

@@ -21,8 +21,10 @@ const (
 
 // located is where a read from an event id starts.
 type located struct {
-	// start is the stream sequence of the batch holding the id.
-	start uint64
+	// start is the stream sequence of the batch holding the id, and stream
+	// the SSE stream (Batch.Stream) that carried it.
+	start  uint64
+	stream string
 	// batches are the batches to deliver, from that batch (trimmed to the
 	// events after the id) through the session's last batch, when the
 	// search could keep them all; nil otherwise.
@@ -79,7 +81,7 @@ func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStr
 				continue
 			}
 			if dropped {
-				return located{start: known[i].Sequence}, nil
+				return located{start: known[i].Sequence, stream: known[i].Stream}, nil
 			}
 			out := known[i:]
 			rest, _ := out[0].after(id)
@@ -91,7 +93,7 @@ func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStr
 			if out == nil {
 				out = []Batch{}
 			}
-			return located{start: known[i].Sequence, batches: out}, nil
+			return located{start: known[i].Sequence, stream: known[i].Stream, batches: out}, nil
 		}
 		if lo <= 1 {
 			return located{}, ErrEventNotFound

@@ -82,6 +82,27 @@ func (r *Reader) Events(ctx context.Context, sessionID string, opts ReadOptions)
 	}
 }
 
+// StreamOf returns the stream (Batch.Stream) of the session that carried
+// the most recent stored event with id, found by the same backward search
+// as ReadOptions.FromID, so its cost follows what was stored after it. It
+// fails with ErrEventNotFound when no stored event has the id (never
+// stored, or purged), ctx's error, or a wrapped JetStream error.
+func (r *Reader) StreamOf(ctx context.Context, sessionID, id string) (string, error) {
+	subj := Subject(r.prefix, sessionID)
+	last, err := r.stream.GetLastMsgForSubject(ctx, subj)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return "", ErrEventNotFound
+	case err != nil:
+		return "", fmt.Errorf("get last batch: %w", err)
+	}
+	at, err := r.locate(ctx, subj, last, id, "")
+	if err != nil {
+		return "", err
+	}
+	return at.stream, nil
+}
+
 // errStop ends a read when the caller stops iterating.
 var errStop = errors.New("history: stop")
 

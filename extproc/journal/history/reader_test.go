@@ -148,6 +148,30 @@ func TestReaderFarBack(t *testing.T) {
 	}
 }
 
+// TestStreamOf names the stream that carried an id, however far back, and
+// fails with ErrEventNotFound for an id the session never stored.
+func TestStreamOf(t *testing.T) {
+	js, st := testStream(t, jetstream.StreamConfig{})
+	w := &writer{t: t, js: js, sid: "so"}
+	w.write("s", 1, 4)
+	w.write("t", 1, 2)
+	for k := 5; k <= 100; k++ {
+		w.write("s", k, 1)
+	}
+	(&writer{t: t, js: js, sid: "other"}).write("u", 1, 3)
+	r := NewReader(st, "")
+	for id, want := range map[string]string{"s-2": "s", "t-2": "t", "s-100": "s", "s-50": "s"} {
+		if got, err := r.StreamOf(context.Background(), "so", id); err != nil || got != want {
+			t.Errorf("StreamOf(%s) = %q, %v; want %q", id, got, err, want)
+		}
+	}
+	for _, c := range []struct{ sid, id string }{{"so", "u-1"}, {"so", "nope"}, {"none", "s-1"}} {
+		if got, err := r.StreamOf(context.Background(), c.sid, c.id); !errors.Is(err, ErrEventNotFound) {
+			t.Errorf("StreamOf(%s, %s) = %q, %v; want ErrEventNotFound", c.sid, c.id, got, err)
+		}
+	}
+}
+
 // TestReaderLargeHistory reads from an id whose later batches hold more
 // than the search keeps in memory: they are read again, from that batch.
 func TestReaderLargeHistory(t *testing.T) {
@@ -178,6 +202,10 @@ func TestReaderLargeHistory(t *testing.T) {
 		if len(got) != n-from || got[0] != fmt.Sprint(from+1) {
 			t.Errorf("from %d: got %v", from, got)
 		}
+	}
+	// Past keepBytes the search keeps no batches, and still names the stream.
+	if got, err := r.StreamOf(context.Background(), "big", "1"); err != nil || got != "s" {
+		t.Errorf("StreamOf(1) = %q, %v; want s", got, err)
 	}
 }
 
