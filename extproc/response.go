@@ -49,6 +49,11 @@ func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResp
 	hr := &procv3.HeadersResponse{}
 	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}}
 
+	if x.method == http.MethodDelete && x.sessionID != "" && len(status) == 3 && status[0] == '2' {
+		// MCP session termination (Streamable HTTP): the server ended
+		// the session, so its memory is freed now rather than at its TTL.
+		x.cfg.Sessions.Forget(x.sessionID)
+	}
 	kind := responseKind(contentType, encoding, status)
 	if kind == kindSSE && h.GetEndOfStream() {
 		kind = kindPassthrough // no body (HEAD, 204): nothing to track

@@ -759,3 +759,25 @@ func TestMessageSecondsByKind(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteForgetsSession: an MCP client's DELETE that the server accepts
+// ends the session, and ssetrack frees its memory then, not at its TTL; a
+// refused DELETE leaves it.
+func TestDeleteForgetsSession(t *testing.T) {
+	h := newHarness(t, nil)
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split("id: 1\ndata: a\n\n")})
+	if n := h.srv.cfg.Sessions.Len(); n != 1 {
+		t.Fatalf("%d sessions after a stream, want 1", n)
+	}
+	del := func(status string) {
+		h.run(t, request{reqHeaders: []string{":method", "DELETE", "mcp-session-id", "S"}, respHeaders: []string{":status", status}})
+	}
+	del("404")
+	if n := h.srv.cfg.Sessions.Len(); n != 1 {
+		t.Errorf("%d sessions after a refused DELETE, want 1", n)
+	}
+	del("200")
+	if n := h.srv.cfg.Sessions.Len(); n != 0 {
+		t.Errorf("%d sessions after an accepted DELETE, want 0", n)
+	}
+}

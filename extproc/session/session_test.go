@@ -486,3 +486,22 @@ func TestLostEventsAgainNotRenumbered(t *testing.T) {
 		t.Errorf("deliveries %v, want %s", got, want)
 	}
 }
+
+func TestForget(t *testing.T) {
+	tbl := NewTable(Config{Window: 8})
+	defer tbl.Close()
+	s, err := tbl.Acquire(context.Background(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tbl.Forget("f") {
+		t.Error("Forget removed a session with an open response")
+	}
+	tbl.Release(s)
+	if !tbl.Forget("f") || tbl.Len() != 0 {
+		t.Errorf("Forget of an idle session: %d sessions left, want 0", tbl.Len())
+	}
+	if tbl.Forget("f") || tbl.Forget("never") {
+		t.Error("Forget reported removing a session the table does not hold")
+	}
+}

@@ -257,6 +257,22 @@ func (t *Table) Release(s *Session) {
 	sh.mu.Unlock()
 }
 
+// Forget removes session id from memory unless a response of it is still
+// open, and reports whether it did: the session has ended (the MCP
+// server accepted a client's DELETE). What the journal stored of it stays
+// there; a later request naming it loads it again.
+func (t *Table) Forget(id string) bool {
+	sh := t.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	s, ok := sh.m[id]
+	if !ok || s.active > 0 {
+		return false
+	}
+	sh.remove(s)
+	return true
+}
+
 // evictOne removes the least recently used session of sh, preferring one
 // without open streams. sh.mu must be held.
 func (t *Table) evictOne(sh *shard) {
