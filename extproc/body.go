@@ -13,6 +13,7 @@ import (
 func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
 	br := &procv3.BodyResponse{}
 	resp := &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
+	x.gotBody = true
 	if !x.sseBody || x.ended {
 		// Not ours to touch, or after end_of_stream: answer, change nothing.
 		if x.modes.fullDuplex() {

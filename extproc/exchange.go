@@ -46,6 +46,7 @@ type exchange struct {
 	owner  bool             // the principal owns the session (may be replayed to)
 
 	sseBody bool // the response body is SSE and streamed to us
+	gotBody bool // a response body chunk arrived
 	ended   bool // the response body's end_of_stream was seen
 	parser  sse.Parser
 	rw      rewriter
@@ -121,7 +122,9 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) (resp *procv3.Processin
 // anyway); in FULL_DUPLEX_STREAMED it goes out, as at end_of_stream, in a
 // body answer ahead of the trailers' answer.
 func (x *exchange) responseTrailers() *procv3.ProcessingResponse {
-	if x.modes.fullDuplex() && x.sseBody && !x.ended && !x.observe && (x.parser.Pending() > 0 || x.replay != nil) {
+	// Envoy takes a full-duplex body answer only once a body chunk came:
+	// before that it would be spurious and cut the stream.
+	if x.modes.fullDuplex() && x.sseBody && x.gotBody && !x.ended && !x.observe && (x.parser.Pending() > 0 || x.replay != nil) {
 		out, _ := x.process(nil, true)
 		x.before = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseBody{
 			ResponseBody: &procv3.BodyResponse{Response: streamedBody(out, false)},

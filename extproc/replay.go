@@ -45,6 +45,8 @@ func (x *exchange) readReplay(ctx context.Context) string {
 	case err != nil:
 		result = replayFailed
 		x.log.Warn("replay", "session", session.ShortID(x.sessionID), "err", err)
+	case len(ids) == 0 && len(data) == 0:
+		return "" // a located stream that stored nothing after the id
 	default:
 		d := x.stream.Begin()
 		for _, id := range ids {

@@ -169,15 +169,18 @@ func (x *exchange) openStream(ctx context.Context, assigned bool) {
 	if !x.acquire(ctx, assigned) {
 		return // forwarded untracked
 	}
-	x.stream = x.sess.OpenStream(session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID})
 	x.owner = x.sess.Bind(x.principal)
-	located := x.hasLastEventID && !x.stream.Resumed() && x.locateStream(ctx)
+	resume := session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID}
+	if x.hasLastEventID {
+		resume.Stream = x.locateStream(ctx)
+	}
+	x.stream = x.sess.OpenStream(resume)
 	switch {
 	case !x.hasLastEventID:
 		if x.stream.Resumed() {
 			x.m.resumes.WithLabelValues("without_header").Inc()
 		}
-	case located:
+	case x.stream.Located():
 		x.m.resumes.WithLabelValues("located").Inc()
 	case x.stream.Resumed():
 		x.m.resumes.WithLabelValues("matched").Inc()
@@ -187,23 +190,24 @@ func (x *exchange) openStream(ctx context.Context, assigned bool) {
 }
 
 // locateStream asks the journal which stream carried the client's
-// Last-Event-ID when the dedup window no longer holds it, and continues
-// that stream, so that what the client missed is replayed however far back
-// the id is. It asks only when the session has delivered more ids than its
-// window holds (an id of a session that never overflowed it was never
-// delivered) and only for the session's owner, who alone gets replays: an
-// unknown id costs a read of the session's history, bounded by ctx.
-func (x *exchange) locateStream(ctx context.Context) bool {
-	if x.cfg.Replayer == nil || x.observe || !x.owner || x.lastEventID == "" || !x.sess.Forgets() {
-		return false
+// Last-Event-ID when the session no longer holds it (Session.NeedsLocate),
+// so that the resume continues that stream and what the client missed is
+// replayed however far back the id is; "" when it is not asked or does not
+// know. Only the session's owner, who alone gets replays, makes it ask. An
+// id the journal does not hold costs a read of the session's history,
+// bounded by ctx, once: the session remembers it (Session.NotStored).
+func (x *exchange) locateStream(ctx context.Context) string {
+	if x.cfg.Replayer == nil || x.observe || !x.owner || !x.sess.NeedsLocate(x.lastEventID) {
+		return ""
 	}
 	stream, err := x.cfg.Replayer.StreamOf(ctx, x.sessionID, x.lastEventID)
 	switch {
 	case errors.Is(err, session.ErrHistoryMissing):
-		return false
+		x.sess.NotStored(x.lastEventID)
+		return ""
 	case err != nil:
 		x.log.Warn("locate stream", "session", session.ShortID(x.sessionID), "err", err)
-		return false
+		return ""
 	}
-	return x.stream.Continue(stream, x.lastEventID)
+	return stream
 }

@@ -117,7 +117,9 @@ type Replayer interface {
 	// followed the event after, through the event through, and the ids among
 	// them. It returns session.ErrHistoryMissing when after is not stored
 	// and session.ErrHistoryIncomplete when through is not (yet): history
-	// is never replayed in part. It does network I/O, bounded by ctx.
+	// is never replayed in part. An empty through asks for everything
+	// stored after the event after (a stream whose last id the session
+	// does not know). It does network I/O, bounded by ctx.
 	Replay(ctx context.Context, sessionID, stream, after, through string) (data []byte, ids []string, err error)
 	// StreamOf returns the stream of the session that carried the stored
 	// event id: a resume whose Last-Event-ID has left the dedup window is

@@ -489,6 +489,9 @@ func (r *replayer) Replay(_ context.Context, sid, stream, after, through string)
 	if !found {
 		return nil, nil, session.ErrHistoryMissing
 	}
+	if through == "" {
+		return data, ids, nil
+	}
 	return nil, nil, session.ErrHistoryIncomplete
 }
 
@@ -614,6 +617,22 @@ func TestReplayAfterWindow(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(h.srv.metrics.resumes.WithLabelValues("located")); n != 1 {
 		t.Errorf("resumes_total{result=located} = %v, want 1", n)
+	}
+
+	// The stream forgotten behind 32 newer ones: it goes on under its id,
+	// and everything stored after the client's id is replayed.
+	rp3 := &replayer{}
+	h3 := newHarness(t, func(c *Config) {
+		c.Sessions = session.NewTable(session.Config{Window: 4})
+		c.Recorder, c.Replayer = rp3, rp3
+	})
+	h3.run(t, request{reqHeaders: []string{"mcp-session-id", "F"}, respHeaders: sseHeaders(), chunks: split(first.String(), eventCuts(first.String())...)})
+	for i := range 32 {
+		h3.run(t, request{reqHeaders: []string{"mcp-session-id", "F"}, respHeaders: sseHeaders(), chunks: split(fmt.Sprintf("id: p%d\ndata: post\n\n", i))})
+	}
+	res = h3.run(t, request{reqHeaders: []string{"mcp-session-id", "F", "last-event-id", "3"}, respHeaders: sseHeaders(), chunks: split(resumed, eventCuts(resumed)...)})
+	if got, want := string(res.body), all.String(); got != want || replayHeader(res) != "replayed" {
+		t.Errorf("resume of a forgotten stream: header %q, forwarded %q; want replayed and %q", replayHeader(res), got, want)
 	}
 
 	// A session that delivered fewer ids than its window: an unknown id was

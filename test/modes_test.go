@@ -146,6 +146,15 @@ func TestFilterModes(t *testing.T) {
 		if d := sset.Metrics(t).Sub(m1, `ssetrack_errors_total{kind="partial_event_unsent"}`); d != 0 {
 			t.Errorf("partial_event_unsent grew by %v in full duplex, want 0", d)
 		}
+		// A resume whose upstream answers with trailers and no body: the replay has no
+		// body chunk to ride on, and a body answer before any chunk would be spurious
+		// (Envoy would cut the stream); CheckNoFailOpen below catches one.
+		empty := up.Static(harness.Reply{Trailer: http.Header{"X-End": {"1"}}})
+		h := sessionHeader("fdx-resume")
+		h.Set("Last-Event-Id", "1")
+		if _, got := fx.get(t, empty, h); len(got) != 0 {
+			t.Errorf("resume answered with trailers only: client got %q, want nothing", got)
+		}
 		// A response that is not SSE is echoed whole.
 		path := up.Static(harness.Reply{Header: http.Header{"Content-Type": {"text/plain"}}, Body: []byte("plain body"), Cuts: []int{5}})
 		if _, got := fx.get(t, path, nil); string(got) != "plain body" {

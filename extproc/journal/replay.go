@@ -16,8 +16,9 @@ import (
 // (see its FromID), so the cost depends on how many events were stored
 // after it, not on the session's history. History is never replayed in
 // part: ErrHistoryMissing when after is not stored (never, or purged),
-// ErrHistoryIncomplete when through is not among the events after it.
-// Callers bound it with ctx.
+// ErrHistoryIncomplete when through is not among the events after it. An
+// empty through asks for every event stored after it. Callers bound it
+// with ctx.
 func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, through string) ([]byte, []string, error) {
 	var data []byte
 	var ids []string
@@ -36,6 +37,9 @@ func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, throug
 				return data, ids, nil
 			}
 		}
+	}
+	if through == "" {
+		return data, ids, nil // everything stored after it
 	}
 	return nil, nil, session.ErrHistoryIncomplete
 }

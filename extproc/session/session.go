@@ -41,6 +41,7 @@ type Session struct {
 	principal  string // keyed hash of the owner, "" until one is seen
 	streams    []streamInfo
 	nextStream uint32
+	notStored  string // the last Last-Event-ID the journal did not hold
 
 	// unloaded is set when loading the session's history failed (a timeout
 	// under load, NATS away): the copy may lack history, so the next request
@@ -52,6 +53,7 @@ type Session struct {
 	lastUsed   int64 // unix nanoseconds
 	prev, next *Session
 	evicted    bool
+	ended      bool // Forget was called while responses were open
 }
 
 type streamInfo struct {
@@ -69,6 +71,11 @@ type Resume struct {
 	LastEventID string
 	// HasLastEventID reports whether the header was present.
 	HasLastEventID bool
+	// Stream, when set, is the stream the journal says carried
+	// LastEventID (see NeedsLocate): the resume continues it even though
+	// the session no longer holds that id, and everything it delivered
+	// after the id is missed.
+	Stream string
 }
 
 // Stream is one SSE response of a session. It belongs to the goroutine
@@ -86,6 +93,8 @@ type Stream struct {
 	matched bool
 	from    uint64
 	start   uint64
+	// located is set when the journal named the stream (Resume.Stream).
+	located bool
 	// continued is set when the response continues a stream the session
 	// already knew (matched by Last-Event-ID or by its last id).
 	continued bool
@@ -122,6 +131,17 @@ func (s *Session) OpenStream(r Resume) *Stream {
 				}
 			}
 		}
+		if st.num == 0 && r.Stream != "" {
+			// Located by the journal: every id of that stream still in
+			// the window was delivered after the client's id.
+			st.matched, st.from, st.located = true, 0, true
+			for i := range s.streams {
+				if s.streams[i].id == r.Stream {
+					st.num = s.streams[i].num
+					break
+				}
+			}
+		}
 	}
 	if info := s.stream(st.num); info != nil {
 		st.id = info.id
@@ -131,72 +151,78 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		if st.matched && len(info.lastID) > 0 && string(info.lastID) != r.LastEventID {
 			st.missedAfter, st.missedThrough = r.LastEventID, string(info.lastID)
 		}
-	} else {
-		s.nextStream++
-		st.num = s.nextStream
-		st.id = newStreamID()
-		if len(s.streams) == maxStreams {
-			copy(s.streams, s.streams[1:])
-			s.streams = s.streams[:maxStreams-1]
-		}
-		s.streams = append(s.streams, streamInfo{num: st.num, id: st.id, lastID: []byte(r.LastEventID)})
+		s.touchStream(st.num)
+		return st
 	}
+	s.nextStream++
+	st.num = s.nextStream
+	st.id = newStreamID()
+	lastID := []byte(r.LastEventID)
+	if st.located {
+		// A stream this session no longer remembers (or another replica
+		// delivered): it goes on under its id, and what it stored after
+		// the client's id is missed, through whatever the journal holds.
+		st.id, st.continued, lastID = r.Stream, true, nil
+		st.missedAfter = r.LastEventID
+	}
+	if len(s.streams) == maxStreams {
+		copy(s.streams, s.streams[1:])
+		s.streams = s.streams[:maxStreams-1]
+	}
+	s.streams = append(s.streams, streamInfo{num: st.num, id: st.id, lastID: lastID})
 	return st
 }
 
-// Forgets reports whether the session has delivered more ids than its dedup
-// window holds: a Last-Event-ID it does not find may then be an older id of
-// one of its streams (see Continue), not one it never delivered.
-func (s *Session) Forgets() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.win.next > uint64(len(s.win.slots))
+// touchStream moves stream num to the end of the remembered streams, which
+// are forgotten oldest first: a resumed stream (an MCP GET stream that
+// lives as long as its session) is kept over the streams opened since.
+func (s *Session) touchStream(num uint32) {
+	for i := range s.streams {
+		if s.streams[i].num == num {
+			info := s.streams[i]
+			copy(s.streams[i:], s.streams[i+1:])
+			s.streams[len(s.streams)-1] = info
+			return
+		}
+	}
 }
 
-// Continue makes st, opened as a new stream for a Last-Event-ID the window
-// no longer holds, the continuation of the remembered stream with id
-// streamID, which the journal says carried that id (Journal's StreamOf).
-// Every id of that stream still in the window was delivered after the
-// client's id, and what the stream delivered after it is missed (Missed).
-// Call it before st delivers anything. It reports false, changing nothing,
-// when st continues a stream already or the session no longer remembers
-// streamID.
-func (st *Stream) Continue(streamID, lastEventID string) bool {
-	s := st.sess
+// NeedsLocate reports whether a resume from lastEventID should ask the
+// journal which stream carried it (Resume.Stream): the session does not
+// hold the id (in its window or as a stream's last id), it has numbered
+// more events than its window holds (otherwise an id it does not hold was
+// never delivered), and the journal has not said already that the id is
+// not stored.
+func (s *Session) NeedsLocate(lastEventID string) bool {
+	if lastEventID == "" {
+		return false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st.continued || lastEventID == "" {
+	if s.seq <= uint64(len(s.win.slots)) || lastEventID == s.notStored {
 		return false
 	}
-	found := false
-	for i := range s.streams {
-		if s.streams[i].id == streamID && s.streams[i].num != st.num {
-			found = true
-		}
-	}
-	if !found {
+	if s.win.find(s.table.hash(lastEventID)) >= 0 {
 		return false
 	}
-	// Forget the new stream OpenStream remembered for st (nothing was
-	// delivered to it: Continue comes before the response's body).
 	for i := range s.streams {
-		if s.streams[i].num == st.num {
-			s.streams = append(s.streams[:i], s.streams[i+1:]...)
-			break
+		if string(s.streams[i].lastID) == lastEventID {
+			return false
 		}
-	}
-	var info *streamInfo
-	for i := range s.streams {
-		if s.streams[i].id == streamID {
-			info = &s.streams[i]
-		}
-	}
-	st.num, st.id, st.continued, st.matched, st.from = info.num, info.id, true, true, 0
-	if len(info.lastID) > 0 && string(info.lastID) != lastEventID {
-		st.missedAfter, st.missedThrough = lastEventID, string(info.lastID)
 	}
 	return true
 }
+
+// NotStored records that the journal does not hold lastEventID, so that a
+// client resuming from it again does not cost another search.
+func (s *Session) NotStored(lastEventID string) {
+	s.mu.Lock()
+	s.notStored = lastEventID
+	s.mu.Unlock()
+}
+
+// Located reports whether the journal named the stream (Resume.Stream).
+func (st *Stream) Located() bool { return st.located }
 
 // Missed reports the events the stream delivered that the resuming client
 // says it does not have: those after the id after, through the id through.
@@ -318,7 +344,7 @@ func (s *Session) Bind(principal string) (owner bool) {
 }
 
 // LatestLastID returns the last event id of the session's most recently
-// opened stream, or "".
+// opened or resumed stream, or "".
 func (s *Session) LatestLastID() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

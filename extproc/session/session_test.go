@@ -494,14 +494,107 @@ func TestForget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tbl.Forget("f") {
-		t.Error("Forget removed a session with an open response")
+	if !tbl.Forget("f") || tbl.Len() != 1 {
+		t.Errorf("Forget with a response open: %d sessions, want it kept until the response ends", tbl.Len())
 	}
 	tbl.Release(s)
-	if !tbl.Forget("f") || tbl.Len() != 0 {
-		t.Errorf("Forget of an idle session: %d sessions left, want 0", tbl.Len())
+	if tbl.Len() != 0 {
+		t.Errorf("%d sessions after the last response of a forgotten session ended, want 0", tbl.Len())
 	}
 	if tbl.Forget("f") || tbl.Forget("never") {
-		t.Error("Forget reported removing a session the table does not hold")
+		t.Error("Forget reported a session the table does not hold")
 	}
+	idle, err := tbl.Acquire(context.Background(), "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl.Release(idle)
+	if !tbl.Forget("g") || tbl.Len() != 0 {
+		t.Errorf("Forget of an idle session: %d sessions left, want 0", tbl.Len())
+	}
+}
+
+// TestLocatedResume covers a resume from an id the session no longer holds,
+// whose stream the journal named (Resume.Stream): in a session restored
+// from history, after the stream was forgotten behind 32 newer ones, and
+// for an id the journal does not hold.
+func TestLocatedResume(t *testing.T) {
+	t.Run("restored session", func(t *testing.T) {
+		// 100 events stored; the window of 4 restores only the last 4.
+		h := &History{Seq: 100, Streams: []StreamState{{Stream: "get", LastEventID: "100"}}}
+		for i := 97; i <= 100; i++ {
+			h.Events = append(h.Events, EventRef{ID: strconv.Itoa(i), Stream: "get", Seq: uint64(i)})
+		}
+		tb := newTestTable(t, Config{Window: 4, Loader: fakeHistory{h}})
+		s, err := tb.Acquire(context.Background(), "R")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !s.NeedsLocate("3") {
+			t.Fatal("NeedsLocate(3) = false in a session restored from 100 events with a window of 4")
+		}
+		if s.NeedsLocate("99") || s.NeedsLocate("100") {
+			t.Error("NeedsLocate of an id the window holds")
+		}
+		st := s.OpenStream(Resume{LastEventID: "3", HasLastEventID: true, Stream: "get"})
+		if !st.Located() || !st.Resumed() || st.ID() != "get" {
+			t.Errorf("located %v, resumed %v, stream %q; want the located stream get", st.Located(), st.Resumed(), st.ID())
+		}
+		if after, through, ok := st.Missed(); !ok || after != "3" || through != "100" {
+			t.Errorf("Missed() = %q, %q, %v; want 3 through 100", after, through, ok)
+		}
+		// The window's ids of that stream are all after 3: they may go to
+		// the client again (the replay failed, say).
+		if got := deliver(st, "99", "100", "101"); fmt.Sprint(got) != "[99 100 101]" {
+			t.Errorf("delivered %q, want [99 100 101]", got)
+		}
+	})
+	t.Run("forgotten stream", func(t *testing.T) {
+		tb := newTestTable(t, Config{Window: 4})
+		s := acquire(t, tb, "F")
+		get := s.OpenStream(Resume{})
+		deliver(get, "g1", "g2", "g3", "g4", "g5", "g6")
+		for i := range 32 {
+			deliver(s.OpenStream(Resume{}), fmt.Sprint("p", i))
+		}
+		if !s.NeedsLocate("g2") {
+			t.Fatal("NeedsLocate(g2) = false")
+		}
+		st := s.OpenStream(Resume{LastEventID: "g2", HasLastEventID: true, Stream: get.ID()})
+		if !st.Located() || st.ID() != get.ID() {
+			t.Errorf("located %v, stream %q; want %q", st.Located(), st.ID(), get.ID())
+		}
+		// Its last id is not known here: everything stored after g2.
+		if after, through, ok := st.Missed(); !ok || after != "g2" || through != "" {
+			t.Errorf("Missed() = %q, %q, %v; want g2 through the end", after, through, ok)
+		}
+	})
+	t.Run("resumed stream kept over newer ones", func(t *testing.T) {
+		tb := newTestTable(t, Config{Window: 64})
+		s := acquire(t, tb, "K")
+		get := s.OpenStream(Resume{})
+		deliver(get, "g1")
+		for i := range 20 {
+			deliver(s.OpenStream(Resume{}), fmt.Sprint("p", i))
+		}
+		deliver(s.OpenStream(Resume{LastEventID: "g1", HasLastEventID: true}), "g2")
+		for i := range 20 {
+			deliver(s.OpenStream(Resume{}), fmt.Sprint("q", i))
+		}
+		if st := s.OpenStream(Resume{LastEventID: "g2", HasLastEventID: true}); st.ID() != get.ID() {
+			t.Errorf("resume of the GET stream after 41 newer streams opened a new stream")
+		}
+	})
+	t.Run("not stored", func(t *testing.T) {
+		tb := newTestTable(t, Config{Window: 4})
+		s := acquire(t, tb, "N")
+		deliver(s.OpenStream(Resume{}), "1", "2", "3", "4", "5", "6")
+		if !s.NeedsLocate("bogus") {
+			t.Fatal("NeedsLocate(bogus) = false before the journal was asked")
+		}
+		s.NotStored("bogus")
+		if s.NeedsLocate("bogus") {
+			t.Error("NeedsLocate(bogus) = true after the journal said it is not stored")
+		}
+	})
 }

@@ -254,22 +254,31 @@ func (t *Table) Release(s *Session) {
 	sh.mu.Lock()
 	s.active--
 	s.lastUsed = now()
+	if s.active == 0 && s.ended && !s.evicted {
+		sh.remove(s)
+	}
 	sh.mu.Unlock()
 }
 
-// Forget removes session id from memory unless a response of it is still
-// open, and reports whether it did: the session has ended (the MCP
-// server accepted a client's DELETE). What the journal stored of it stays
-// there; a later request naming it loads it again.
+// Forget removes session id from memory: the session has ended (the MCP
+// server accepted a client's DELETE). A session with responses still open
+// (an MCP client may send DELETE before its GET stream closes) is removed
+// when the last of them ends. What the journal stored of it stays there; a
+// later request naming it loads it again. It reports whether the table
+// held the session.
 func (t *Table) Forget(id string) bool {
 	sh := t.shard(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	s, ok := sh.m[id]
-	if !ok || s.active > 0 {
+	if !ok {
 		return false
 	}
-	sh.remove(s)
+	if s.active > 0 {
+		s.ended = true
+	} else {
+		sh.remove(s)
+	}
 	return true
 }
 

@@ -33,7 +33,9 @@ type located struct {
 
 // locate finds the most recent batch on subj (of stream, if set) holding
 // an event with id, searching backwards from last, the subject's last
-// message. Its cost depends on how far back the id is, not on how much the
+// message. With keep it hands back the batches from there on when they fit
+// in keepBytes (located.batches); without it, it keeps only the range at
+// hand. Its cost depends on how far back the id is, not on how much the
 // session has stored.
 //
 // Why a backward search: a resume asks for what a client missed, and that
@@ -65,10 +67,10 @@ type located struct {
 // events it missed; batch direct gets (nats-server 2.11, exposed by
 // orbit.go's jetstreamext.GetBatch but not by nats.go's jetstream) would
 // fold a round's gets into one request, for one more dependency.
-func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStreamMsg, id, stream string) (located, error) {
+func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStreamMsg, id, stream string, keep bool) (located, error) {
 	holds := func(b Batch) bool { return (stream == "" || b.Stream == stream) && b.has(id) }
 	var known []Batch // the batches at stream sequences >= lo, in order
-	kept, dropped := 0, false
+	kept, dropped := 0, !keep
 	lb, err := decodeRaw(last)
 	if err == nil {
 		known = append(known, lb)

@@ -96,7 +96,7 @@ func (r *Reader) StreamOf(ctx context.Context, sessionID, id string) (string, er
 	case err != nil:
 		return "", fmt.Errorf("get last batch: %w", err)
 	}
-	at, err := r.locate(ctx, subj, last, id, "")
+	at, err := r.locate(ctx, subj, last, id, "", false)
 	if err != nil {
 		return "", err
 	}
@@ -135,7 +135,7 @@ func (r *Reader) read(ctx context.Context, sid string, opts ReadOptions, fn func
 		if last == nil {
 			return ErrEventNotFound
 		}
-		at, err := r.locate(ctx, subj, last, opts.FromID, opts.Stream)
+		at, err := r.locate(ctx, subj, last, opts.FromID, opts.Stream, true)
 		if err != nil {
 			return err
 		}
