@@ -101,7 +101,7 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 		}, []string{"result"}),
 		replays: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_replays_total",
-			Help: "Resumes that missed events the gateway had delivered, by replay result (replayed, missing, incomplete, error, denied).",
+			Help: "Resumes that missed events the gateway had delivered, by replay result (replayed, missing, incomplete, error, denied, too_large).",
 		}, []string{"result"}),
 		streamsActive: f.NewGauge(prometheus.GaugeOpts{
 			Name: "ssetrack_streams_active",

@@ -15,6 +15,7 @@ const (
 	replayIncomplete = "incomplete" // the journal lacks some missed events: none sent
 	replayFailed     = "error"      // the journal read failed or timed out: none sent
 	replayDenied     = "denied"     // the caller is not the session's principal
+	replayTooLarge   = "too_large"  // more than the journal's MaxReplayBytes: none sent
 )
 
 // readReplay is the replay phase, run with the response headers: it reads
@@ -42,6 +43,8 @@ func (x *exchange) readReplay(ctx context.Context) string {
 		result = replayMissing
 	case errors.Is(err, session.ErrHistoryIncomplete):
 		result = replayIncomplete
+	case errors.Is(err, session.ErrHistoryTooLarge):
+		result = replayTooLarge
 	case err != nil:
 		result = replayFailed
 		x.log.Warn("replay", "session", session.ShortID(x.sessionID), "err", err)

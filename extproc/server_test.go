@@ -545,6 +545,13 @@ func TestReplayMissedEvents(t *testing.T) {
 			wantHdr: "incomplete",
 		},
 		{
+			name:    "history too large: nothing replayed, the upstream decides",
+			err:     session.ErrHistoryTooLarge,
+			resumed: "id: 2\ndata: b\n\nid: 4\ndata: d\n\n",
+			want:    "id: 2\ndata: b\n\nid: 4\ndata: d\n\n",
+			wantHdr: "too_large",
+		},
+		{
 			name:    "history missing",
 			err:     session.ErrHistoryMissing,
 			resumed: "id: 4\ndata: d\n\n",

@@ -51,6 +51,7 @@ func (j *journalFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.Batch.MaxBytes, j.name("Config.Batch.MaxBytes", "batch-bytes"), journal.DefaultBatchBytes, "flush a batch at this many `bytes`")
 	fs.DurationVar(&c.Batch.MaxDelay, j.name("Config.Batch.MaxDelay", "batch-delay"), journal.DefaultBatchDelay, "flush a batch this long after its first event")
 	fs.DurationVar(&c.PublishTimeout, j.name("Config.PublishTimeout", "publish-timeout"), journal.DefaultPublishTimeout, "wait this long for a publish ack before retrying")
+	fs.IntVar(&c.MaxReplayBytes, j.name("Config.MaxReplayBytes", "max-replay-size"), journal.DefaultMaxReplayBytes, "most SSE `bytes` one replay sends; a longer one is refused whole (Ssetrack-Replay: too_large)")
 }
 
 // registerConn adds the flags that say where NATS is and how to reach it.

@@ -22,6 +22,7 @@ const (
 	DefaultMaxInFlight     = 256
 	DefaultDrainTimeout    = 10 * time.Second
 	DefaultHistoryEvents   = 1024
+	DefaultMaxReplayBytes  = 16 << 20
 	DefaultReplicas        = 1
 )
 
@@ -82,6 +83,10 @@ type Config struct {
 	// HistoryEvents is how many of a session's most recent event ids Load
 	// returns. Default 1024.
 	HistoryEvents int
+	// MaxReplayBytes bounds the SSE bytes of one replay, which leaves in a
+	// single ext_proc answer; a longer one is refused whole
+	// (session.ErrHistoryTooLarge). Default 16 MiB.
+	MaxReplayBytes int
 }
 
 // BatchConfig bounds a batch: it is published as soon as one bound is hit,
@@ -128,6 +133,7 @@ func (c Config) withDefaults() Config {
 	defI(&c.MaxInFlight, DefaultMaxInFlight)
 	defD(&c.DrainTimeout, DefaultDrainTimeout)
 	defI(&c.HistoryEvents, DefaultHistoryEvents)
+	defI(&c.MaxReplayBytes, DefaultMaxReplayBytes)
 	return c
 }
 
@@ -172,7 +178,7 @@ func (c Config) validate() error {
 		{"MaxBytes", c.MaxBytes}, {"MaxMsgsPerSubject", c.MaxMsgsPerSubject},
 		{"QueueSize", int64(c.QueueSize)}, {"Batch.MaxEvents", int64(c.Batch.MaxEvents)},
 		{"Batch.MaxBytes", int64(c.Batch.MaxBytes)}, {"MaxInFlight", int64(c.MaxInFlight)},
-		{"HistoryEvents", int64(c.HistoryEvents)},
+		{"HistoryEvents", int64(c.HistoryEvents)}, {"MaxReplayBytes", int64(c.MaxReplayBytes)},
 	} {
 		if n.v < 0 {
 			bad(n.field, n.v, "want >= 0")

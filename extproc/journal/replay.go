@@ -16,9 +16,9 @@ import (
 // (see its FromID), so the cost depends on how many events were stored
 // after it, not on the session's history. History is never replayed in
 // part: ErrHistoryMissing when after is not stored (never, or purged),
-// ErrHistoryIncomplete when through is not among the events after it. An
-// empty through asks for every event stored after it. Callers bound it
-// with ctx.
+// ErrHistoryIncomplete when through is not among the events after it,
+// ErrHistoryTooLarge past Config.MaxReplayBytes. An empty through asks for
+// every event stored after it. Callers bound it with ctx.
 func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, through string) ([]byte, []string, error) {
 	var data []byte
 	var ids []string
@@ -29,6 +29,9 @@ func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, throug
 			return nil, nil, session.ErrHistoryMissing
 		case err != nil:
 			return nil, nil, fmt.Errorf("replay: %w", err)
+		}
+		if len(data)+len(ev.Data) > p.cfg.MaxReplayBytes {
+			return nil, nil, session.ErrHistoryTooLarge
 		}
 		data = append(data, ev.Data...)
 		if ev.HasID && ev.ID != "" {

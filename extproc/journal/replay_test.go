@@ -38,6 +38,7 @@ func TestReplay(t *testing.T) {
 		{"after unknown", "a-0", "a-9", "", session.ErrHistoryMissing},
 		{"after in another stream", "b-1", "a-9", "", session.ErrHistoryMissing},
 		{"through not stored", "a-8", "a-10", "", session.ErrHistoryIncomplete},
+		{"through unknown: all stored after", "a-6", "", "[a-7 a-8 a-9]", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,5 +68,25 @@ func TestReplay(t *testing.T) {
 				t.Errorf("data %q\nwant %q", data, want)
 			}
 		})
+	}
+}
+
+// TestReplayTooLarge: a replay over MaxReplayBytes is refused whole.
+func TestReplayTooLarge(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	ev, _ := events("a", 1, 1)
+	p := newPublisher(t, nc, Config{MaxReplayBytes: 3 * len(ev), Batch: BatchConfig{MaxEvents: 3, MaxDelay: 5 * time.Millisecond}})
+	r := record("big", "a", 1, 9, false)
+	r.FirstSeq, r.LastSeq = 1, 9
+	p.Append(r)
+	waitFor(t, 5*time.Second, "acks", func() bool { return statsOf(t, p).Events == 9 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, ids, err := p.Replay(ctx, "big", "a", "a-6", "a-9"); err != nil || len(ids) != 3 {
+		t.Errorf("3 events within the bound: ids %v, err %v", ids, err)
+	}
+	if data, ids, err := p.Replay(ctx, "big", "a", "a-5", "a-9"); !errors.Is(err, session.ErrHistoryTooLarge) || data != nil || ids != nil {
+		t.Errorf("4 events over the bound: %d bytes, ids %v, err %v; want ErrHistoryTooLarge and nothing", len(data), ids, err)
 	}
 }

@@ -73,4 +73,7 @@ var (
 	// ErrHistoryIncomplete reports that the journal does not (yet) hold every
 	// event a replay should cover.
 	ErrHistoryIncomplete = errors.New("session: history incomplete")
+	// ErrHistoryTooLarge reports that the events a replay should cover are
+	// more bytes than the journal sends in one replay.
+	ErrHistoryTooLarge = errors.New("session: history too large to replay")
 )
