@@ -121,6 +121,7 @@ type served struct {
 	logs    *syncBuffer
 	exited  chan struct{}
 	err     error  // Main's result, once exited is closed
+	cancel  func() // asks it to stop (as SIGTERM does), without waiting
 	stop    func() // cancels it and waits; idempotent, and run at cleanup
 }
 
@@ -130,6 +131,7 @@ func runServe(t *testing.T, args ...string) *served {
 	t.Helper()
 	s := &served{metrics: freeAddr(t), logs: &syncBuffer{}, exited: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
 	go func() {
 		defer close(s.exited)
 		s.err = Main(ctx, append([]string{"serve", "--metrics-listen", s.metrics}, args...), s.logs, s.logs)
@@ -628,4 +630,40 @@ func TestServeStartsWithoutNATS(t *testing.T) {
 	t.Logf("sent 7 events (5 + 1 new + 1 after NATS), deduplicated %v, persisted %v, journal records dropped (queue full) %v",
 		metricValue(mfs, "ssetrack_events_deduplicated_total"), metricValue(mfs, "ssetrack_journal_events_published_total"),
 		metricValue(mfs, "ssetrack_journal_records_dropped_total", "reason", "queue_full"))
+}
+
+// TestServeDrainDelay: on SIGTERM with --drain-delay, serve first says it is
+// not ready (/readyz 503, gRPC health NOT_SERVING) while it still takes new
+// ext_proc streams, then stops.
+func TestServeDrainDelay(t *testing.T) {
+	listen := freeAddr(t)
+	ss := runServe(t, "--journal=false", "--listen", listen, "--drain-delay", "3s")
+	ss.readyzUntil(t, func(code int) bool { return code == http.StatusOK })
+	ss.cancel()
+	code, body := ss.readyzUntil(t, func(code int) bool { return code != http.StatusOK })
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "shutting down") {
+		t.Fatalf("/readyz while draining: %d %q, want 503 shutting down", code, body)
+	}
+	conn, err := grpc.NewClient(listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("gRPC health while draining: %v, %v; want NOT_SERVING", hc.GetStatus(), err)
+	}
+	// A new stream is still served: deduplicated as usual.
+	client := procv3.NewExternalProcessorClient(conn)
+	ev := "id: 1\ndata: a\n\n"
+	exchange(t, client, "draining", ev)
+	if got := exchange(t, client, "draining", ev); got != "" {
+		t.Errorf("stream opened while draining forwarded %q, want the repeat dropped", got)
+	}
+	select {
+	case <-ss.exited:
+		t.Fatal("serve exited before the drain delay ended")
+	default:
+	}
+	<-ss.exited
 }

@@ -16,6 +16,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -58,6 +59,7 @@ type serveConfig struct {
 	tlsClientCA    string
 	pprof          bool
 	shutdown       time.Duration
+	drainDelay     time.Duration
 	journal        journalFlags
 }
 
@@ -87,6 +89,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "PEM CA `file`: require and verify client certificates (mTLS)")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof/ on the metrics listener")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", 15*time.Second, "on SIGTERM, how long open streams and the journal get to finish")
+	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "on SIGTERM, keep taking new streams this long first, with /readyz and gRPC health saying not serving, so load balancers move new streams to other replicas")
 	c.journal.register(fs)
 	fs.Usage = flagUsage(fs, stderr, "ssetrack serve [flags]")
 	return fs, c
@@ -142,6 +145,9 @@ func (c *serveConfig) validate() error {
 	if c.shutdown <= 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-timeout %v: want > 0", c.shutdown))
 	}
+	if c.drainDelay < 0 {
+		errs = append(errs, fmt.Errorf("--drain-delay %v: want >= 0", c.drainDelay))
+	}
 	errs = append(errs, c.journal.validate(c.dedupWindow)...)
 	return errors.Join(errs...)
 }
@@ -194,6 +200,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		recorder extproc.Recorder
 		replayer extproc.Replayer
 	)
+	var draining atomic.Bool
 	ready := func() error { return nil }
 	if c.journal.enabled {
 		var err error
@@ -267,7 +274,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fail(fmt.Errorf("listen %s: %w", c.metricsListen, err))
 		}
-		metricsSrv = &http.Server{Handler: opsHandler(reg, ready, c.pprof), ReadHeaderTimeout: 10 * time.Second}
+		readyOrDraining := func() error {
+			if draining.Load() {
+				return errors.New("shutting down")
+			}
+			return ready()
+		}
+		metricsSrv = &http.Server{Handler: opsHandler(reg, readyOrDraining, c.pprof), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(mlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				fatal <- fmt.Errorf("metrics listener: %w", err)
@@ -295,8 +308,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Error("stopping on a fatal error", "err", failed)
 	}
 
-	// Shutdown order: stop taking streams and let open ones finish (bounded),
-	// then the journal flushes what the streams handed it and drains NATS.
+	// Shutdown order: say not ready and keep serving for the drain delay,
+	// stop taking streams and let open ones finish (bounded), then the
+	// journal flushes what the streams handed it and drains NATS.
+	draining.Store(true)
+	if c.drainDelay > 0 && failed == nil {
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		hs.SetServingStatus(procv3.ExternalProcessor_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+		log.Info("draining: taking new streams while not ready", "delay", c.drainDelay)
+		select {
+		case <-time.After(c.drainDelay):
+		case failed = <-fatal:
+			log.Error("stopping on a fatal error", "err", failed)
+		}
+	}
 	log.Info("shutting down", "timeout", c.shutdown)
 	hs.Shutdown()
 	deadline := time.Now().Add(c.shutdown)
