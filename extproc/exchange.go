@@ -30,6 +30,7 @@ type exchange struct {
 	observe bool        // Envoy's observability_mode: never answer
 	modes   filterModes // the filter's body modes, from protocol_config
 	warned  *sync.Map   // response kinds already explained in the log (Server.warned)
+	locator *locator    // the journal searches of locateStream (Server.locator)
 	// before is an answer due ahead of the one handle returns: the held
 	// tail of a full-duplex body, flushed before the trailers' answer.
 	before *procv3.ProcessingResponse
@@ -70,7 +71,7 @@ type requestInfo struct {
 
 func newExchange(s *Server, ctx context.Context) *exchange {
 	return &exchange{
-		cfg: &s.cfg, headers: s.headers, m: s.metrics, log: s.log, ctx: ctx, warned: &s.warned,
+		cfg: &s.cfg, headers: s.headers, m: s.metrics, log: s.log, ctx: ctx, warned: &s.warned, locator: s.locator,
 		parser: sse.Parser{MaxEventSize: s.cfg.MaxEventSize},
 	}
 }

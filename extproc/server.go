@@ -137,6 +137,7 @@ type Server struct {
 	metrics *metrics
 	log     *slog.Logger
 	warned  sync.Map // response kinds explained in the log once (exchange.explain)
+	locator *locator
 }
 
 // New returns a Server for cfg.
@@ -176,6 +177,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:     cfg,
 		headers: map[string]int{},
 		log:     cfg.Logger,
+		locator: newLocator(),
 	}
 	for i, h := range cfg.SessionHeaders {
 		if _, dup := s.headers[h]; !dup {

@@ -572,3 +572,29 @@ func TestLoadCountsUnstoredRecords(t *testing.T) {
 		t.Errorf("unstored sequence numbers left after every batch was stored: %d", n)
 	}
 }
+
+// TestLongLastID: a stream whose newest id is too long for the session's KV
+// state is loaded with its last id unknown (""), not with the older id it
+// replaced, so that a resume replays all it stored after the client's id.
+func TestLongLastID(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	p := newPublisher(t, nc, Config{Batch: BatchConfig{MaxDelay: time.Millisecond}})
+	p.Append(record("long", "a", 1, 1, false))
+	waitFor(t, 5*time.Second, "ack", func() bool { return statsOf(t, p).Events == 1 })
+	long := "a-" + strings.Repeat("9", maxIDHeader)
+	data := []byte("id: " + long + "\ndata: x\n\n")
+	p.Append(session.Record{Session: "long", Stream: "a", Count: 1, Data: data, FirstID: long, LastID: long, FirstSeq: 2, LastSeq: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h, err := newPublisher(t, nc, Config{}).Load(ctx, "long")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(h.Streams); got != "[{a }]" {
+		t.Errorf("streams %s, want stream a with its last id unknown", got)
+	}
+}

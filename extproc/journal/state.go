@@ -102,14 +102,16 @@ func (w *stateWriter) update(sid, stream, lastID string, lastSeq uint64, princip
 	if st.principal == "" {
 		st.principal = principal
 	}
-	if len(lastID) > maxIDHeader {
+	switch _, ok := st.streams[stream]; {
+	case len(lastID) > maxIDHeader:
 		// Too long to keep in the session's KV value (which the server
-		// caps like any message); the payload still has it.
-		lastID = ""
-	}
-	if lastID != "" {
+		// caps like any message); the payload still has it. The stream's
+		// last id is then unknown (""), not the older one it replaces: a
+		// resume replays all the stream stored after the client's id.
+		st.streams[stream] = ""
+	case lastID != "":
 		st.streams[stream] = lastID
-	} else if _, ok := st.streams[stream]; !ok {
+	case !ok:
 		st.streams[stream] = ""
 	}
 	st.touched = time.Now()

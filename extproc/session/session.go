@@ -147,8 +147,11 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		st.id = info.id
 		st.continued = true
 		// lastID stays the last id delivered: the client's header may be
-		// behind it, and what lies between is what it missed.
-		if st.matched && len(info.lastID) > 0 && string(info.lastID) != r.LastEventID {
+		// behind it, and what lies between is what it missed. A stream
+		// whose last id is not known (loaded from a journal that could not
+		// keep an id that long) missed whatever it stored after the
+		// client's id.
+		if st.matched && string(info.lastID) != r.LastEventID {
 			st.missedAfter, st.missedThrough = r.LastEventID, string(info.lastID)
 		}
 		s.touchStream(st.num)

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -597,4 +598,25 @@ func TestLocatedResume(t *testing.T) {
 			t.Error("NeedsLocate(bogus) = true after the journal said it is not stored")
 		}
 	})
+}
+
+// TestResumeWithUnknownLastID: a stream loaded without its last id (the
+// journal could not keep one that long) still sends a resuming client
+// what it stored after the client's id.
+func TestResumeWithUnknownLastID(t *testing.T) {
+	long := strings.Repeat("x", 2000)
+	h := &History{
+		Seq:     3,
+		Streams: []StreamState{{Stream: "s-1", LastEventID: ""}},
+		Events:  []EventRef{{ID: "1", Stream: "s-1", Seq: 1}, {ID: "2", Stream: "s-1", Seq: 2}, {ID: long, Stream: "s-1", Seq: 3}},
+	}
+	tb := newTestTable(t, Config{Loader: fakeHistory{h}})
+	s, err := tb.Acquire(context.Background(), "U")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true})
+	if after, through, ok := st.Missed(); !ok || after != "1" || through != "" {
+		t.Errorf("Missed() = %q, %q, %v; want everything stored after 1", after, through, ok)
+	}
 }
