@@ -2,6 +2,7 @@ package extproc
 
 import (
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 
 	"github.com/ssetrack/ssetrack/extproc/session"
 	"github.com/ssetrack/ssetrack/extproc/sse"
@@ -22,6 +23,17 @@ func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
 		return resp
 	}
 	out, changed := x.process(b.GetBody(), b.GetEndOfStream())
+	if x.ending.Load() && !b.GetEndOfStream() && x.replayable() {
+		// Server.EndStreams: the chunk's events are recorded, and the
+		// client, cut here, gets them by replay when it resumes.
+		x.m.streamsEnded.Inc()
+		return &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ImmediateResponse{
+			ImmediateResponse: &procv3.ImmediateResponse{
+				Status:  &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+				Details: "ssetrack_stopping",
+			},
+		}}
+	}
 	switch {
 	case x.modes.fullDuplex():
 		// Envoy forwards only what the answer carries, changed or not.
@@ -266,4 +278,12 @@ func (x *exchange) record(rec session.Record) {
 	if !x.cfg.Recorder.Append(rec) {
 		x.m.journalDrops.Inc()
 	}
+}
+
+// replayable reports whether a resuming client of this response would get
+// from the journal what its last chunk carried: the response is tracked,
+// the journal records and replays, and the client owns the session.
+func (x *exchange) replayable() bool {
+	return x.stream != nil && x.owner && !x.observe && !x.modes.fullDuplex() &&
+		x.cfg.Recorder != nil && x.cfg.Replayer != nil && x.journal.recorded
 }

@@ -31,6 +31,7 @@ type metrics struct {
 	resumes         *prometheus.CounterVec
 	replays         *prometheus.CounterVec
 	streamsActive   prometheus.Gauge
+	streamsEnded    prometheus.Counter
 	journalDrops    prometheus.Counter
 	errors          *prometheus.CounterVec
 	sessions        prometheus.GaugeFunc
@@ -103,6 +104,10 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 			Name: "ssetrack_replays_total",
 			Help: "Resumes that missed events the gateway had delivered, by replay result (replayed, missing, incomplete, error, denied, too_large).",
 		}, []string{"result"}),
+		streamsEnded: f.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_streams_ended_total",
+			Help: "SSE responses ssetrack ended as it stopped (serve --drain-delay), so that their clients resume on another replica.",
+		}),
 		streamsActive: f.NewGauge(prometheus.GaugeOpts{
 			Name: "ssetrack_streams_active",
 			Help: "SSE responses currently streaming through ssetrack.",

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -138,7 +139,20 @@ type Server struct {
 	log     *slog.Logger
 	warned  sync.Map // response kinds explained in the log once (exchange.explain)
 	locator *locator
+	ending  atomic.Bool // EndStreams was called
 }
+
+// EndStreams makes every open SSE response that ssetrack tracks, and can
+// replay to its client, end at its next body chunk. The chunk is processed
+// as usual (its events recorded, so a replay has them), but the answer is
+// an immediate response instead of its bytes; the response's headers are
+// out, so Envoy resets the client's stream. The client reconnects with
+// Last-Event-ID and ssetrack (another replica) replays what it missed. It
+// is for a replica that stops while others run: without it, a stream whose
+// ext_proc stream is cut goes on through Envoy without ssetrack
+// (failure_mode_allow), neither deduplicated nor journaled. A stream that
+// sends no chunk until then is cut all the same.
+func (s *Server) EndStreams() { s.ending.Store(true) }
 
 // New returns a Server for cfg.
 func New(cfg Config) (*Server, error) {

@@ -89,7 +89,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "PEM CA `file`: require and verify client certificates (mTLS)")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof/ on the metrics listener")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", 15*time.Second, "on SIGTERM, how long open streams and the journal get to finish")
-	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "on SIGTERM, keep taking new streams this long first, with /readyz and gRPC health saying not serving, so load balancers move new streams to other replicas")
+	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "on SIGTERM, keep taking new streams this long first, with /readyz and gRPC health saying not serving, so load balancers move new streams to other replicas; then end the SSE streams still open at their next chunk, so their clients resume (with replay) on another replica")
 	c.journal.register(fs)
 	fs.Usage = flagUsage(fs, stderr, "ssetrack serve [flags]")
 	return fs, c
@@ -321,6 +321,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		case failed = <-fatal:
 			log.Error("stopping on a fatal error", "err", failed)
 		}
+		// Other replicas take over: the streams still open end at their
+		// next chunk, and their clients resume there (EndStreams).
+		srv.EndStreams()
 	}
 	log.Info("shutting down", "timeout", c.shutdown)
 	hs.Shutdown()
