@@ -397,35 +397,16 @@ func checkEnvoyFilter(ef *istiov1alpha3.EnvoyFilter) error {
 }
 
 // checkEnvoyFragment types a piece of static Envoy configuration by its top-level keys:
-// `routes` (a virtual host's route list) or a whole bootstrap (`static_resources`).
+// `routes` (a virtual host's route list), `http_filters` (a connection manager's filter
+// list) or a whole bootstrap (`static_resources`).
 func checkEnvoyFragment(top map[string]json.RawMessage) (string, error) {
 	switch {
 	case len(top) == 1 && top["routes"] != nil:
-		const what = "envoy.config.route.v3.Route (a virtual host's routes)"
-		var routes []json.RawMessage
-		if err := json.Unmarshal(top["routes"], &routes); err != nil {
-			return what, fmt.Errorf("routes: %w", err)
-		}
-		var errs []error
-		for i, r := range routes {
-			if err := decodeEnvoyJSON(r, &routev3.Route{}); err != nil {
-				errs = append(errs, fmt.Errorf("routes[%d]: %w", i, err))
-			}
-		}
-		return what, errors.Join(errs...)
+		return "envoy.config.route.v3.Route (a virtual host's routes)",
+			decodeList(top, "routes", func() proto.Message { return &routev3.Route{} })
 	case len(top) == 1 && top["http_filters"] != nil:
-		const what = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter (a connection manager's filters)"
-		var filters []json.RawMessage
-		if err := json.Unmarshal(top["http_filters"], &filters); err != nil {
-			return what, fmt.Errorf("http_filters: %w", err)
-		}
-		var errs []error
-		for i, f := range filters {
-			if err := decodeEnvoyJSON(f, &hcmv3.HttpFilter{}); err != nil {
-				errs = append(errs, fmt.Errorf("http_filters[%d]: %w", i, err))
-			}
-		}
-		return what, errors.Join(errs...)
+		return "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter (a connection manager's filters)",
+			decodeList(top, "http_filters", func() proto.Message { return &hcmv3.HttpFilter{} })
 	case top["static_resources"] != nil:
 		j, err := json.Marshal(top)
 		if err != nil {
@@ -439,6 +420,22 @@ func checkEnvoyFragment(top map[string]json.RawMessage) (string, error) {
 	}
 	slices.Sort(keys)
 	return "", fmt.Errorf("no Envoy type known for a block with the top-level keys %v (give apiVersion and kind, a `routes` or `http_filters` list, or a bootstrap)", keys)
+}
+
+// decodeList decodes each element of the list top[key] into a new message and validates
+// it; the errors name the elements.
+func decodeList(top map[string]json.RawMessage, key string, newMsg func() proto.Message) error {
+	var items []json.RawMessage
+	if err := json.Unmarshal(top[key], &items); err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	var errs []error
+	for i, item := range items {
+		if err := decodeEnvoyJSON(item, newMsg()); err != nil {
+			errs = append(errs, fmt.Errorf("%s[%d]: %w", key, i, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // decodeEnvoyYAML decodes Envoy configuration in YAML into m and validates it.
