@@ -30,6 +30,7 @@ type metrics struct {
 	responses       *prometheus.CounterVec
 	resumes         *prometheus.CounterVec
 	replays         *prometheus.CounterVec
+	eventsReplayed  prometheus.Counter
 	streamsActive   prometheus.Gauge
 	streamsEnded    prometheus.Counter
 	journalDrops    prometheus.Counter
@@ -104,6 +105,10 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 			Name: "ssetrack_replays_total",
 			Help: "Resumes that missed events the gateway had delivered, by replay result (replayed, missing, incomplete, error, denied, too_large).",
 		}, []string{"result"}),
+		eventsReplayed: f.NewCounter(prometheus.CounterOpts{
+			Name: "ssetrack_events_replayed_total",
+			Help: "Events with an id sent to resuming clients from the journal (replays_total{result=\"replayed\"} counts the replays).",
+		}),
 		streamsEnded: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_streams_ended_total",
 			Help: "SSE responses ssetrack ended as it stopped (serve --drain-delay), so that their clients resume on another replica.",

@@ -57,6 +57,7 @@ func (x *exchange) readReplay(ctx context.Context) string {
 		}
 		d.End()
 		x.replay = data
+		x.m.eventsReplayed.Add(float64(len(ids)))
 	}
 	x.m.replays.WithLabelValues(result).Inc()
 	return result

@@ -43,6 +43,7 @@ func TestReplayFromJetStream(t *testing.T) {
 	expectBody(t, "resumed stream", got2, want)
 	after := fx.ssetrack.Metrics(t)
 	expectDelta(t, `ssetrack_replays_total{result="replayed"}`, before, after, 1)
+	expectDelta(t, "ssetrack_events_replayed_total", before, after, 3)
 	expectDelta(t, mDedup, before, after, 0)
 
 	// Resuming again from the end replays nothing, and the events stay in
