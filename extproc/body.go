@@ -23,7 +23,7 @@ func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
 		return resp
 	}
 	out, changed := x.process(b.GetBody(), b.GetEndOfStream())
-	if x.ending.Load() && !b.GetEndOfStream() && x.replayable() {
+	if x.srv.ending.Load() && !b.GetEndOfStream() && x.replayable() {
 		// Server.EndStreams: the chunk's events are recorded, and the
 		// client, cut here, gets them by replay when it resumes.
 		x.m.streamsEnded.Inc()

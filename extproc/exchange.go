@@ -3,8 +3,6 @@ package extproc
 import (
 	"context"
 	"log/slog"
-	"sync"
-	"sync/atomic"
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -27,12 +25,10 @@ type exchange struct {
 	log     *slog.Logger
 	ctx     context.Context
 
-	started bool         // a message was handled: observe and modes are decided
-	observe bool         // Envoy's observability_mode: never answer
-	modes   filterModes  // the filter's body modes, from protocol_config
-	warned  *sync.Map    // response kinds already explained in the log (Server.warned)
-	locator *locator     // the journal searches of locateStream (Server.locator)
-	ending  *atomic.Bool // Server.EndStreams was called
+	started bool        // a message was handled: observe and modes are decided
+	observe bool        // Envoy's observability_mode: never answer
+	modes   filterModes // the filter's body modes, from protocol_config
+	srv     *Server     // the state all streams share: warned, locator, ending
 	// before is an answer due ahead of the one handle returns: the held
 	// tail of a full-duplex body, flushed before the trailers' answer.
 	before *procv3.ProcessingResponse
@@ -73,7 +69,7 @@ type requestInfo struct {
 
 func newExchange(s *Server, ctx context.Context) *exchange {
 	return &exchange{
-		cfg: &s.cfg, headers: s.headers, m: s.metrics, log: s.log, ctx: ctx, warned: &s.warned, locator: s.locator, ending: &s.ending,
+		cfg: &s.cfg, headers: s.headers, m: s.metrics, log: s.log, ctx: ctx, srv: s,
 		parser: sse.Parser{MaxEventSize: s.cfg.MaxEventSize},
 	}
 }

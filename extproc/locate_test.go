@@ -42,7 +42,7 @@ func (r *slowReplayer) StreamOf(ctx context.Context, sid, id string) (string, er
 func TestLocatorSharesAndBounds(t *testing.T) {
 	run := func(ids func(i int) string) *slowReplayer {
 		r := &slowReplayer{}
-		l := newLocator()
+		l := &locator{slots: make(chan struct{}, maxLocates)}
 		var wg sync.WaitGroup
 		for i := range 40 {
 			wg.Go(func() {

@@ -141,7 +141,7 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 	for i, n := range phaseNames {
 		m.answer[i] = answer.WithLabelValues(n)
 	}
-	for _, k := range []string{kindSSE, kindPassthrough, kindEncoded, kindError} {
+	for _, k := range []string{kindSSE, kindPassthrough, kindEncoded, kindError, kindBuffered, kindNotSent} {
 		m.responses.WithLabelValues(k)
 	}
 	for _, r := range []string{"matched", "unknown", "without_header"} {

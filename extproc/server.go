@@ -137,8 +137,8 @@ type Server struct {
 	headers map[string]int // session headers, to their priority
 	metrics *metrics
 	log     *slog.Logger
-	warned  sync.Map // response kinds explained in the log once (exchange.explain)
-	locator *locator
+	warned  sync.Map    // response kinds explained in the log once (exchange.explain)
+	locator locator     // the journal searches of resumes (exchange.locateStream)
 	ending  atomic.Bool // EndStreams was called
 }
 
@@ -191,7 +191,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:     cfg,
 		headers: map[string]int{},
 		log:     cfg.Logger,
-		locator: newLocator(),
+		locator: locator{slots: make(chan struct{}, maxLocates)},
 	}
 	for i, h := range cfg.SessionHeaders {
 		if _, dup := s.headers[h]; !dup {

@@ -50,9 +50,7 @@ func TestDrainMovesStreams(t *testing.T) {
       grpc_health_check: {}
 `, 1)
 	up := harness.StartUpstream(t)
-	fx := &fixture{up: up, ssetrack: a, client: newClient(t), envoy: harness.StartEnvoy(t, harness.EnvoyOptions{
-		Config: "envoy-drain.yaml", Source: src, UpstreamPort: up.Port, ExtProcPort: a.GRPCPort,
-	})}
+	fx := sourceFixture(t, up, a, "envoy-drain.yaml", src)
 
 	const total, first = 200, 100
 	evs := numberedEvents(total)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,6 +42,31 @@ func newFixture(t *testing.T, config string, opts harness.SsetrackOptions) *fixt
 
 // newClient returns the tests' HTTP client: it compares the bytes as sent (no transparent
 // gzip) and keeps many connections open for concurrent streams.
+// sourceFixture is a fixture around an upstream and a ssetrack already running, with an
+// Envoy on config text derived from a shipped one (src), its copy named name.
+func sourceFixture(t *testing.T, up *harness.Upstream, sset *harness.Ssetrack, name, src string) *fixture {
+	t.Helper()
+	return &fixture{up: up, ssetrack: sset, client: newClient(t), envoy: harness.StartEnvoy(t, harness.EnvoyOptions{
+		Config: name, Source: src, UpstreamPort: up.Port, ExtProcPort: sset.GRPCPort,
+	})}
+}
+
+// withH2Upstream is src with HTTP/2 (h2c, prior knowledge) to the upstream, whose
+// responses can then end with trailers.
+func withH2Upstream(t *testing.T, src string) string {
+	t.Helper()
+	const anchor = "  - name: upstream\n    type: STATIC\n    connect_timeout: 5s\n"
+	if !strings.Contains(src, anchor) {
+		t.Fatalf("envoy.yaml: upstream cluster not found by %q", anchor)
+	}
+	return strings.Replace(src, anchor, anchor+`    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+`, 1)
+}
+
 func newClient(t *testing.T) *http.Client {
 	c := &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 200}}
 	t.Cleanup(c.CloseIdleConnections)

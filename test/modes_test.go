@@ -47,22 +47,6 @@ func withModes(t *testing.T, src, reqBody, respBody, reqTrailer, respTrailer str
 	return strings.Replace(src, shippedModes, block, 1)
 }
 
-// withH2Upstream is src with HTTP/2 (h2c, prior knowledge) to the upstream, whose
-// responses can then end with trailers.
-func withH2Upstream(t *testing.T, src string) string {
-	t.Helper()
-	const anchor = "  - name: upstream\n    type: STATIC\n    connect_timeout: 5s\n"
-	if !strings.Contains(src, anchor) {
-		t.Fatalf("envoy.yaml: upstream cluster not found by %q", anchor)
-	}
-	return strings.Replace(src, anchor, anchor+`    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {}
-`, 1)
-}
-
 // TestFilterModes runs SSE through Envoy configured with the body modes an operator may
 // choose other than the recommended one, and checks what extproc/modes.go promises for
 // each: every byte reaches the client on time, Envoy never carries on without ssetrack
@@ -85,11 +69,7 @@ func TestFilterModes(t *testing.T) {
 	up := harness.StartUpstream(t)
 	sset := harness.StartSsetrack(t, harness.SsetrackOptions{})
 	shipped := harness.ShippedEnvoyConfig(t, "envoy.yaml")
-	start := func(t *testing.T, name, src string) *fixture {
-		return &fixture{up: up, ssetrack: sset, client: newClient(t), envoy: harness.StartEnvoy(t, harness.EnvoyOptions{
-			Config: name + ".yaml", Source: src, UpstreamPort: up.Port, ExtProcPort: sset.GRPCPort,
-		})}
-	}
+	start := func(t *testing.T, name, src string) *fixture { return sourceFixture(t, up, sset, name+".yaml", src) }
 	// In lockstep (each piece written once the client has the ones before it): pieces
 	// that end where nothing may be held back, one inside a CRLF.
 	pieces := []string{"id: 1\r\ndata: a\r\n\r", "\nid: 2\r\ndata: b\r\n\r\n", ": keepalive\n", "id: 3\r\ndata: c\r\n\r\n"}

@@ -164,20 +164,8 @@ func TestTrailersEndTheBody(t *testing.T) {
 	up := harness.StartUpstream(t)
 	sset := harness.StartSsetrack(t, harness.SsetrackOptions{})
 	// The shipped config with HTTP/2 (h2c, prior knowledge) to the upstream.
-	src := harness.ShippedEnvoyConfig(t, "envoy.yaml")
-	const anchor = "  - name: upstream\n    type: STATIC\n    connect_timeout: 5s\n"
-	if !strings.Contains(src, anchor) {
-		t.Fatalf("envoy.yaml: upstream cluster not found by %q", anchor)
-	}
-	src = strings.Replace(src, anchor, anchor+`    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {}
-`, 1)
-	fx := &fixture{up: up, ssetrack: sset, client: newClient(t), envoy: harness.StartEnvoy(t, harness.EnvoyOptions{
-		Config: "envoy-h2c.yaml", Source: src, UpstreamPort: up.Port, ExtProcPort: sset.GRPCPort,
-	})}
+	src := withH2Upstream(t, harness.ShippedEnvoyConfig(t, "envoy.yaml"))
+	fx := sourceFixture(t, up, sset, "envoy-h2c.yaml", src)
 	before := fx.envoy.ExtProcStats(t)
 	trailer := http.Header{"X-Stream-End": {"done"}}
 

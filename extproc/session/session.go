@@ -168,12 +168,18 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		st.id, st.continued, lastID = r.Stream, true, nil
 		st.missedAfter = r.LastEventID
 	}
+	s.remember(streamInfo{num: st.num, id: st.id, lastID: lastID})
+	return st
+}
+
+// remember adds a stream to the session's remembered streams, forgetting
+// the oldest beyond maxStreams. s.mu must be held.
+func (s *Session) remember(info streamInfo) {
 	if len(s.streams) == maxStreams {
 		copy(s.streams, s.streams[1:])
 		s.streams = s.streams[:maxStreams-1]
 	}
-	s.streams = append(s.streams, streamInfo{num: st.num, id: st.id, lastID: lastID})
-	return st
+	s.streams = append(s.streams, info)
 }
 
 // touchStream moves stream num to the end of the remembered streams, which
@@ -377,11 +383,7 @@ func (s *Session) restore(h *History) {
 		}
 		s.nextStream++
 		nums[id] = s.nextStream
-		if len(s.streams) == maxStreams {
-			copy(s.streams, s.streams[1:])
-			s.streams = s.streams[:maxStreams-1]
-		}
-		s.streams = append(s.streams, streamInfo{num: s.nextStream, id: id})
+		s.remember(streamInfo{num: s.nextStream, id: id})
 		return s.nextStream
 	}
 	for _, st := range h.Streams {

@@ -89,18 +89,30 @@ func (r *Reader) Events(ctx context.Context, sessionID string, opts ReadOptions)
 // stored, or purged), ctx's error, or a wrapped JetStream error.
 func (r *Reader) StreamOf(ctx context.Context, sessionID, id string) (string, error) {
 	subj := Subject(r.prefix, sessionID)
-	last, err := r.stream.GetLastMsgForSubject(ctx, subj)
+	last, err := r.lastBatch(ctx, subj)
 	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return "", ErrEventNotFound
 	case err != nil:
-		return "", fmt.Errorf("get last batch: %w", err)
+		return "", err
+	case last == nil:
+		return "", ErrEventNotFound
 	}
 	at, err := r.locate(ctx, subj, last, id, "", false)
 	if err != nil {
 		return "", err
 	}
 	return at.stream, nil
+}
+
+// lastBatch returns the last message on subj, nil when there is none.
+func (r *Reader) lastBatch(ctx context.Context, subj string) (*jetstream.RawStreamMsg, error) {
+	last, err := r.stream.GetLastMsgForSubject(ctx, subj)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("get last batch: %w", err)
+	}
+	return last, nil
 }
 
 // errStop ends a read when the caller stops iterating.
@@ -112,12 +124,9 @@ func (r *Reader) read(ctx context.Context, sid string, opts ReadOptions, fn func
 		return ErrConflictingOptions
 	}
 	subj := Subject(r.prefix, sid)
-	last, err := r.stream.GetLastMsgForSubject(ctx, subj)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		last = nil
-	case err != nil:
-		return fmt.Errorf("get last batch: %w", err)
+	last, err := r.lastBatch(ctx, subj)
+	if err != nil {
+		return err
 	}
 	deliver := func(b Batch) error {
 		if opts.Stream != "" && b.Stream != opts.Stream {

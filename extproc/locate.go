@@ -1,0 +1,72 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/ssetrack/ssetrack/extproc/session"
+)
+
+// locateStream asks the journal which stream carried the client's
+// Last-Event-ID when the session no longer holds it (Session.NeedsLocate),
+// so that the resume continues that stream and what the client missed is
+// replayed however far back the id is; "" when it is not asked or does not
+// know. Only the session's owner, who alone gets replays, makes it ask. An
+// id the journal does not hold costs a read of the session's history,
+// bounded by ctx; the session remembers it (Session.NotStored), and the
+// locator shares a search among concurrent resumes from one id and bounds
+// the searches running at once.
+func (x *exchange) locateStream(ctx context.Context) string {
+	if x.cfg.Replayer == nil || x.observe || !x.owner || !x.sess.NeedsLocate(x.lastEventID) {
+		return ""
+	}
+	stream, err := x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID)
+	switch {
+	case errors.Is(err, session.ErrHistoryMissing):
+		x.sess.NotStored(x.lastEventID)
+		return ""
+	case err != nil:
+		// Mostly a search cut short by ctx: counted, not logged at warn
+		// (a client can repeat it at will).
+		x.m.errors.WithLabelValues("locate").Inc()
+		x.log.Debug("locate stream", "session", session.ShortID(x.sessionID), "err", err)
+		return ""
+	}
+	return stream
+}
+
+// maxLocates bounds the journal searches locateStream runs at once, over all
+// sessions: each may read a session's whole history (an id not stored).
+const maxLocates = 8
+
+// locator runs locateStream's searches: concurrent resumes of a session
+// from the same id share one search (singleflight), and at most maxLocates
+// run at once; a resume that finds no free slot within its ctx is not
+// located.
+type locator struct {
+	group singleflight.Group
+	slots chan struct{}
+}
+
+// streamOf is Replayer.StreamOf through the locator. A shared search runs
+// under the ctx of the resume that started it.
+func (l *locator) streamOf(ctx context.Context, r Replayer, sessionID, id string) (string, error) {
+	ch := l.group.DoChan(sessionID+"\x00"+id, func() (any, error) {
+		select {
+		case l.slots <- struct{}{}:
+			defer func() { <-l.slots }()
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		return r.StreamOf(ctx, sessionID, id)
+	})
+	select {
+	case res := <-ch:
+		stream, _ := res.Val.(string)
+		return stream, res.Err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
