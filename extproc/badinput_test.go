@@ -253,8 +253,8 @@ func TestBadInput(t *testing.T) {
 			{{sess("S"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}},
 		}, errKind: "protocol"},
 		{name: "second response-headers message mid-body", streams: [][]step{
-			{{sess("S"), reqOK}, {respH(sse...), sseOn}, {body(ev1+"id: 2\nda", false), replaced(ev1)},
-				{respH(":status", "200", "content-type", "application/json"), noOp}, {body("ta: b\n\n", true), replaced(ev2)}},
+			{{sess("S"), reqOK}, {respH(sse...), sseOn}, {body(ev1+"da", false), replaced(ev1)},
+				{respH(":status", "200", "content-type", "application/json"), noOp}, {body("ta: b\nid: 2\n\n", true), replaced("data: b\nid: 2\n\n")}},
 		}, errKind: "protocol"},
 		{name: "response headers again after end_of_stream", streams: [][]step{
 			{{sess("S"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}, {respH(sse...), noOp}, {body(ev1, true), keep}},
@@ -266,8 +266,8 @@ func TestBadInput(t *testing.T) {
 			{{sess("S"), reqOK}, {respH(sse...), sseOn}, {respTrailers(), "response_trailers"}},
 		}},
 		{name: "trailers with a partial event held", streams: [][]step{
-			{{sess("S"), reqOK}, {respH(sse...), sseOn}, {body(ev1+"id: 2\nda", false), replaced(ev1)}, {respTrailers(), "response_trailers"}},
-		}, dropped: []string{"id: 2\nda"}, errKind: "partial_event_unsent"},
+			{{sess("S"), reqOK}, {respH(sse...), sseOn}, {body(ev1+"data: b\nid", false), replaced(ev1)}, {respTrailers(), "response_trailers"}},
+		}, dropped: []string{"data: b\nid"}, errKind: "partial_event_unsent"},
 		{name: "request body and request trailers", streams: [][]step{
 			{{sess("S"), reqOK},
 				{&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_RequestBody{RequestBody: &procv3.HttpBody{Body: []byte("{}")}}}, "request_body"},
@@ -285,7 +285,7 @@ func TestBadInput(t *testing.T) {
 		{name: "observability_mode set midway", streams: [][]step{
 			first,
 			{{sess("S"), reqOK}, {respH(sse...), sseOn},
-				{observed(body(ev1+ev2+"id: 3\nda", false)), replaced(ev2)}, {observed(body("ta: c\n\n", true)), replaced("id: 3\ndata: c\n\n")}},
+				{observed(body(ev1+ev2+"da", false)), replaced(ev2)}, {observed(body("ta: c\nid: 3\n\n", true)), replaced("data: c\nid: 3\n\n")}},
 		}, dropped: []string{ev1}},
 		{name: "observability_mode cleared midway", streams: [][]step{
 			first,

@@ -76,8 +76,11 @@ type chunk struct {
 // it. A gRPC message's bytes are its own (protobuf copies them out of the
 // transport's buffers), so the chunk Envoy sent qualifies.
 func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
-	c := chunk{carried: x.parser.Pending() > 0, body: body}
-	x.rw.reset(body, c.carried)
+	pending := x.parser.Pending()
+	c := chunk{carried: pending > 0, body: body}
+	// Held bytes already forwarded (forwardHeld) are not sent again: the
+	// answer is then body's own bytes unless held ones still wait.
+	x.rw.reset(body, pending > x.held.sent)
 	x.parser.Feed(body)
 	if x.replay != nil && !c.carried && len(body) > 0 && body[0] != 0xEF {
 		// Nothing forwarded yet and no BOM can start the stream: the missed
@@ -88,9 +91,14 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		if x.replay != nil && seg.Kind != sse.KindBOM {
 			x.sendReplay() // after the stream's BOM, before anything else
 		}
-		switch cut := x.decide(seg, &c); cut {
+		// The first segment of a chunk that began inside a block is that
+		// block (or its first oversize part): its bytes forwarded before
+		// it ended stay out of this answer.
+		sent := x.held.sent
+		x.held = heldState{}
+		switch cut := x.decide(seg, &c, sent > 0); cut {
 		case 0:
-			x.rw.keep(seg.Raw)
+			x.rw.keep(seg.Raw[min(sent, len(seg.Raw)):])
 		case len(seg.Raw):
 			x.rw.drop()
 		default: // the LF of a dropped event's CRLF, then what follows it
@@ -98,6 +106,9 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 			x.rw.keep(seg.Raw[cut:])
 		}
 		c.off += len(seg.Raw) // segments partition the input, in order
+	}
+	if !eos {
+		x.forwardHeld(&c)
 	}
 	if c.locked {
 		c.delivery.End()
@@ -108,7 +119,8 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		if x.replay != nil {
 			x.sendReplay()
 		}
-		x.rw.keep(tail)
+		x.rw.keep(tail[min(x.held.sent, len(tail)):])
+		x.held = heldState{}
 	}
 	if x.cfg.Recorder != nil {
 		x.finishRecord(&c.rec)
@@ -120,6 +132,74 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	return out, changed
 }
 
+// heldState is what the exchange knows of the incomplete block the parser
+// holds (sse.Parser.Held).
+type heldState struct {
+	sent int        // the block's bytes forwarded so far (forwardHeld)
+	scan sse.IDScan // the search for the block's first id
+	dup  bool       // its first id is one the client has: it waits for its end
+}
+
+// forwardHeld forwards the bytes so far of the incomplete block the parser
+// holds as soon as the block's fate is decided, so that a large event
+// streams through instead of waiting for its end, and its chunks go on
+// unchanged. The fate is decided when nothing is ever dropped (no session
+// tracked) or when the block's first id field is one the client does not
+// have (Delivery.Dup). The parser keeps the block and returns it whole when
+// it ends, for the journal; only its bytes not yet sent go out then.
+//
+// An event's id is its last id field (WHATWG HTML §9.2). A block that
+// names a new id first and one the client has last is forwarded all the
+// same (and not stored again): decide applies the same rule to a block
+// that arrives whole, so the bytes the client gets never depend on where
+// the chunks were cut.
+func (x *exchange) forwardHeld(c *chunk) {
+	block := x.parser.Held()
+	if len(block) <= x.held.sent || x.observe {
+		return
+	}
+	if x.held.sent == 0 && !x.fateDecided(block, c) {
+		return
+	}
+	if x.replay != nil {
+		x.sendReplay()
+	}
+	x.rw.keep(block[x.held.sent:])
+	x.held.sent = len(block)
+}
+
+// fateDecided reports whether the held block, not yet ended, goes to the
+// client whatever its end holds (see forwardHeld).
+func (x *exchange) fateDecided(block []byte, c *chunk) bool {
+	if x.stream == nil {
+		return true
+	}
+	if x.held.dup {
+		return false
+	}
+	id, ok := x.held.scan.Find(block)
+	if !ok {
+		return false // no id yet: a later line may name one the client has
+	}
+	if !c.locked {
+		c.delivery, c.locked = x.stream.Begin(), true
+	}
+	if c.delivery.Dup(id) {
+		x.held.dup = true
+		return false
+	}
+	return true
+}
+
+// firstIDNew reports whether a block whose id is a duplicate named a new
+// id in an earlier id field: forwardHeld would have forwarded it before it
+// ended, had it come in pieces.
+func firstIDNew(seg sse.Segment, c *chunk) bool {
+	var scan sse.IDScan
+	id, ok := scan.Find(seg.Raw)
+	return ok && string(id) != string(seg.ID) && !c.delivery.Dup(id)
+}
+
 // sendReplay puts the missed events (readReplay) into the answer here.
 func (x *exchange) sendReplay() {
 	x.rw.insert(x.replay)
@@ -129,8 +209,9 @@ func (x *exchange) sendReplay() {
 // decide decides one segment and returns how many of its leading bytes to
 // leave out: all of a duplicate event the client already has, the LF that
 // completes such an event's CRLF when it comes in the next chunk, none of
-// anything else.
-func (x *exchange) decide(seg sse.Segment, c *chunk) (cut int) {
+// anything else. begun reports that the segment's first bytes were
+// forwarded before it ended (forwardHeld): it is not dropped.
+func (x *exchange) decide(seg sse.Segment, c *chunk, begun bool) (cut int) {
 	crEnd, dropCR := x.journal.crEnd, x.dropCR
 	x.journal.crEnd, x.dropCR = false, false
 	switch seg.Kind {
@@ -169,6 +250,11 @@ func (x *exchange) decide(seg sse.Segment, c *chunk) (cut int) {
 		id = nil
 	}
 	seq, dup := c.delivery.Deliver(id, seg.HasID)
+	if dup && (begun || firstIDNew(seg, c)) {
+		// Its first id was new (forwardHeld): it goes on, stored once.
+		c.counts.forwarded++
+		return 0
+	}
 	if dup {
 		// Never persisted twice; dropped unless Envoy only lets us observe.
 		c.counts.deduped++

@@ -50,6 +50,7 @@ type exchange struct {
 	parser  sse.Parser
 	rw      rewriter
 	replay  []byte // events to send before the upstream's first event
+	held    heldState
 	journal recordState
 	// dropCR: the last segment was a dropped duplicate ending in the CR of
 	// its blank line, at the end of its chunk; an LF opening the next chunk
@@ -139,7 +140,7 @@ func (x *exchange) responseTrailers() *procv3.ProcessingResponse {
 // response_trailer_mode SKIP ssetrack is not even told) or the stream was
 // cut. Only an incomplete event is ever held, which a browser discards too.
 func (x *exchange) abandonTail() {
-	if x.sseBody && !x.ended && x.parser.Pending() > 0 {
+	if x.sseBody && !x.ended && x.parser.Pending() > x.held.sent {
 		x.m.errors.WithLabelValues("partial_event_unsent").Inc()
 	}
 }

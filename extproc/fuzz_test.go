@@ -209,6 +209,15 @@ func buildDedupStreams(ops []byte, resumeSel uint8) dedupStreams {
 		case kind == 2 && len(order) > 0:
 			id := order[int(v)%len(order)]
 			emit("id: "+id+eol+"data: again "+data()+eol+eol, deliver(id))
+		case kind == 3 && v%2 == 1 && len(order) > 0:
+			// A new id first, a delivered one last: forwarded all the same
+			// (the first id decides before the block ends), and only the
+			// last id is delivered.
+			fresh++
+			id := order[int(v/2)%len(order)]
+			block := "id: n" + strconv.Itoa(fresh) + eol + "data: " + data() + eol + "id: " + id + eol + eol
+			deliver(id)
+			emit(block, false)
 		case kind == 2 || kind == 3:
 			emit(":"+data()+eol, false)
 		case kind == 4 && v%2 == 0:

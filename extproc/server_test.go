@@ -83,8 +83,10 @@ type request struct {
 type result struct {
 	reqResp  *procv3.HeadersResponse
 	respResp *procv3.ProcessingResponse
-	body     []byte // what Envoy would forward to the client
-	answers  int    // body responses received
+	body     []byte   // what Envoy would forward to the client
+	answers  int      // body responses received
+	pieces   []string // what Envoy would forward for each chunk
+	mutated  int      // answers that replace their chunk
 }
 
 func sseHeaders(extra ...string) []string {
@@ -137,11 +139,13 @@ func (h *harness) run(tb testing.TB, req request) result {
 			tb.Fatalf("chunk %d: answer is not a body response", i)
 		}
 		res.answers++
+		piece := c
 		if mut := br.GetResponse().GetBodyMutation(); mut != nil {
-			res.body = append(res.body, mut.GetBody()...)
-		} else {
-			res.body = append(res.body, c...)
+			piece = mut.GetBody()
+			res.mutated++
 		}
+		res.body = append(res.body, piece...)
+		res.pieces = append(res.pieces, string(piece))
 	}
 	stream.CloseSend()
 	// The server ends the stream once it has handled everything; an answer
@@ -250,32 +254,72 @@ func TestEverySplitForwardsInput(t *testing.T) {
 
 func TestHoldsPartialEvent(t *testing.T) {
 	h := newHarness(t, nil)
-	ctx := context.Background()
-	stream, err := h.client.Process(ctx)
-	if err != nil {
-		t.Fatal(err)
+	chunks := []string{"id: 1\ndata: a\n\nda", "ta: b\n", "id: 2\n\n", "data: tail"}
+	res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: bytesOf(chunks)})
+	// The second event names no id before its end: it could be one the
+	// client has, so it waits (TestForwardsDecidedPartialEvent has the
+	// events that do not).
+	want := []string{"id: 1\ndata: a\n\n", "", "data: b\nid: 2\n\n", "data: tail"}
+	if fmt.Sprint(res.pieces) != fmt.Sprint(want) {
+		t.Errorf("forwarded %q, want %q", res.pieces, want)
 	}
-	stream.Send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &procv3.HttpHeaders{Headers: headerMap(sseHeaders()...)}}})
-	stream.Recv()
-	var got []string
-	for i, c := range []string{"id: 1\ndata: a\n\nid: 2\nda", "ta: b\n", "\n", "data: tail"} {
-		stream.Send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseBody{
-			ResponseBody: &procv3.HttpBody{Body: []byte(c), EndOfStream: i == 3}}})
-		r, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
-		body := c
-		if m := r.GetResponseBody().GetResponse().GetBodyMutation(); m != nil {
-			body = string(m.GetBody())
-		}
-		got = append(got, body)
+}
+
+// TestForwardsDecidedPartialEvent: an event cut across chunks goes on
+// before its end once its fate is known, so its chunks pass unchanged.
+func TestForwardsDecidedPartialEvent(t *testing.T) {
+	first := "id: 1\ndata: a\n\n"
+	tests := []struct {
+		name    string
+		resume  bool // the client resumes after "1", so "1" is a duplicate
+		chunks  []string
+		want    []string // forwarded for each chunk
+		mutated int
+	}{
+		{name: "first id new", chunks: []string{first + "id: 2\nda", "ta: b\n", "\n"},
+			want: []string{first + "id: 2\nda", "ta: b\n", "\n"}},
+		{name: "id line split", chunks: []string{"i", "d: 2\r", "\ndata: b\r\n\r\n"},
+			want: []string{"", "id: 2\r", "\ndata: b\r\n\r\n"}, mutated: 2},
+		{name: "data before id", chunks: []string{"data: b\n", "id: 2\ndata: c\n", "\n"},
+			want: []string{"", "data: b\nid: 2\ndata: c\n", "\n"}, mutated: 2},
+		{name: "no session", chunks: []string{"data: b\n", "data: c\n", "\n"},
+			want: []string{"data: b\n", "data: c\n", "\n"}},
+		{name: "first id a duplicate", resume: true, chunks: []string{"id: 1\nda", "ta: a\n", "\nid: 2\n\n"},
+			want: []string{"", "", "id: 2\n\n"}, mutated: 3},
+		{name: "first id new, last a duplicate", resume: true, chunks: []string{"id: 5\ndata: x\n", "id: 1\n\n"},
+			want: []string{"id: 5\ndata: x\n", "id: 1\n\n"}},
+		{name: "the same in one chunk", resume: true, chunks: []string{"id: 5\ndata: x\nid: 1\n\n"},
+			want: []string{"id: 5\ndata: x\nid: 1\n\n"}},
 	}
-	want := []string{"id: 1\ndata: a\n\n", "", "id: 2\ndata: b\n\n", "data: tail"}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("forwarded %q, want %q", got, want)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			req := request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: bytesOf(tt.chunks)}
+			if tt.name == "no session" {
+				req.reqHeaders = nil
+			}
+			if tt.resume {
+				h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first)})
+				req.reqHeaders = append(req.reqHeaders, "last-event-id", "1")
+			}
+			res := h.run(t, req)
+			if fmt.Sprint(res.pieces) != fmt.Sprint(tt.want) {
+				t.Errorf("forwarded %q, want %q", res.pieces, tt.want)
+			}
+			if res.mutated != tt.mutated {
+				t.Errorf("%d chunks replaced, want %d", res.mutated, tt.mutated)
+			}
+		})
 	}
+}
+
+// bytesOf converts chunks given as strings.
+func bytesOf(chunks []string) [][]byte {
+	b := make([][]byte, len(chunks))
+	for i, c := range chunks {
+		b[i] = []byte(c)
+	}
+	return b
 }
 
 func TestDedupAcrossRequests(t *testing.T) {

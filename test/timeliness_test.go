@@ -125,7 +125,9 @@ func (ls *lockstep) run(t *testing.T, fx *fixture, path, session, lastEventID st
 }
 
 // TestTimeliness checks the latency contract through a real Envoy: every byte but those of
-// one incomplete event leaves in the answer to the chunk it came in. The upstream writes
+// one incomplete event that names no id yet leaves in the answer to the chunk it came in
+// (an event cut across writes streams through once its first id is known to be new). The
+// upstream writes
 // one piece and waits for the client to have it whole before writing the next, so a byte
 // held until the next upstream write stalls the test (and fails it at stepDeadline).
 func TestTimeliness(t *testing.T) {
@@ -138,6 +140,9 @@ func TestTimeliness(t *testing.T) {
 		"retry-only": {"retry: 3000\r\n\r\n", "id: 1\r\ndata: a\r\n\r\n", "retry: 1000\n\n", "data: b\n\n"},
 		"blank":      {"id: 1\ndata: a\n\n", "\n", "\r\n", "id: 2\ndata: b\n\n"},
 		"crlf split": {"id: 1\r\ndata: a\r\n\r", "\nid: 2\r\ndata: b\r\n\r", "\n"},
+		"event cut":  {"id: 1\ndata: a", "aa\ndata: b", "bb\n", "\nid: 2\r\ndata: ", "c\r\n", "\r\n"},
+		"large event": {"id: 1\ndata: " + strings.Repeat("x", 40<<10), strings.Repeat("y", 40<<10),
+			strings.Repeat("z", 40<<10) + "\n", "\n"},
 	}
 	before := fx.envoy.ExtProcStats(t)
 	for name, pieces := range cases {
@@ -156,9 +161,9 @@ func TestTimeliness(t *testing.T) {
 // TestTrailersEndTheBody checks an HTTP/2 upstream whose response ends with trailers:
 // Envoy then sends no body chunk with end_of_stream. Every complete event reaches the
 // client whole (the LF of its final CRLF included). A partial event at the end cannot be
-// sent (ssetrack is not told the body ended, and an answer to trailers carries no body);
-// it is counted in ssetrack_errors_total{kind="partial_event_unsent"}, and a browser would
-// discard it anyway.
+// sent when it names no id (ssetrack is not told the body ended, and an answer to trailers
+// carries no body); it is counted in ssetrack_errors_total{kind="partial_event_unsent"},
+// and a browser would discard it anyway. One whose first id is new went on as it came.
 func TestTrailersEndTheBody(t *testing.T) {
 	harness.EnvoyBin(t)
 	up := harness.StartUpstream(t)
@@ -179,7 +184,7 @@ func TestTrailersEndTheBody(t *testing.T) {
 	})
 	t.Run("partial tail", func(t *testing.T) {
 		m0 := sset.Metrics(t)
-		ls := newLockstep(events[0], events[1]+"id: 3\r\ndata: cut")
+		ls := newLockstep(events[0], events[1]+"data: cut")
 		got := ls.run(t, fx, up.Static(ls.reply(trailer)), "trailers-partial", "")
 		if want := strings.Join(events, ""); got != want {
 			t.Errorf("client got %q, want the complete events %q", got, want)
@@ -190,6 +195,18 @@ func TestTrailersEndTheBody(t *testing.T) {
 			}
 			return nil
 		})
+	})
+	t.Run("partial tail with an id", func(t *testing.T) {
+		m0 := sset.Metrics(t)
+		pieces := []string{events[0], events[1] + "id: 3\r\ndata: cut"}
+		ls := newLockstep(pieces...)
+		got := ls.run(t, fx, up.Static(ls.reply(trailer)), "trailers-partial-id", "")
+		if want := strings.Join(pieces, ""); got != want {
+			t.Errorf("client got %q, want all of it %q", got, want)
+		}
+		if d := sset.Metrics(t).Sub(m0, `ssetrack_errors_total{kind="partial_event_unsent"}`); d != 0 {
+			t.Errorf("partial_event_unsent grew by %v, want 0", d)
+		}
 	})
 	fx.envoy.CheckNoFailOpen(t, before)
 }

@@ -298,9 +298,7 @@ func (d *Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
 		h := s.table.hashBytes(id)
 		slot := s.win.find(h)
 		if slot >= 0 {
-			pos := s.win.position(slot)
-			again = st.matched && s.win.tag(slot) == tagOf(st.num) && pos >= st.from && pos < st.start
-			if !again {
+			if again = st.lost(slot); !again {
 				return 0, true
 			}
 		}
@@ -316,6 +314,26 @@ func (d *Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
 	}
 	s.seq++
 	return s.seq, false
+}
+
+// Dup reports whether Deliver would find an event with this id a duplicate,
+// without recording anything. An empty id is never one.
+func (d *Delivery) Dup(id []byte) bool {
+	if len(id) == 0 {
+		return false
+	}
+	s := d.st.sess
+	slot := s.win.find(s.table.hashBytes(id))
+	return slot >= 0 && !d.st.lost(slot)
+}
+
+// lost reports whether the event in window slot is one the client resuming
+// on this stream lost: delivered on the stream it resumes, after its
+// Last-Event-ID.
+func (st *Stream) lost(slot int) bool {
+	w := &st.sess.win
+	pos := w.position(slot)
+	return st.matched && w.tag(slot) == tagOf(st.num) && pos >= st.from && pos < st.start
 }
 
 // Replayed records that an event already delivered (and persisted) once was

@@ -355,6 +355,18 @@ func (p *Parser) nextOversize() (Segment, bool) {
 	return Segment{Kind: KindOversize, Raw: buf[start:end:end], Retry: -1, End: found}, true
 }
 
+// Held returns the bytes so far of the incomplete block the parser holds,
+// from its first byte, or nil when it holds none (or only bytes of a
+// possible BOM). They are valid until the next call to Feed, Next or Flush.
+// The parser keeps them: a caller that forwards them early gets the block
+// whole again when it ends (see IDScan).
+func (p *Parser) Held() []byte {
+	if !p.bomDone || len(p.carry) == 0 {
+		return nil
+	}
+	return p.carry[:len(p.carry):len(p.carry)]
+}
+
 // Pending reports how many bytes the parser holds (an incomplete block).
 func (p *Parser) Pending() int {
 	if !p.bomDone {
