@@ -68,9 +68,10 @@ type chunk struct {
 
 // process parses one chunk and returns what to forward in its place:
 // everything but dropped duplicates, byte for byte, except an incomplete
-// trailing event, which the parser holds for the next chunk (the latency
-// contract: nothing else waits). At end of stream whatever is held is
-// forwarded unchanged. changed is false when out is body itself.
+// trailing event whose fate is not decided yet, which waits for the next
+// chunk (the latency contract: nothing else waits; forwardHeld). At end of
+// stream whatever is held is forwarded unchanged. changed is false when out
+// is body itself.
 //
 // body must not change after the call: the journal record may reference
 // it. A gRPC message's bytes are its own (protobuf copies them out of the

@@ -138,7 +138,8 @@ func (x *exchange) responseTrailers() *procv3.ProcessingResponse {
 // abandonTail counts a partial event that can no longer be forwarded: the
 // body ended without an end_of_stream chunk (HTTP/2 trailers; with Envoy's
 // response_trailer_mode SKIP ssetrack is not even told) or the stream was
-// cut. Only an incomplete event is ever held, which a browser discards too.
+// cut. Only an incomplete event is ever held (its bytes not yet forwarded),
+// which a browser discards too.
 func (x *exchange) abandonTail() {
 	if x.sseBody && !x.ended && x.parser.Pending() > x.held.sent {
 		x.m.errors.WithLabelValues("partial_event_unsent").Inc()

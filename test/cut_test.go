@@ -36,6 +36,15 @@ func TestUpstreamCut(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Envoy's first request to a fresh ssetrack opens the ext_proc connection and reads a
+	// fresh JetStream: on a loaded 2-core machine that once took longer than the shipped
+	// message_timeout (0.2 s), and Envoy let that response through unprocessed. The
+	// stream under test must not be that first one.
+	warm := fx.up.Static(harness.Reply{Body: harness.EncodeAll(numberedEvents(1))})
+	for range 4 {
+		fx.get(t, warm, sessionHeader(newSession(t)))
+	}
+
 	const total, complete, overlap = 20, 12, 2
 	evs := numberedEvents(total)
 	full := harness.EncodeAll(evs[:complete])
