@@ -50,7 +50,8 @@ func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
 }
 
 // chunk is the work state of one body chunk: its counters, its journal
-// record, and the session delivery, begun at the chunk's first event.
+// record, and the session delivery, begun at the chunk's first event (or
+// at the first id of a block forwarded before it ends).
 type chunk struct {
 	counts   chunkCounts
 	rec      session.Record
@@ -81,7 +82,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	c := chunk{carried: pending > 0, body: body}
 	// Held bytes already forwarded (forwardHeld) are not sent again: the
 	// answer is then body's own bytes unless held ones still wait.
-	x.rw.reset(body, pending > x.held.sent)
+	x.rw.reset(body, pending > x.heldSent())
 	x.parser.Feed(body)
 	if x.replay != nil && !c.carried && len(body) > 0 && body[0] != 0xEF {
 		// Nothing forwarded yet and no BOM can start the stream: the missed
@@ -95,11 +96,17 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		// The first segment of a chunk that began inside a block is that
 		// block (or its first oversize part): its bytes forwarded before
 		// it ended stay out of this answer.
-		sent := x.held.sent
-		x.held = heldState{}
-		switch cut := x.decide(seg, &c, sent > 0); cut {
+		var held heldState
+		if x.held != nil && x.held.active() {
+			held = *x.held
+			x.held.reset()
+			if seg.Kind != sse.KindBlock {
+				x.unclaim(&c, &held) // too large: never an event
+			}
+		}
+		switch cut := x.decide(seg, &c, &held); cut {
 		case 0:
-			x.rw.keep(seg.Raw[min(sent, len(seg.Raw)):])
+			x.rw.keep(seg.Raw[min(held.sent, len(seg.Raw)):])
 		case len(seg.Raw):
 			x.rw.drop()
 		default: // the LF of a dropped event's CRLF, then what follows it
@@ -110,18 +117,18 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	}
 	if !eos {
 		x.forwardHeld(&c)
-	}
-	if c.locked {
-		c.delivery.End()
-	}
-	if eos {
+	} else {
 		// Forwarded unchanged: a partial event a browser would discard.
+		sent := x.heldSent()
+		x.abandonHeld(&c)
 		tail := x.parser.Flush()
 		if x.replay != nil {
 			x.sendReplay()
 		}
-		x.rw.keep(tail[min(x.held.sent, len(tail)):])
-		x.held = heldState{}
+		x.rw.keep(tail[min(sent, len(tail)):])
+	}
+	if c.locked {
+		c.delivery.End()
 	}
 	if x.cfg.Recorder != nil {
 		x.finishRecord(&c.rec)
@@ -134,30 +141,48 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 }
 
 // heldState is what the exchange knows of the incomplete block the parser
-// holds (sse.Parser.Held).
+// holds (sse.Parser.Held). It is allocated for a response's first block
+// that spans chunks, and reused.
 type heldState struct {
-	sent int        // the block's bytes forwarded so far (forwardHeld)
-	scan sse.IDScan // the search for the block's first id
-	dup  bool       // its first id is one the client has: it waits for its end
+	sent    int        // the block's bytes forwarded so far (forwardHeld)
+	scan    sse.IDScan // the search for the block's first id
+	dup     bool       // its first id is one the client has: it waits for its end
+	claimed bool       // its first id is claimed (session.Delivery.Claim)
+	again   bool       // ... as an event the resuming client lost
+	first   []byte     // the claimed id (the buffer is reused)
+}
+
+// active reports whether h says anything of the held block.
+func (h *heldState) active() bool { return h.sent > 0 || h.dup || h.scan != (sse.IDScan{}) }
+
+// reset readies h for the next block, keeping first's buffer.
+func (h *heldState) reset() { *h = heldState{first: h.first[:0]} }
+
+// heldSent is how many bytes of the held block were forwarded.
+func (x *exchange) heldSent() int {
+	if x.held == nil {
+		return 0
+	}
+	return x.held.sent
 }
 
 // forwardHeld forwards the bytes so far of the incomplete block the parser
 // holds as soon as the block's fate is decided, so that a large event
 // streams through instead of waiting for its end, and its chunks go on
 // unchanged. The fate is decided when nothing is ever dropped (no session
-// tracked) or when the block's first id field is one the client does not
-// have (Delivery.Dup). The parser keeps the block and returns it whole when
-// it ends, for the journal; only its bytes not yet sent go out then.
-//
-// An event's id is its last id field (WHATWG HTML §9.2). A block that
-// names a new id first and one the client has last is forwarded all the
-// same (and not stored again): decide applies the same rule to a block
-// that arrives whole, so the bytes the client gets never depend on where
-// the chunks were cut.
+// tracked) or when the block's first id field names an event the client
+// does not have: the event is then claimed for the client
+// (session.Delivery.Claim) and goes on whatever follows. The parser keeps
+// the block and returns it whole when it ends, for the journal; only its
+// bytes not yet sent go out then. decide gives a block that arrives whole
+// the same fate, so the client's bytes never depend on the chunk cuts.
 func (x *exchange) forwardHeld(c *chunk) {
 	block := x.parser.Held()
-	if len(block) <= x.held.sent || x.observe {
+	if len(block) <= x.heldSent() || x.observe {
 		return
+	}
+	if x.held == nil {
+		x.held = &heldState{}
 	}
 	if x.held.sent == 0 && !x.fateDecided(block, c) {
 		return
@@ -170,35 +195,53 @@ func (x *exchange) forwardHeld(c *chunk) {
 }
 
 // fateDecided reports whether the held block, not yet ended, goes to the
-// client whatever its end holds (see forwardHeld).
+// client whatever its end holds (see forwardHeld), claiming its first id.
 func (x *exchange) fateDecided(block []byte, c *chunk) bool {
 	if x.stream == nil {
 		return true
 	}
-	if x.held.dup {
+	h := x.held
+	if h.dup {
 		return false
 	}
-	id, ok := x.held.scan.Find(block)
+	id, ok := h.scan.Find(block)
 	if !ok {
 		return false // no id yet: a later line may name one the client has
 	}
 	if !c.locked {
 		c.delivery, c.locked = x.stream.Begin(), true
 	}
-	if c.delivery.Dup(id) {
-		x.held.dup = true
+	dup, again := c.delivery.Claim(id)
+	if dup {
+		h.dup = true
 		return false
 	}
+	h.claimed, h.again = true, again
+	h.first = append(h.first[:0], id...)
 	return true
 }
 
-// firstIDNew reports whether a block whose id is a duplicate named a new
-// id in an earlier id field: forwardHeld would have forwarded it before it
-// ended, had it come in pieces.
-func firstIDNew(seg sse.Segment, c *chunk) bool {
-	var scan sse.IDScan
-	id, ok := scan.Find(seg.Raw)
-	return ok && string(id) != string(seg.ID) && !c.delivery.Dup(id)
+// unclaim undoes the claim on a held block that will not end as an event
+// (cut short, or over the size limit): the client never gets it whole.
+func (x *exchange) unclaim(c *chunk, h *heldState) {
+	if !h.claimed || x.stream == nil {
+		return
+	}
+	if !c.locked {
+		c.delivery, c.locked = x.stream.Begin(), true
+	}
+	c.delivery.Unclaim(h.first)
+	h.claimed = false
+}
+
+// abandonHeld forgets the held block at the end of the body, undoing its
+// claim.
+func (x *exchange) abandonHeld(c *chunk) {
+	if x.held == nil {
+		return
+	}
+	x.unclaim(c, x.held)
+	x.held.reset()
 }
 
 // sendReplay puts the missed events (readReplay) into the answer here.
@@ -210,9 +253,9 @@ func (x *exchange) sendReplay() {
 // decide decides one segment and returns how many of its leading bytes to
 // leave out: all of a duplicate event the client already has, the LF that
 // completes such an event's CRLF when it comes in the next chunk, none of
-// anything else. begun reports that the segment's first bytes were
-// forwarded before it ended (forwardHeld): it is not dropped.
-func (x *exchange) decide(seg sse.Segment, c *chunk, begun bool) (cut int) {
+// anything else. held is what forwardHeld did with the segment's bytes
+// before it ended (zero for a segment that arrived in this chunk).
+func (x *exchange) decide(seg sse.Segment, c *chunk, held *heldState) (cut int) {
 	crEnd, dropCR := x.journal.crEnd, x.dropCR
 	x.journal.crEnd, x.dropCR = false, false
 	switch seg.Kind {
@@ -246,15 +289,27 @@ func (x *exchange) decide(seg sse.Segment, c *chunk, begun bool) (cut int) {
 	if !c.locked {
 		c.delivery, c.locked = x.stream.Begin(), true
 	}
-	id := seg.ID
+	id, first := seg.ID, seg.FirstID
 	if !seg.HasID {
-		id = nil
+		id, first = nil, nil
 	}
-	seq, dup := c.delivery.Deliver(id, seg.HasID)
-	if dup && (begun || firstIDNew(seg, c)) {
-		// Its first id was new (forwardHeld): it goes on, stored once.
-		c.counts.forwarded++
-		return 0
+	var seq uint64
+	var dup bool
+	switch {
+	case held.claimed:
+		// Claimed at its first id when its bytes began to go out.
+		seq = c.delivery.Finish(held.first, id, true, held.again)
+	case string(first) == string(id): // one id field, or none: the common case
+		seq, dup = c.delivery.Deliver(id, seg.HasID)
+	default:
+		// Several id fields: the first decides, as it would have had the
+		// block come in pieces (forwardHeld); else the last, the event's id.
+		var again bool
+		if dup, again = c.delivery.Claim(first); !dup {
+			seq = c.delivery.Finish(first, id, true, again)
+		} else {
+			seq, dup = c.delivery.Deliver(id, true)
+		}
 	}
 	if dup {
 		// Never persisted twice; dropped unless Envoy only lets us observe.

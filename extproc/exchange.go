@@ -49,8 +49,8 @@ type exchange struct {
 	ended   bool // the response body's end_of_stream was seen
 	parser  sse.Parser
 	rw      rewriter
-	replay  []byte // events to send before the upstream's first event
-	held    heldState
+	replay  []byte     // events to send before the upstream's first event
+	held    *heldState // nil until a block spans chunks
 	journal recordState
 	// dropCR: the last segment was a dropped duplicate ending in the CR of
 	// its blank line, at the end of its chunk; an LF opening the next chunk
@@ -124,7 +124,7 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) (resp *procv3.Processin
 func (x *exchange) responseTrailers() *procv3.ProcessingResponse {
 	// Envoy takes a full-duplex body answer only once a body chunk came:
 	// before that it would be spurious and cut the stream.
-	if x.modes.fullDuplex() && x.sseBody && x.gotBody && !x.ended && !x.observe && (x.parser.Pending() > 0 || x.replay != nil) {
+	if x.modes.fullDuplex() && x.sseBody && x.gotBody && !x.ended && !x.observe && (x.parser.Pending() > x.heldSent() || x.replay != nil) {
 		out, _ := x.process(nil, true)
 		x.before = &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ResponseBody{
 			ResponseBody: &procv3.BodyResponse{Response: streamedBody(out, false)},
@@ -141,8 +141,16 @@ func (x *exchange) responseTrailers() *procv3.ProcessingResponse {
 // cut. Only an incomplete event is ever held (its bytes not yet forwarded),
 // which a browser discards too.
 func (x *exchange) abandonTail() {
-	if x.sseBody && !x.ended && x.parser.Pending() > x.held.sent {
+	if x.sseBody && !x.ended && x.parser.Pending() > x.heldSent() {
 		x.m.errors.WithLabelValues("partial_event_unsent").Inc()
+	}
+	if x.held != nil && x.held.claimed {
+		// Part of it went out, but the client discards an event cut short.
+		var c chunk
+		x.abandonHeld(&c)
+		if c.locked {
+			c.delivery.End()
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package extproc
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -106,7 +107,8 @@ type dedupStreams struct {
 //	         an event field, a comment line inside the block, several data
 //	         lines), data taken from the following p%16 op bytes
 //	2        a repeat of an id the session delivered earlier, rendered anew
-//	3        a comment line between blocks (a heartbeat)
+//	3        a comment line between blocks (a heartbeat), or (p odd) an
+//	         event with a new id first and a delivered one last
 //	4        an event without an id, or with an empty id (never dropped)
 //	5        end of the first stream; the rest of ops is the second
 //	6        a retry-only block, or (ending the stream) a partial event
@@ -210,13 +212,17 @@ func buildDedupStreams(ops []byte, resumeSel uint8) dedupStreams {
 			id := order[int(v)%len(order)]
 			emit("id: "+id+eol+"data: again "+data()+eol+eol, deliver(id))
 		case kind == 3 && v%2 == 1 && len(order) > 0:
-			// A new id first, a delivered one last: forwarded all the same
-			// (the first id decides before the block ends), and only the
-			// last id is delivered.
+			// A new id first, a delivered one last: the first decides (as
+			// it does before the block ends), so it goes on, and both ids
+			// are the session's latest, the last one the client's
+			// lastEventId; a repeat of either is a duplicate.
 			fresh++
+			first := "n" + strconv.Itoa(fresh)
 			id := order[int(v/2)%len(order)]
-			block := "id: n" + strconv.Itoa(fresh) + eol + "data: " + data() + eol + "id: " + id + eol + eol
-			deliver(id)
+			block := "id: " + first + eol + "data: " + data() + eol + "id: " + id + eol + eol
+			deliver(first)
+			order = append(slices.DeleteFunc(order, func(o string) bool { return o == id }), id)
+			delete(redeliverable, id)
 			emit(block, false)
 		case kind == 2 || kind == 3:
 			emit(":"+data()+eol, false)

@@ -12,8 +12,8 @@ type rewriter struct {
 	out   []byte
 }
 
-// reset starts the answer to body. carried reports that the parser held
-// bytes from earlier chunks, which the first segment returns ahead of body's:
+// reset starts the answer to body. carried reports that the parser holds
+// bytes from earlier chunks not yet forwarded, which come ahead of body's:
 // the answer is then not a prefix of body.
 func (w *rewriter) reset(body []byte, carried bool) {
 	w.body, w.kept, w.dirty = body, 0, carried

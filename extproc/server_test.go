@@ -851,3 +851,112 @@ func TestDeleteForgetsSession(t *testing.T) {
 		t.Errorf("%d sessions after an accepted DELETE, want 0", n)
 	}
 }
+
+// claimServer is a processor with a small event size limit, for the tests
+// of events forwarded before they end.
+func claimServer(t *testing.T) *Server {
+	t.Helper()
+	table := session.NewTable(session.Config{Window: 64})
+	t.Cleanup(table.Close)
+	srv, err := New(Config{Sessions: table, Registerer: prometheus.NewRegistry(), MaxEventSize: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+// openResponse starts an SSE response of session S on srv, resuming after
+// lastID when it is not empty.
+func openResponse(srv *Server, lastID string) *exchange {
+	x := newExchange(srv, context.Background())
+	x.sseBody, x.sessionID = true, "S"
+	if lastID != "" {
+		x.lastEventID, x.hasLastEventID = lastID, true
+	}
+	x.openStream(context.Background(), false)
+	return x
+}
+
+// feed answers one chunk and returns what the client gets for it.
+func feed(x *exchange, chunk string, eos bool) string {
+	out, _ := x.process([]byte(chunk), eos)
+	return string(out)
+}
+
+// TestClaimedEvents: an event forwarded before its end (its first id new)
+// is the client's at once for every stream of the session, unless it is
+// cut short, and an event with several id fields is the client's under
+// all of them.
+func TestClaimedEvents(t *testing.T) {
+	t.Run("two streams, one event", func(t *testing.T) {
+		srv := claimServer(t)
+		a, b := openResponse(srv, ""), openResponse(srv, "")
+		defer a.close()
+		defer b.close()
+		got := feed(a, "id: 7\ndata: x", false)
+		got2 := feed(b, "id: 7\ndata: x\n\n", false)
+		got += feed(a, "\n\n", false)
+		if got != "id: 7\ndata: x\n\n" || got2 != "" {
+			t.Errorf("first stream got %q, second %q: want the event once, on the first", got, got2)
+		}
+	})
+	t.Run("cut short, then sent again", func(t *testing.T) {
+		srv := claimServer(t)
+		a := openResponse(srv, "")
+		if got := feed(a, "id: 1\ndata: a\n\nid: 9\ndata: x", false) + feed(a, "", true); got != "id: 1\ndata: a\n\nid: 9\ndata: x" {
+			t.Fatalf("cut stream got %q", got)
+		}
+		a.close()
+		b := openResponse(srv, "")
+		defer b.close()
+		if got := feed(b, "id: 9\ndata: x\n\n", true); got != "id: 9\ndata: x\n\n" {
+			t.Errorf("the next stream got %q: the client never had event 9 whole", got)
+		}
+	})
+	t.Run("closed mid-event", func(t *testing.T) {
+		srv := claimServer(t)
+		a := openResponse(srv, "")
+		if got := feed(a, "id: 9\ndata: x", false); got != "id: 9\ndata: x" {
+			t.Fatalf("got %q", got)
+		}
+		a.close() // the client or the upstream went away
+		b := openResponse(srv, "")
+		defer b.close()
+		if got := feed(b, "id: 9\ndata: x\n\n", true); got != "id: 9\ndata: x\n\n" {
+			t.Errorf("the next stream got %q: the client never had event 9 whole", got)
+		}
+	})
+	t.Run("over the size limit", func(t *testing.T) {
+		srv := claimServer(t)
+		a := openResponse(srv, "")
+		big := "id: 9\ndata: " + strings.Repeat("x", 100) + "\n\n"
+		if got := feed(a, big[:20], false) + feed(a, big[20:], true); got != big {
+			t.Fatalf("oversize event: got %q", got)
+		}
+		a.close()
+		b := openResponse(srv, "")
+		defer b.close()
+		if got := feed(b, "id: 9\ndata: y\n\n", true); got != "id: 9\ndata: y\n\n" {
+			t.Errorf("got %q: an event over the limit is passed through, never an id the client has", got)
+		}
+	})
+	t.Run("several ids", func(t *testing.T) {
+		srv := claimServer(t)
+		body := "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\nid: 1\n\n"
+		a := openResponse(srv, "")
+		if got := feed(a, body, true); got != body {
+			t.Fatalf("first response got %q", got)
+		}
+		if last := a.stream.LastID(); last != "1" {
+			t.Errorf("the stream's last id is %q, want the client's lastEventId, 1", last)
+		}
+		a.close()
+		for i := range 2 {
+			b := openResponse(srv, "1")
+			if got := feed(b, body, true); got != "" {
+				t.Errorf("repeat %d got %q, want nothing: the client has every event", i, got)
+			}
+			b.close()
+		}
+	})
+}

@@ -291,40 +291,70 @@ func (d *Delivery) End() { d.st.sess.mu.Unlock() }
 // stored when first delivered, and is neither numbered nor stored again. A
 // delivered event's id (copied) becomes the stream's last event id.
 func (d *Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
+	dup, again := d.Claim(id)
+	if dup {
+		return 0, true
+	}
+	return d.Finish(id, id, hasID, again), false
+}
+
+// Claim is the first half of Deliver, for an event whose bytes go to the
+// client before it ends (a gateway decides on its first id field, claimed):
+// it reports dup when the client has the event, and otherwise records the
+// id in the window at once, so that a repeat on any stream of the session
+// is a duplicate from now on. again reports an event a resuming client lost
+// (see Deliver). Finish numbers the event when it ends; Unclaim undoes the
+// claim of an event cut short, which the client never gets whole. An empty
+// id is never a duplicate and is not recorded.
+func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
+	if len(claimed) == 0 {
+		return false, false
+	}
 	st := d.st
 	s := st.sess
-	again := false
-	if len(id) > 0 {
-		h := s.table.hashBytes(id)
-		slot := s.win.find(h)
-		if slot >= 0 {
-			if again = st.lost(slot); !again {
-				return 0, true
-			}
+	h := s.table.hashBytes(claimed)
+	slot := s.win.find(h)
+	if slot >= 0 {
+		if again = st.lost(slot); !again {
+			return true, false
 		}
-		// Once more at the head of the window: a second repeat in this
-		// response is a duplicate.
-		s.win.move(h, st.num, slot)
+	}
+	// Once more at the head of the window: a second repeat in this
+	// response is a duplicate.
+	s.win.move(h, st.num, slot)
+	return false, again
+}
+
+// Finish completes the delivery of an event claimed (Claim) at its id
+// field claimed: id is its last id field, which WHATWG HTML §9.2 makes the
+// event's id, and hasID whether it had one. When id differs from claimed the
+// window records it too, whether or not the client had it: the event went
+// to the client. It returns the event's sequence number, 0 when again (a
+// lost event sent again is neither numbered nor stored again).
+func (d *Delivery) Finish(claimed, id []byte, hasID, again bool) (seq uint64) {
+	st := d.st
+	s := st.sess
+	if len(id) > 0 && string(id) != string(claimed) {
+		s.win.add(s.table.hashBytes(id), st.num)
 	}
 	if hasID && d.info != nil {
 		d.info.lastID = append(d.info.lastID[:0], id...)
 	}
 	if again {
-		return 0, false
+		return 0
 	}
 	s.seq++
-	return s.seq, false
+	return s.seq
 }
 
-// Dup reports whether Deliver would find an event with this id a duplicate,
-// without recording anything. An empty id is never one.
-func (d *Delivery) Dup(id []byte) bool {
-	if len(id) == 0 {
-		return false
+// Unclaim forgets an event claimed (Claim) that ended before its end: the
+// client, which discards an incomplete event, does not have it.
+func (d *Delivery) Unclaim(claimed []byte) {
+	if len(claimed) == 0 {
+		return
 	}
 	s := d.st.sess
-	slot := s.win.find(s.table.hashBytes(id))
-	return slot >= 0 && !d.st.lost(slot)
+	s.win.remove(s.table.hashBytes(claimed))
 }
 
 // lost reports whether the event in window slot is one the client resuming

@@ -3,20 +3,19 @@ package sse
 import "bytes"
 
 // IDScan finds the first valid id field of one block while the block's
-// bytes are still arriving: Find is called with the block so far (each
-// call's block extending the last's, as Parser.Held returns it), and every
-// byte is searched for a line ending once, except that a line that may
-// still turn out to be an id field is read again when more of it arrives.
+// bytes are still arriving: Find is called with the block so far, each
+// call's block extending the last's (as Parser.Held returns it). Every
+// byte is searched once, and each line is parsed once, when it has ended.
 //
-// A block's first id lets a gateway decide before the block ends that it
-// is new to the client. The event's id is its last id field (§9.2), so a
-// later id line can still name an id the client has; a caller that acts on
-// the first id must say what it does then.
+// A block's first id lets a gateway decide before the block ends whether
+// the event is new to the client. The event's id is its last id field
+// (§9.2), which a later line may still change: see Segment.FirstID.
 //
 // The zero IDScan is ready for a block; Reset readies it for the next.
 type IDScan struct {
-	next   int  // offset in the block where the search resumes
-	inLine bool // next is inside a line that is not an id field: skip to its end
+	start    int  // offset of the first line not yet ended
+	searched int  // bytes before it hold no line ending of that line
+	afterCR  bool // the last line read ended in a CR at the block's end
 }
 
 // Reset starts the search over, for a new block.
@@ -25,44 +24,45 @@ func (s *IDScan) Reset() { *s = IDScan{} }
 // Find returns the value of the first valid id field among the ended lines
 // of block (a line ends at CR, LF or CRLF; an id whose value holds NUL is
 // not valid), and true; or false when the lines so far hold none. block
-// holds one block's bytes from its start and no blank line.
+// holds one block's bytes from its start, up to but not including the
+// blank line that ends it.
 func (s *IDScan) Find(block []byte) (id []byte, found bool) {
-	i := s.next
-	if i > 0 && i < len(block) && block[i-1] == '\r' && block[i] == '\n' && !s.inLine {
-		i++ // the LF of a CRLF whose CR ended the last line read
-	}
-	for i < len(block) {
-		j := indexEOL(block[i:])
-		if s.inLine {
-			if j < 0 {
-				i = len(block)
-				break
-			}
-			s.inLine = false
-			i = skipCRLF(block, i+j)
-			continue
+	i := s.start
+	if s.afterCR && i < len(block) {
+		s.afterCR = false
+		if block[i] == '\n' {
+			i++ // the LF of a CRLF whose CR ended the last line read
+			s.searched = i
 		}
+	}
+	for i < len(block) && !s.afterCR {
+		from := max(i, s.searched)
+		j := indexEOL(block[from:])
 		if j < 0 {
-			// The line has not ended. Unless its name already rules out
-			// id, read it again once it has.
-			if !maybeIDLine(block[i:]) {
-				s.inLine = true
-				i = len(block)
-			}
+			s.searched = len(block) // the line has not ended
 			break
 		}
-		if j == 0 {
+		j += from
+		if j == i {
 			break // a blank line: the block has ended, which Find is not for
 		}
 		var seg Segment
-		parseField(block[i:i+j], &seg)
+		parseField(block[i:j], &seg)
+		i = j + 1
+		if block[j] == '\r' {
+			if i == len(block) {
+				s.afterCR = true // the next byte may be its LF
+			} else if block[i] == '\n' {
+				i++
+			}
+		}
+		s.searched = i
 		if seg.HasID {
-			s.next = skipCRLF(block, i+j)
+			s.start = i
 			return seg.ID, true
 		}
-		i = skipCRLF(block, i+j)
 	}
-	s.next = i
+	s.start = i
 	return nil, false
 }
 
@@ -79,24 +79,4 @@ func indexEOL(b []byte) int {
 		return -1
 	}
 	return lf
-}
-
-// skipCRLF returns the offset after the line ending at b[eol], past the LF
-// of a CRLF when that LF is in b.
-func skipCRLF(b []byte, eol int) int {
-	if b[eol] == '\r' && eol+1 < len(b) && b[eol+1] == '\n' {
-		return eol + 2
-	}
-	return eol + 1
-}
-
-// maybeIDLine reports whether a line not yet ended can still be an id field
-// line: its field name so far is "id", or a prefix of it.
-func maybeIDLine(line []byte) bool {
-	name := line
-	if c := bytes.IndexByte(line, ':'); c >= 0 {
-		name = line[:c]
-		return string(name) == "id"
-	}
-	return len(name) <= 2 && string(name) == "id"[:len(name)]
 }

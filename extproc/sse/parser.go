@@ -80,6 +80,9 @@ type Segment struct {
 	// ID is the value of the last valid id field in the block (an id field
 	// whose value contains NUL is ignored). Valid only when HasID.
 	ID []byte
+	// FirstID is the value of the first valid id field, the same as ID
+	// unless the block has several. Valid only when HasID.
+	FirstID []byte
 	// HasID reports whether the block had a valid id field. An empty ID
 	// with HasID set resets the stream's last event id.
 	HasID bool

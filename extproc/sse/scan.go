@@ -162,6 +162,9 @@ func parseField(line []byte, seg *Segment) {
 		seg.Event = value
 	case "id":
 		if bytes.IndexByte(value, 0) < 0 {
+			if !seg.HasID {
+				seg.FirstID = value
+			}
 			seg.ID = value
 			seg.HasID = true
 		}
