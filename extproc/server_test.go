@@ -852,19 +852,6 @@ func TestDeleteForgetsSession(t *testing.T) {
 	}
 }
 
-// claimServer is a processor with a small event size limit, for the tests
-// of events forwarded before they end.
-func claimServer(t *testing.T) *Server {
-	t.Helper()
-	table := session.NewTable(session.Config{Window: 64})
-	t.Cleanup(table.Close)
-	srv, err := New(Config{Sessions: table, Registerer: prometheus.NewRegistry(), MaxEventSize: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return srv
-}
-
 // openResponse starts an SSE response of session S on srv, resuming after
 // lastID when it is not empty.
 func openResponse(srv *Server, lastID string) *exchange {
@@ -889,7 +876,7 @@ func feed(x *exchange, chunk string, eos bool) string {
 // all of them.
 func TestClaimedEvents(t *testing.T) {
 	t.Run("two streams, one event", func(t *testing.T) {
-		srv := claimServer(t)
+		srv := newFuzzServer(t) // MaxEventSize 256
 		a, b := openResponse(srv, ""), openResponse(srv, "")
 		defer a.close()
 		defer b.close()
@@ -901,7 +888,7 @@ func TestClaimedEvents(t *testing.T) {
 		}
 	})
 	t.Run("cut short, then sent again", func(t *testing.T) {
-		srv := claimServer(t)
+		srv := newFuzzServer(t) // MaxEventSize 256
 		a := openResponse(srv, "")
 		if got := feed(a, "id: 1\ndata: a\n\nid: 9\ndata: x", false) + feed(a, "", true); got != "id: 1\ndata: a\n\nid: 9\ndata: x" {
 			t.Fatalf("cut stream got %q", got)
@@ -914,7 +901,7 @@ func TestClaimedEvents(t *testing.T) {
 		}
 	})
 	t.Run("closed mid-event", func(t *testing.T) {
-		srv := claimServer(t)
+		srv := newFuzzServer(t) // MaxEventSize 256
 		a := openResponse(srv, "")
 		if got := feed(a, "id: 9\ndata: x", false); got != "id: 9\ndata: x" {
 			t.Fatalf("got %q", got)
@@ -927,9 +914,9 @@ func TestClaimedEvents(t *testing.T) {
 		}
 	})
 	t.Run("over the size limit", func(t *testing.T) {
-		srv := claimServer(t)
+		srv := newFuzzServer(t) // MaxEventSize 256
 		a := openResponse(srv, "")
-		big := "id: 9\ndata: " + strings.Repeat("x", 100) + "\n\n"
+		big := "id: 9\ndata: " + strings.Repeat("x", 300) + "\n\n"
 		if got := feed(a, big[:20], false) + feed(a, big[20:], true); got != big {
 			t.Fatalf("oversize event: got %q", got)
 		}
@@ -941,7 +928,7 @@ func TestClaimedEvents(t *testing.T) {
 		}
 	})
 	t.Run("several ids", func(t *testing.T) {
-		srv := claimServer(t)
+		srv := newFuzzServer(t) // MaxEventSize 256
 		body := "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\nid: 1\n\n"
 		a := openResponse(srv, "")
 		if got := feed(a, body, true); got != body {
