@@ -96,17 +96,14 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		// The first segment of a chunk that began inside a block is that
 		// block (or its first oversize part): its bytes forwarded before
 		// it ended stay out of this answer.
-		var held heldState
+		sent := 0
 		if x.held != nil && x.held.active() {
-			held = *x.held
-			x.held.reset()
-			if seg.Kind != sse.KindBlock {
-				x.unclaim(&c, &held) // too large: never an event
-			}
+			sent = x.held.sent
+			*x.held = heldState{}
 		}
-		switch cut := x.decide(seg, &c, &held); cut {
+		switch cut := x.decide(seg, &c, sent > 0); cut {
 		case 0:
-			x.rw.keep(seg.Raw[min(held.sent, len(seg.Raw)):])
+			x.rw.keep(seg.Raw[min(sent, len(seg.Raw)):])
 		case len(seg.Raw):
 			x.rw.drop()
 		default: // the LF of a dropped event's CRLF, then what follows it
@@ -120,7 +117,9 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	} else {
 		// Forwarded unchanged: a partial event a browser would discard.
 		sent := x.heldSent()
-		x.abandonHeld(&c)
+		if x.held != nil {
+			*x.held = heldState{}
+		}
 		tail := x.parser.Flush()
 		if x.replay != nil {
 			x.sendReplay()
@@ -149,9 +148,9 @@ func (x *exchange) sendReplay() {
 // decide decides one segment and returns how many of its leading bytes to
 // leave out: all of a duplicate event the client already has, the LF that
 // completes such an event's CRLF when it comes in the next chunk, none of
-// anything else. held is what forwardHeld did with the segment's bytes
-// before it ended (zero for a segment that arrived in this chunk).
-func (x *exchange) decide(seg sse.Segment, c *chunk, held *heldState) (cut int) {
+// anything else. begun reports that the segment's first bytes went out
+// before it ended (forwardHeld): it is not dropped.
+func (x *exchange) decide(seg sse.Segment, c *chunk, begun bool) (cut int) {
 	crEnd, dropCR := x.journal.crEnd, x.dropCR
 	x.journal.crEnd, x.dropCR = false, false
 	switch seg.Kind {
@@ -192,9 +191,14 @@ func (x *exchange) decide(seg sse.Segment, c *chunk, held *heldState) (cut int) 
 	var seq uint64
 	var dup bool
 	switch {
-	case held.claimed:
-		// Claimed at its first id when its bytes began to go out.
-		seq = c.delivery.Finish(held.first, id, true, held.again)
+	case begun:
+		// Its first id was new when its bytes began to go out; it goes on
+		// even if another stream delivered it since (stored once).
+		if dup, again := c.delivery.Claim(first); dup {
+			c.delivery.Finish(first, id, true, true)
+		} else {
+			seq = c.delivery.Finish(first, id, true, again)
+		}
 	case string(first) == string(id): // one id field, or none: the common case
 		seq, dup = c.delivery.Deliver(id, seg.HasID)
 	default:

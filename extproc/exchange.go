@@ -144,14 +144,6 @@ func (x *exchange) abandonTail() {
 	if x.sseBody && !x.ended && x.parser.Pending() > x.heldSent() {
 		x.m.errors.WithLabelValues("partial_event_unsent").Inc()
 	}
-	if x.held != nil && x.held.claimed {
-		// Part of it went out, but the client discards an event cut short.
-		var c chunk
-		x.abandonHeld(&c)
-		if c.locked {
-			c.delivery.End()
-		}
-	}
 }
 
 // endBody closes the response's stream state once: the journal flushes the

@@ -10,19 +10,13 @@ import "github.com/ssetrack/ssetrack/extproc/sse"
 // holds (sse.Parser.Held). It is allocated for a response's first block
 // that spans chunks, and reused.
 type heldState struct {
-	sent    int        // the block's bytes forwarded so far (forwardHeld)
-	scan    sse.IDScan // the search for the block's first id
-	dup     bool       // its first id is one the client has: it waits for its end
-	claimed bool       // its first id is claimed (session.Delivery.Claim)
-	again   bool       // ... as an event the resuming client lost
-	first   []byte     // the claimed id (the buffer is reused)
+	sent int        // the block's bytes forwarded so far (forwardHeld)
+	scan sse.IDScan // the search for the block's first id
+	dup  bool       // its first id is one the client has: it waits for its end
 }
 
 // active reports whether h says anything of the held block.
 func (h *heldState) active() bool { return h.sent > 0 || h.dup || h.scan != (sse.IDScan{}) }
-
-// reset readies h for the next block, keeping first's buffer.
-func (h *heldState) reset() { *h = heldState{first: h.first[:0]} }
 
 // heldSent is how many bytes of the held block were forwarded.
 func (x *exchange) heldSent() int {
@@ -37,11 +31,16 @@ func (x *exchange) heldSent() int {
 // streams through instead of waiting for its end, and its chunks go on
 // unchanged. The fate is decided when nothing is ever dropped (no session
 // tracked) or when the block's first id field names an event the client
-// does not have: the event is then claimed for the client
-// (session.Delivery.Claim) and goes on whatever follows. The parser keeps
-// the block and returns it whole when it ends, for the journal; only its
-// bytes not yet sent go out then. decide gives a block that arrives whole
-// the same fate, so the client's bytes never depend on the chunk cuts.
+// does not have (session.Delivery.Dup). The parser keeps the block and
+// returns it whole when it ends; only its bytes not yet sent go out then,
+// and decide records the event then, as it records one that arrives whole
+// (a block cut short is never recorded: the client discards it).
+//
+// Nothing is recorded before the block ends, so another stream of the
+// session (a client that resumed while this response still runs) is never
+// kept from the event. Should that stream deliver it first, this one
+// forwards the rest all the same, and a client on both gets it twice, as it
+// would without ssetrack; it is stored once.
 func (x *exchange) forwardHeld(c *chunk) {
 	block := x.parser.Held()
 	if len(block) <= x.heldSent() || x.observe {
@@ -61,7 +60,7 @@ func (x *exchange) forwardHeld(c *chunk) {
 }
 
 // fateDecided reports whether the held block, not yet ended, goes to the
-// client whatever its end holds (see forwardHeld), claiming its first id.
+// client whatever its end holds (see forwardHeld).
 func (x *exchange) fateDecided(block []byte, c *chunk) bool {
 	if x.stream == nil {
 		return true
@@ -77,35 +76,9 @@ func (x *exchange) fateDecided(block []byte, c *chunk) bool {
 	if !c.locked {
 		c.delivery, c.locked = x.stream.Begin(), true
 	}
-	dup, again := c.delivery.Claim(id)
-	if dup {
+	if c.delivery.Dup(id) {
 		h.dup = true
 		return false
 	}
-	h.claimed, h.again = true, again
-	h.first = append(h.first[:0], id...)
 	return true
-}
-
-// unclaim undoes the claim on a held block that will not end as an event
-// (cut short, or over the size limit): the client never gets it whole.
-func (x *exchange) unclaim(c *chunk, h *heldState) {
-	if !h.claimed || x.stream == nil {
-		return
-	}
-	if !c.locked {
-		c.delivery, c.locked = x.stream.Begin(), true
-	}
-	c.delivery.Unclaim(h.first)
-	h.claimed = false
-}
-
-// abandonHeld forgets the held block at the end of the body, undoing its
-// claim.
-func (x *exchange) abandonHeld(c *chunk) {
-	if x.held == nil {
-		return
-	}
-	x.unclaim(c, x.held)
-	x.held.reset()
 }

@@ -870,21 +870,44 @@ func feed(x *exchange, chunk string, eos bool) string {
 	return string(out)
 }
 
-// TestClaimedEvents: an event forwarded before its end (its first id new)
-// is the client's at once for every stream of the session, unless it is
-// cut short, and an event with several id fields is the client's under
-// all of them.
-func TestClaimedEvents(t *testing.T) {
-	t.Run("two streams, one event", func(t *testing.T) {
-		srv := newFuzzServer(t) // MaxEventSize 256
-		a, b := openResponse(srv, ""), openResponse(srv, "")
+// TestEarlyEvents: an event forwarded before its end (its first id new) is
+// recorded only when it ends: never when it is cut short, and never so as
+// to keep it from another stream of the session, such as the one a client
+// resumed on while the first still runs. An event with several id fields
+// is the client's under all of them.
+func TestEarlyEvents(t *testing.T) {
+	t.Run("resumed while the first stream runs", func(t *testing.T) {
+		table := session.NewTable(session.Config{Window: 16})
+		t.Cleanup(table.Close)
+		rec := &recorder{}
+		srv, err := New(Config{Sessions: table, Recorder: rec, Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := openResponse(srv, "")
 		defer a.close()
+		if got := feed(a, "id: 1\ndata: a\n\nid: 2\ndata: x", false); got != "id: 1\ndata: a\n\nid: 2\ndata: x" {
+			t.Fatalf("first stream got %q", got)
+		}
+		// The client lost the first stream and resumed after 1.
+		b := openResponse(srv, "1")
 		defer b.close()
-		got := feed(a, "id: 7\ndata: x", false)
-		got2 := feed(b, "id: 7\ndata: x\n\n", false)
-		got += feed(a, "\n\n", false)
-		if got != "id: 7\ndata: x\n\n" || got2 != "" {
-			t.Errorf("first stream got %q, second %q: want the event once, on the first", got, got2)
+		if got := feed(b, "id: 2\ndata: x\n\n", false); got != "id: 2\ndata: x\n\n" {
+			t.Errorf("the resumed stream got %q, want event 2", got)
+		}
+		// The first stream goes on with what it began.
+		if got := feed(a, "\n\n", false); got != "\n\n" {
+			t.Errorf("the first stream got %q, want the rest of event 2", got)
+		}
+		if got := feed(b, "id: 2\ndata: x\n\nid: 3\ndata: y\n\n", false); got != "id: 3\ndata: y\n\n" {
+			t.Errorf("the resumed stream got %q, want event 2 dropped, event 3", got)
+		}
+		var journal string
+		for _, r := range rec.recs {
+			journal += string(r.Data)
+		}
+		if want := "id: 1\ndata: a\n\nid: 2\ndata: x\n\nid: 3\ndata: y\n\n"; journal != want {
+			t.Errorf("journal %q, want each event once, %q", journal, want)
 		}
 	})
 	t.Run("cut short, then sent again", func(t *testing.T) {

@@ -298,14 +298,12 @@ func (d *Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
 	return d.Finish(id, id, hasID, again), false
 }
 
-// Claim is the first half of Deliver, for an event whose bytes go to the
-// client before it ends (a gateway decides on its first id field, claimed):
-// it reports dup when the client has the event, and otherwise records the
-// id in the window at once, so that a repeat on any stream of the session
-// is a duplicate from now on. again reports an event a resuming client lost
-// (see Deliver). Finish numbers the event when it ends; Unclaim undoes the
-// claim of an event cut short, which the client never gets whole. An empty
-// id is never a duplicate and is not recorded.
+// Claim is the first half of Deliver, which Finish completes: it reports
+// dup when the client has the event with id claimed, and otherwise records
+// the id in the window. again reports an event a resuming client lost (see
+// Deliver). A gateway that decided on an event's first id field before the
+// event ended (Dup) claims it once the event is whole. An empty id is never
+// a duplicate and is not recorded.
 func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 	if len(claimed) == 0 {
 		return false, false
@@ -329,8 +327,8 @@ func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 // field claimed: id is its last id field, which WHATWG HTML §9.2 makes the
 // event's id, and hasID whether it had one. When id differs from claimed the
 // window records it too, whether or not the client had it: the event went
-// to the client. It returns the event's sequence number, 0 when again (a
-// lost event sent again is neither numbered nor stored again).
+// to the client. It returns the event's sequence number, 0 when again (an
+// event sent again is neither numbered nor stored again).
 func (d *Delivery) Finish(claimed, id []byte, hasID, again bool) (seq uint64) {
 	st := d.st
 	s := st.sess
@@ -347,14 +345,16 @@ func (d *Delivery) Finish(claimed, id []byte, hasID, again bool) (seq uint64) {
 	return s.seq
 }
 
-// Unclaim forgets an event claimed (Claim) that ended before its end: the
-// client, which discards an incomplete event, does not have it.
-func (d *Delivery) Unclaim(claimed []byte) {
-	if len(claimed) == 0 {
-		return
+// Dup reports whether Claim would find the event with this id a
+// duplicate, recording nothing: a gateway decides on it before the event
+// ends, and claims the event once it is whole.
+func (d *Delivery) Dup(id []byte) bool {
+	if len(id) == 0 {
+		return false
 	}
 	s := d.st.sess
-	s.win.remove(s.table.hashBytes(claimed))
+	slot := s.win.find(s.table.hashBytes(id))
+	return slot >= 0 && !d.st.lost(slot)
 }
 
 // lost reports whether the event in window slot is one the client resuming

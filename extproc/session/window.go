@@ -121,14 +121,6 @@ func (w *window) move(h uint64, st uint32, old int) {
 	w.setCell(i, s+1)
 }
 
-// remove forgets hash h, if the window holds it.
-func (w *window) remove(h uint64) {
-	if s := w.find(h); s >= 0 {
-		w.unindex(s)
-		w.slots[s] = 0
-	}
-}
-
 // unindex removes ring slot s from the index (backward-shift deletion, so
 // probe chains stay intact without tombstones).
 func (w *window) unindex(s int) {
