@@ -117,7 +117,9 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	} else {
 		// Forwarded unchanged: a partial event a browser would discard.
 		sent := x.heldSent()
-		if x.held != nil {
+		if sent > 0 {
+			// Its first bytes went out early; it never ended.
+			x.m.errors.WithLabelValues("partial_event_cut").Inc()
 			*x.held = heldState{}
 		}
 		tail := x.parser.Flush()

@@ -139,10 +139,18 @@ func (x *exchange) responseTrailers() *procv3.ProcessingResponse {
 // body ended without an end_of_stream chunk (HTTP/2 trailers; with Envoy's
 // response_trailer_mode SKIP ssetrack is not even told) or the stream was
 // cut. Only an incomplete event is ever held (its bytes not yet forwarded),
-// which a browser discards too.
+// which a browser discards too. One whose first bytes went out early
+// (forwardHeld) is counted as cut.
 func (x *exchange) abandonTail() {
-	if x.sseBody && !x.ended && x.parser.Pending() > x.heldSent() {
+	if !x.sseBody || x.ended {
+		return
+	}
+	if x.parser.Pending() > x.heldSent() {
 		x.m.errors.WithLabelValues("partial_event_unsent").Inc()
+	}
+	if x.heldSent() > 0 {
+		x.m.errors.WithLabelValues("partial_event_cut").Inc()
+		*x.held = heldState{}
 	}
 }
 

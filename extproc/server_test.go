@@ -917,6 +917,9 @@ func TestEarlyEvents(t *testing.T) {
 			t.Fatalf("cut stream got %q", got)
 		}
 		a.close()
+		if n := testutil.ToFloat64(srv.metrics.errors.WithLabelValues("partial_event_cut")); n != 1 {
+			t.Errorf("partial_event_cut counted %v, want 1", n)
+		}
 		b := openResponse(srv, "")
 		defer b.close()
 		if got := feed(b, "id: 9\ndata: x\n\n", true); got != "id: 9\ndata: x\n\n" {
@@ -930,6 +933,9 @@ func TestEarlyEvents(t *testing.T) {
 			t.Fatalf("got %q", got)
 		}
 		a.close() // the client or the upstream went away
+		if n := testutil.ToFloat64(srv.metrics.errors.WithLabelValues("partial_event_cut")); n != 1 {
+			t.Errorf("partial_event_cut counted %v, want 1", n)
+		}
 		b := openResponse(srv, "")
 		defer b.close()
 		if got := feed(b, "id: 9\ndata: x\n\n", true); got != "id: 9\ndata: x\n\n" {
