@@ -97,9 +97,8 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		// block (or its first oversize part): its bytes forwarded before
 		// it ended stay out of this answer.
 		sent := 0
-		if x.held != nil && x.held.active() {
-			sent = x.held.sent
-			*x.held = heldState{}
+		if c.carried && c.off == 0 {
+			sent = x.endHeld()
 		}
 		switch cut := x.decide(seg, &c, sent > 0); cut {
 		case 0:
@@ -117,11 +116,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	} else {
 		// Forwarded unchanged: a partial event a browser would discard.
 		sent := x.heldSent()
-		if sent > 0 {
-			// Its first bytes went out early; it never ended.
-			x.m.errors.WithLabelValues("partial_event_cut").Inc()
-			*x.held = heldState{}
-		}
+		x.abandonHeld()
 		tail := x.parser.Flush()
 		if x.replay != nil {
 			x.sendReplay()
@@ -195,12 +190,10 @@ func (x *exchange) decide(seg sse.Segment, c *chunk, begun bool) (cut int) {
 	switch {
 	case begun:
 		// Its first id was new when its bytes began to go out; it goes on
-		// even if another stream delivered it since (stored once).
-		if dup, again := c.delivery.Claim(first); dup {
-			c.delivery.Finish(first, id, true, true)
-		} else {
-			seq = c.delivery.Finish(first, id, true, again)
-		}
+		// even if another stream delivered it since (then as one sent
+		// again: stored once).
+		had, again := c.delivery.Claim(first)
+		seq = c.delivery.Finish(first, id, true, again || had)
 	case string(first) == string(id): // one id field, or none: the common case
 		seq, dup = c.delivery.Deliver(id, seg.HasID)
 	default:

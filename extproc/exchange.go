@@ -148,10 +148,7 @@ func (x *exchange) abandonTail() {
 	if x.parser.Pending() > x.heldSent() {
 		x.m.errors.WithLabelValues("partial_event_unsent").Inc()
 	}
-	if x.heldSent() > 0 {
-		x.m.errors.WithLabelValues("partial_event_cut").Inc()
-		*x.held = heldState{}
-	}
+	x.abandonHeld()
 }
 
 // endBody closes the response's stream state once: the journal flushes the

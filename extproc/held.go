@@ -15,15 +15,32 @@ type heldState struct {
 	dup  bool       // its first id is one the client has: it waits for its end
 }
 
-// active reports whether h says anything of the held block.
-func (h *heldState) active() bool { return h.sent > 0 || h.dup || h.scan != (sse.IDScan{}) }
-
 // heldSent is how many bytes of the held block were forwarded.
 func (x *exchange) heldSent() int {
 	if x.held == nil {
 		return 0
 	}
 	return x.held.sent
+}
+
+// endHeld forgets the held block, which the parser has returned or dropped,
+// and returns how many of its bytes were forwarded.
+func (x *exchange) endHeld() (sent int) {
+	if x.held == nil {
+		return 0
+	}
+	sent = x.held.sent
+	*x.held = heldState{}
+	return sent
+}
+
+// abandonHeld ends a held block that will never end as an event (the body
+// ended inside it, or the stream was cut): one whose first bytes went out
+// is counted as cut.
+func (x *exchange) abandonHeld() {
+	if x.endHeld() > 0 {
+		x.m.errors.WithLabelValues("partial_event_cut").Inc()
+	}
 }
 
 // forwardHeld forwards the bytes so far of the incomplete block the parser

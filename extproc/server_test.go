@@ -910,38 +910,34 @@ func TestEarlyEvents(t *testing.T) {
 			t.Errorf("journal %q, want each event once, %q", journal, want)
 		}
 	})
-	t.Run("cut short, then sent again", func(t *testing.T) {
-		srv := newFuzzServer(t) // MaxEventSize 256
-		a := openResponse(srv, "")
-		if got := feed(a, "id: 1\ndata: a\n\nid: 9\ndata: x", false) + feed(a, "", true); got != "id: 1\ndata: a\n\nid: 9\ndata: x" {
-			t.Fatalf("cut stream got %q", got)
-		}
-		a.close()
-		if n := testutil.ToFloat64(srv.metrics.errors.WithLabelValues("partial_event_cut")); n != 1 {
-			t.Errorf("partial_event_cut counted %v, want 1", n)
-		}
-		b := openResponse(srv, "")
-		defer b.close()
-		if got := feed(b, "id: 9\ndata: x\n\n", true); got != "id: 9\ndata: x\n\n" {
-			t.Errorf("the next stream got %q: the client never had event 9 whole", got)
-		}
-	})
-	t.Run("closed mid-event", func(t *testing.T) {
-		srv := newFuzzServer(t) // MaxEventSize 256
-		a := openResponse(srv, "")
-		if got := feed(a, "id: 9\ndata: x", false); got != "id: 9\ndata: x" {
-			t.Fatalf("got %q", got)
-		}
-		a.close() // the client or the upstream went away
-		if n := testutil.ToFloat64(srv.metrics.errors.WithLabelValues("partial_event_cut")); n != 1 {
-			t.Errorf("partial_event_cut counted %v, want 1", n)
-		}
-		b := openResponse(srv, "")
-		defer b.close()
-		if got := feed(b, "id: 9\ndata: x\n\n", true); got != "id: 9\ndata: x\n\n" {
-			t.Errorf("the next stream got %q: the client never had event 9 whole", got)
-		}
-	})
+	for _, tc := range []struct {
+		name, body string
+		eos        bool // the body ends inside the event; else the stream is closed
+	}{
+		{"cut short, then sent again", "id: 1\ndata: a\n\nid: 9\ndata: x", true},
+		{"closed mid-event", "id: 9\ndata: x", false}, // the client or the upstream went away
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newFuzzServer(t) // MaxEventSize 256
+			a := openResponse(srv, "")
+			got := feed(a, tc.body, false)
+			if tc.eos {
+				got += feed(a, "", true)
+			}
+			if got != tc.body {
+				t.Fatalf("cut stream got %q", got)
+			}
+			a.close()
+			if n := testutil.ToFloat64(srv.metrics.errors.WithLabelValues("partial_event_cut")); n != 1 {
+				t.Errorf("partial_event_cut counted %v, want 1", n)
+			}
+			b := openResponse(srv, "")
+			defer b.close()
+			if got := feed(b, "id: 9\ndata: x\n\n", true); got != "id: 9\ndata: x\n\n" {
+				t.Errorf("the next stream got %q: the client never had event 9 whole", got)
+			}
+		})
+	}
 	t.Run("over the size limit", func(t *testing.T) {
 		srv := newFuzzServer(t) // MaxEventSize 256
 		a := openResponse(srv, "")

@@ -1,7 +1,5 @@
 package sse
 
-import "bytes"
-
 // IDScan finds the first valid id field of one block while the block's
 // bytes are still arriving: Find is called with the block so far, each
 // call's block extending the last's (as Parser.Held returns it). Every
@@ -35,14 +33,14 @@ func (s *IDScan) Find(block []byte) (id []byte, found bool) {
 			s.searched = i
 		}
 	}
-	for i < len(block) && !s.afterCR {
-		from := max(i, s.searched)
-		j := indexEOL(block[from:])
-		if j < 0 {
+	var f eolFinder
+	f.reset()
+	for i < len(block) {
+		j := f.next(block, max(i, s.searched))
+		if j == len(block) {
 			s.searched = len(block) // the line has not ended
 			break
 		}
-		j += from
 		if j == i {
 			break // a blank line: the block has ended, which Find is not for
 		}
@@ -64,19 +62,4 @@ func (s *IDScan) Find(block []byte) (id []byte, found bool) {
 	}
 	s.start = i
 	return nil, false
-}
-
-// indexEOL returns the offset of the first CR or LF in b, or -1.
-func indexEOL(b []byte) int {
-	lf := bytes.IndexByte(b, '\n')
-	if lf < 0 {
-		lf = len(b)
-	}
-	if cr := bytes.IndexByte(b[:lf], '\r'); cr >= 0 {
-		return cr
-	}
-	if lf == len(b) {
-		return -1
-	}
-	return lf
 }
