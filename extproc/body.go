@@ -162,8 +162,17 @@ func (x *exchange) decide(seg sse.Segment, c *chunk, begun bool) (cut int) {
 		}
 		return 0
 	case sse.KindOversize:
+		// Passed through untouched, not tracked: the session marks the
+		// stream, so that a resume from before it is not answered with a
+		// replay that lacks it (Stream.MissedUntracked).
 		if seg.End {
 			c.counts.oversize++
+			if x.stream != nil {
+				if !c.locked {
+					c.delivery, c.locked = x.stream.Begin(), true
+				}
+				c.delivery.Untracked()
+			}
 		}
 		return 0
 	case sse.KindBlock:

@@ -36,6 +36,12 @@ func (x *exchange) readReplay(ctx context.Context) string {
 		x.m.replays.WithLabelValues(replayDenied).Inc()
 		return replayDenied
 	}
+	if x.stream.MissedUntracked() {
+		// An event over MaxEventSize went out among the missed ones and
+		// no journal holds it: the upstream decides, as for any gap.
+		x.m.replays.WithLabelValues(replayIncomplete).Inc()
+		return replayIncomplete
+	}
 	data, ids, err := x.cfg.Replayer.Replay(ctx, x.sessionID, x.stream.ID(), after, through)
 	result := replayDone
 	switch {

@@ -618,15 +618,82 @@ func TestReplayMissedEvents(t *testing.T) {
 			if string(res.body) != tt.want {
 				t.Fatalf("%s, cut %d: forwarded %q, want %q", tt.name, cut, res.body, tt.want)
 			}
-			var hdr string
-			for _, o := range res.respResp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
-				if o.GetHeader().GetKey() == headerReplay {
-					hdr = string(o.GetHeader().GetRawValue())
-				}
-			}
-			if hdr != tt.wantHdr {
+			if hdr := replayHeader(res); hdr != tt.wantHdr {
 				t.Fatalf("%s: %s header %q, want %q", tt.name, headerReplay, hdr, tt.wantHdr)
 			}
+		}
+	}
+}
+
+// TestReplayAcrossUntrackedEvent: an event over MaxEventSize goes to the
+// client untracked and no journal holds it, so a resume from before it is
+// answered "incomplete" and the upstream's copy goes through in order,
+// where a replay would have sent the events after it and lost it. A resume
+// from after it is replayed as usual.
+func TestReplayAcrossUntrackedEvent(t *testing.T) {
+	big := "id: 2\ndata: " + strings.Repeat("x", 100) + "\n\n"
+	e1, e3, e4 := "id: 1\ndata: a\n\n", "id: 3\ndata: c\n\n", "id: 4\ndata: d\n\n"
+	tests := []struct {
+		name, first   string
+		cuts          []int  // of first; every event ends in a chunk of its own
+		other         string // sent on another stream of the session before the resume
+		last          string
+		resumed, want string
+		wantHdr       string
+	}{
+		{
+			name: "resumed from before it", first: e1 + big + e3,
+			cuts: []int{len(e1), len(e1) + len(big)}, last: "1",
+			resumed: big + e3 + e4, want: big + e3 + e4, wantHdr: "incomplete",
+		},
+		{
+			name: "it arrived in pieces", first: e1 + big + e3,
+			cuts: []int{len(e1), len(e1) + 40, len(e1) + 90, len(e1) + len(big)}, last: "1",
+			resumed: big + e3 + e4, want: big + e3 + e4, wantHdr: "incomplete",
+		},
+		{
+			name: "without an id", first: e1 + big[6:] + e3,
+			cuts: []int{len(e1), len(e1) + len(big) - 6}, last: "1",
+			resumed: big[6:] + e3 + e4, want: big[6:] + e3 + e4, wantHdr: "incomplete",
+		},
+		{
+			name: "resumed from after it", first: e1 + big + e3 + e4,
+			cuts: []int{len(e1), len(e1) + len(big), len(e1) + len(big) + len(e3)}, last: "3",
+			resumed: e4, want: e4, wantHdr: "replayed",
+		},
+		{
+			name: "an empty id after it", first: e1 + big + "id:\ndata: e\n\n",
+			cuts: []int{len(e1), len(e1) + len(big)}, last: "1",
+			resumed: big + e3, want: big + e3, wantHdr: "incomplete",
+		},
+		{
+			name: "on another stream", first: e1 + e3, other: big + e4,
+			cuts: []int{len(e1)}, last: "1",
+			resumed: e3, want: e3, wantHdr: "replayed",
+		},
+		{
+			name: "last on the stream: nothing tracked missed", first: e1 + big,
+			cuts: []int{len(e1)}, last: "1",
+			resumed: big + e3, want: big + e3, wantHdr: "",
+		},
+	}
+	for _, tt := range tests {
+		rp := &replayer{}
+		h := newHarness(t, func(c *Config) { c.Recorder, c.Replayer, c.MaxEventSize = rp, rp, 64 })
+		h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(tt.first, tt.cuts...)})
+		if tt.other != "" {
+			h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(tt.other, len(big))})
+		}
+		res := h.run(t, request{
+			reqHeaders:  []string{"mcp-session-id", "S", "last-event-id", tt.last},
+			respHeaders: sseHeaders(),
+			chunks:      split(tt.resumed, len(tt.resumed)/2),
+		})
+		if string(res.body) != tt.want {
+			t.Errorf("%s: forwarded %q, want %q", tt.name, res.body, tt.want)
+		}
+		if hdr := replayHeader(res); hdr != tt.wantHdr {
+			t.Errorf("%s: %s header %q, want %q", tt.name, headerReplay, hdr, tt.wantHdr)
 		}
 	}
 }

@@ -101,6 +101,9 @@ type Stream struct {
 	// missedAfter and missedThrough bound what the stream delivered after
 	// the client's Last-Event-ID: the events the client says it never got.
 	missedAfter, missedThrough string
+	// missedUntracked is set when those include one delivered untracked
+	// (Delivery.Untracked).
+	missedUntracked bool
 }
 
 // OpenStream starts a new response in the session. A resume whose
@@ -153,6 +156,7 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		// client's id.
 		if st.matched && string(info.lastID) != r.LastEventID {
 			st.missedAfter, st.missedThrough = r.LastEventID, string(info.lastID)
+			st.missedUntracked = s.win.untrackedAfter(st.num, st.from, len(info.lastID) == 0)
 		}
 		s.touchStream(st.num)
 		return st
@@ -239,6 +243,13 @@ func (st *Stream) Located() bool { return st.located }
 func (st *Stream) Missed() (after, through string, ok bool) {
 	return st.missedAfter, st.missedThrough, st.missedAfter != ""
 }
+
+// MissedUntracked reports whether the missed events (Missed) include one
+// delivered untracked (Delivery.Untracked): no journal holds it, so a
+// replay of them would not be whole. The window remembers where such events
+// went: one that has left it, or that a session loaded from the journal
+// never saw, is not reported.
+func (st *Stream) MissedUntracked() bool { return st.missedUntracked }
 
 // stream returns the info of stream num, or nil. s.mu must be held.
 func (s *Session) stream(num uint32) *streamInfo {
@@ -344,6 +355,13 @@ func (d *Delivery) Finish(claimed, id []byte, hasID, again bool) (seq uint64) {
 	s.seq++
 	return s.seq
 }
+
+// Untracked records that an event went to the client on this stream
+// without being decided, numbered or stored: one larger than the gateway
+// tracks. It takes a place in the window, so that a client resuming from an
+// id before it is known to have missed an event no replay can give
+// (Stream.MissedUntracked).
+func (d *Delivery) Untracked() { d.st.sess.win.mark(d.st.num) }
 
 // Dup reports whether Claim would find the event with this id a
 // duplicate, recording nothing: a gateway decides on it before the event

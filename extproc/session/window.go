@@ -7,7 +7,8 @@ import "math/bits"
 //
 // Each ring slot is one word: the top 56 bits of the id's keyed hash and an
 // 8-bit stream tag (see tagOf); 0 marks a slot whose id was delivered again
-// later (or never used). Ids are never kept as strings, so the memory per
+// later (or never used). A slot with a tag and no hash, never indexed,
+// marks an event delivered untracked (see mark). Ids are never kept as strings, so the memory per
 // session is fixed by the window size: 8 bytes per slot, plus an index of
 // two cells per slot, one byte each up to 127 slots and two bytes above.
 //
@@ -106,19 +107,57 @@ func (w *window) move(h uint64, st uint32, old int) {
 		w.unindex(old)
 		w.slots[old] = 0
 	}
-	size := uint64(len(w.slots))
-	s := int(w.next % size)
-	if w.next >= size && w.slots[s] != 0 {
-		w.unindex(s)
-	}
-	w.slots[s] = h>>8<<8 | tagOf(st)
-	w.next++
+	s := w.push(h>>8<<8 | tagOf(st))
 	mask := w.cells() - 1
 	i := w.home(h)
 	for w.cell(i) != 0 {
 		i = (i + 1) & mask
 	}
 	w.setCell(i, s+1)
+}
+
+// push stores v in the ring at the next position, evicting the oldest
+// record, and returns its slot; the caller indexes it.
+func (w *window) push(v uint64) int {
+	size := uint64(len(w.slots))
+	s := int(w.next % size)
+	if w.next >= size && w.slots[s] != 0 {
+		w.unindex(s)
+	}
+	w.slots[s] = v
+	w.next++
+	return s
+}
+
+// mark records, at the next position, an event delivered on stream st that
+// has no id to look up (one delivered untracked): a slot with the stream's
+// tag and no hash, which find never returns.
+func (w *window) mark(st uint32) { w.push(tagOf(st)) }
+
+// untrackedAfter reports whether the window holds, at a position from from
+// on, a mark of stream st (see mark) that an event of st with an id
+// follows, so that a read of st's events after position from-1 through its
+// last id would lack the marked one. open reports that the read goes
+// through the end (the stream's last id is empty): any such mark counts.
+// It reads the window's records from from on, at most its size.
+func (w *window) untrackedAfter(st uint32, from uint64, open bool) bool {
+	size := uint64(len(w.slots))
+	if w.next > size {
+		from = max(from, w.next-size)
+	}
+	tag, marked := tagOf(st), false
+	for p := from; p < w.next; p++ {
+		v := w.slots[p%size]
+		if v&0xff != tag {
+			continue
+		}
+		if v>>8 == 0 {
+			marked = true
+		} else if marked {
+			return true
+		}
+	}
+	return marked && open
 }
 
 // unindex removes ring slot s from the index (backward-shift deletion, so
