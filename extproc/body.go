@@ -164,7 +164,7 @@ func (x *exchange) decide(seg sse.Segment, c *chunk, begun bool) (cut int) {
 	case sse.KindOversize:
 		// Passed through untouched, not tracked: the session marks the
 		// stream, so that a resume from before it is not answered with a
-		// replay that lacks it (Stream.MissedUntracked).
+		// replay that lacks it (Stream.MissedUnheld).
 		if seg.End {
 			c.counts.oversize++
 			if x.stream != nil {
@@ -318,11 +318,18 @@ func (x *exchange) finishRecord(rec *session.Record) {
 	}
 }
 
-// record hands rec to the journal, which never blocks: a record it cannot
-// take is counted as a loss.
+// record hands rec to the journal, which never blocks: a record of events
+// it cannot take is counted as a loss, and the stream marked, so that a
+// replay that would lack them is refused.
 func (x *exchange) record(rec session.Record) {
-	if !x.cfg.Recorder.Append(rec) {
-		x.m.journalDrops.Inc()
+	if x.cfg.Recorder.Append(rec) {
+		return
+	}
+	x.m.journalDrops.Inc()
+	if rec.Count > 0 {
+		d := x.stream.Begin()
+		d.Lost()
+		d.End()
 	}
 }
 

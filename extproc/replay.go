@@ -36,9 +36,9 @@ func (x *exchange) readReplay(ctx context.Context) string {
 		x.m.replays.WithLabelValues(replayDenied).Inc()
 		return replayDenied
 	}
-	if x.stream.MissedUntracked() {
-		// An event over MaxEventSize went out among the missed ones and
-		// no journal holds it: the upstream decides, as for any gap.
+	if x.stream.MissedUnheld() {
+		// An event over MaxEventSize, or one the journal lost, went out
+		// among the missed ones: the upstream decides, as for any gap.
 		x.m.replays.WithLabelValues(replayIncomplete).Inc()
 		return replayIncomplete
 	}

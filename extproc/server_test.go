@@ -452,11 +452,17 @@ func TestInjectLastEventID(t *testing.T) {
 type recorder struct {
 	mu   sync.Mutex
 	recs []session.Record
+	// refuse, when set, is the last id of records the journal refuses,
+	// as a full queue does.
+	refuse string
 }
 
 func (r *recorder) Append(rec session.Record) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.refuse != "" && rec.LastID == r.refuse {
+		return false
+	}
 	r.recs = append(r.recs, rec)
 	return true
 }
@@ -694,6 +700,29 @@ func TestReplayAcrossUntrackedEvent(t *testing.T) {
 		}
 		if hdr := replayHeader(res); hdr != tt.wantHdr {
 			t.Errorf("%s: %s header %q, want %q", tt.name, headerReplay, hdr, tt.wantHdr)
+		}
+	}
+}
+
+// TestReplayAcrossRefusedRecord: events the journal refused (a full queue)
+// went to the client but are not stored, so a resume from before them is
+// answered "incomplete" and the upstream decides; a resume from after them
+// is replayed as usual.
+func TestReplayAcrossRefusedRecord(t *testing.T) {
+	first := "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n"
+	for _, tt := range []struct{ last, wantHdr string }{{"1", "incomplete"}, {"3", "replayed"}} {
+		rp := &replayer{}
+		rp.refuse = "2"
+		h := newHarness(t, func(c *Config) { c.Recorder, c.Replayer = rp, rp })
+		// One event per chunk, so the replayer can cut by record.
+		h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first, 15, 30, 45)})
+		res := h.run(t, request{
+			reqHeaders:  []string{"mcp-session-id", "S", "last-event-id", tt.last},
+			respHeaders: sseHeaders(),
+			chunks:      split("id: 5\ndata: e\n\n"),
+		})
+		if hdr := replayHeader(res); hdr != tt.wantHdr {
+			t.Errorf("resume from %s: %s header %q, want %q", tt.last, headerReplay, hdr, tt.wantHdr)
 		}
 	}
 }

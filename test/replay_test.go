@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,4 +103,49 @@ func TestReplayBeyondWindow(t *testing.T) {
 	after := fx.ssetrack.Metrics(t)
 	expectDelta(t, `ssetrack_resumes_total{result="located"}`, before, after, 1)
 	expectDelta(t, `ssetrack_replays_total{result="replayed"}`, before, after, 1)
+}
+
+// TestReplayAcrossUnstoredEvents: among the events a client lost in the last mile is one
+// that went out but that JetStream does not hold: one over --max-event-size (forwarded
+// untracked), or one over the NATS server's max_payload (8 MiB on the embedded server:
+// the journal gives it up). A replay would send the events after it and lose it, so the
+// resume is answered "incomplete" and the upstream's copy goes through, in order.
+func TestReplayAcrossUnstoredEvents(t *testing.T) {
+	for _, tc := range []struct {
+		name, maxEventSize string
+		size               int // the unstored event's data
+		metric             string
+	}{
+		{"over --max-event-size", "1024", 4 << 10, "ssetrack_events_oversize_total"},
+		{"over max_payload", "16777216", 9 << 20, `ssetrack_journal_records_dropped_total{reason="too_large"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := newFixture(t, "envoy.yaml", harness.SsetrackOptions{Args: []string{"--max-event-size", tc.maxEventSize}})
+			sid := newSession(t)
+			evs := numberedEvents(7)
+			evs[3].Data = strings.Repeat("x", tc.size)
+			path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
+				if n == 0 {
+					return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[:6])}
+				}
+				// An upstream that resumes: everything after the client's id.
+				return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[3:])}
+			})
+			_, got1 := fx.get(t, path, sessionHeader(sid))
+			expectBody(t, "first stream", got1, harness.EncodeAll(evs[:6]))
+			harness.WaitUntil(t, 20*time.Second, func() error {
+				m := fx.ssetrack.Metrics(t)
+				if m.Sum(tc.metric) < 1 || m.Sum(mPublished) < 5 {
+					return fmt.Errorf("%s %v, %v events published; want 1 and 5", tc.metric, m.Sum(tc.metric), m.Sum(mPublished))
+				}
+				return nil
+			})
+			// The client lost 4, 5 and 6 after the gateway.
+			resp, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"3"}})
+			if h := resp.Header.Get("Ssetrack-Replay"); h != "incomplete" {
+				t.Errorf("Ssetrack-Replay = %q, want incomplete", h)
+			}
+			expectBody(t, "resumed stream", got2, harness.EncodeAll(evs[3:]))
+		})
+	}
 }

@@ -202,9 +202,19 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	)
 	var draining atomic.Bool
 	ready := func() error { return nil }
+	// The table needs the journal as its loader, and the journal tells the
+	// table of the events it loses: they meet through this pointer, set
+	// before any record can reach the journal.
+	var tableRef atomic.Pointer[session.Table]
 	if c.journal.enabled {
+		opts := c.journal.options(c.dedupWindow, log, reg)
+		opts.Config.Lost = func(sessionID, stream string) {
+			if t := tableRef.Load(); t != nil {
+				t.Lost(sessionID, stream)
+			}
+		}
 		var err error
-		jr, err = journal.Open(ctx, c.journal.options(c.dedupWindow, log, reg))
+		jr, err = journal.Open(ctx, opts)
 		if err != nil {
 			return fmt.Errorf("start journal: %w", err)
 		}
@@ -232,6 +242,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Loader:      loader,
 		Logger:      log,
 	})
+	tableRef.Store(table)
 	undo = append(undo, table.Close)
 	srv, err := extproc.New(extproc.Config{
 		SessionHeaders:    c.sessionHeaders.values,

@@ -206,6 +206,7 @@ func (b *batcher) add(q queued) {
 		parts, tooLarge := splitRecord(q.rec, lim)
 		if tooLarge > 0 {
 			b.p.m.drop(dropTooLarge, tooLarge)
+			b.p.lost(q.rec.Session, q.rec.Stream)
 			b.p.log.Error("journal: event larger than the NATS server's max_payload not stored",
 				"session", session.ShortID(q.rec.Session), "events", tooLarge, "limit_bytes", lim)
 		}
@@ -442,6 +443,7 @@ func (b *batcher) giveUp(pb *pending, err error) {
 	p.log.Error("journal batch lost", "session", session.ShortID(pb.Session),
 		"first_seq", pb.FirstSeq, "events", pb.Count, "tries", pb.tries, "err", err)
 	p.m.drop(dropGaveUp, len(pb.at))
+	p.lost(pb.Session, pb.Stream)
 	p.release(len(pb.at))
 	p.stored(pb)
 	b.recycle(pb)

@@ -87,6 +87,14 @@ type Config struct {
 	// single ext_proc answer; a longer one is refused whole
 	// (session.ErrHistoryTooLarge). Default 16 MiB.
 	MaxReplayBytes int
+
+	// Lost, if set, is told of each record whose events the Publisher
+	// gives up on after Append took it: events larger than the server's
+	// max_payload, or a batch whose publish was given up
+	// (session.Table.Lost marks the stream, so that a replay that would
+	// lack them is refused). It runs on the Publisher's goroutine and must
+	// not block; records Append refuses are the caller's to handle.
+	Lost func(sessionID, stream string)
 }
 
 // BatchConfig bounds a batch: it is published as soon as one bound is hit,

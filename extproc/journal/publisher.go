@@ -278,6 +278,13 @@ func (p *Publisher) unstoredSeq(sessionID string) uint64 {
 	return p.unstored[sessionID]
 }
 
+// lost tells Config.Lost of lost events of stream of session sessionID.
+func (p *Publisher) lost(sessionID, stream string) {
+	if p.cfg.Lost != nil {
+		p.cfg.Lost(sessionID, stream)
+	}
+}
+
 // release forgets n records (acknowledged or lost).
 func (p *Publisher) release(n int) {
 	p.held.Add(int64(-n))

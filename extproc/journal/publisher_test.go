@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -521,7 +522,8 @@ func TestGivenUpLaneIsForgotten(t *testing.T) {
 // a long outage): it is given up and counted, never published, since a
 // late retry of a batch whose first try was stored would store it twice.
 func TestLateRetryIsGivenUp(t *testing.T) {
-	cfg := Config{}.withDefaults()
+	var lost []string
+	cfg := Config{Lost: func(sessionID, stream string) { lost = append(lost, sessionID+"/"+stream) }}.withDefaults()
 	p := &Publisher{cfg: cfg, m: newMetrics(nil), log: testLog()}
 	b := &batcher{p: p, lanes: map[string]*lane{}}
 	pb := &pending{Batch: Batch{Session: "late", Count: 3}, at: make([]time.Time, 3), tries: 1,
@@ -534,6 +536,9 @@ func TestLateRetryIsGivenUp(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(p.m.dropped.WithLabelValues(dropGaveUp)); got != 3 {
 		t.Errorf("%v records counted lost, want 3", got)
+	}
+	if want := []string{"late/"}; !slices.Equal(lost, want) {
+		t.Errorf("Config.Lost told of %q, want %q", lost, want)
 	}
 	if p.held.Load() != 0 {
 		t.Errorf("%d records still held", p.held.Load())

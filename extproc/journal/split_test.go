@@ -3,7 +3,9 @@ package journal
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -72,7 +74,13 @@ func TestRecordOverMaxPayloadIsSplit(t *testing.T) {
 		t.Fatal("nats-server not ready")
 	}
 	nc := connect(t, ns.ClientURL())
-	cfg := Config{}
+	var lostMu sync.Mutex
+	var lost []string
+	cfg := Config{Lost: func(sessionID, stream string) {
+		lostMu.Lock()
+		lost = append(lost, sessionID+"/"+stream)
+		lostMu.Unlock()
+	}}
 	p := newPublisher(t, nc, cfg)
 	sizes := make([]int, 0, 12)
 	for i := range 12 {
@@ -97,6 +105,11 @@ func TestRecordOverMaxPayloadIsSplit(t *testing.T) {
 	if got := testutil.ToFloat64(p.m.dropped.WithLabelValues(dropTooLarge)); got != 1 {
 		t.Errorf("too_large drops %v, want 1", got)
 	}
+	lostMu.Lock()
+	if want := []string{"s/t"}; !slices.Equal(lost, want) {
+		t.Errorf("Config.Lost told of %q, want %q", lost, want)
+	}
+	lostMu.Unlock()
 	if h := p.held.Load(); h != 0 {
 		t.Errorf("%d records still held", h)
 	}

@@ -101,9 +101,9 @@ type Stream struct {
 	// missedAfter and missedThrough bound what the stream delivered after
 	// the client's Last-Event-ID: the events the client says it never got.
 	missedAfter, missedThrough string
-	// missedUntracked is set when those include one delivered untracked
-	// (Delivery.Untracked).
-	missedUntracked bool
+	// missedUnheld is set when those include one the journal does not
+	// hold (Delivery.Untracked, Delivery.Lost).
+	missedUnheld bool
 }
 
 // OpenStream starts a new response in the session. A resume whose
@@ -156,7 +156,7 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		// client's id.
 		if st.matched && string(info.lastID) != r.LastEventID {
 			st.missedAfter, st.missedThrough = r.LastEventID, string(info.lastID)
-			st.missedUntracked = s.win.untrackedAfter(st.num, st.from, len(info.lastID) == 0)
+			st.missedUnheld = s.win.unheldAfter(st.num, st.from, len(info.lastID) == 0)
 		}
 		s.touchStream(st.num)
 		return st
@@ -244,12 +244,13 @@ func (st *Stream) Missed() (after, through string, ok bool) {
 	return st.missedAfter, st.missedThrough, st.missedAfter != ""
 }
 
-// MissedUntracked reports whether the missed events (Missed) include one
-// delivered untracked (Delivery.Untracked): no journal holds it, so a
-// replay of them would not be whole. The window remembers where such events
-// went: one that has left it, or that a session loaded from the journal
-// never saw, is not reported.
-func (st *Stream) MissedUntracked() bool { return st.missedUntracked }
+// MissedUnheld reports whether the missed events (Missed) include one the
+// journal does not hold: delivered untracked (Delivery.Untracked) or lost
+// by the journal (Delivery.Lost, Table.Lost), so a replay of them would not
+// be whole. The window remembers where such events went, in memory: one
+// whose place has left the window, or that a session loaded from the
+// journal never saw, is not reported.
+func (st *Stream) MissedUnheld() bool { return st.missedUnheld }
 
 // stream returns the info of stream num, or nil. s.mu must be held.
 func (s *Session) stream(num uint32) *streamInfo {
@@ -361,7 +362,12 @@ func (d *Delivery) Finish(claimed, id []byte, hasID, again bool) (seq uint64) {
 // tracks. It takes a place in the window, so that a client resuming from an
 // id before it is known to have missed an event no replay can give
 // (Stream.MissedUntracked).
-func (d *Delivery) Untracked() { d.st.sess.win.mark(d.st.num) }
+func (d *Delivery) Untracked() { d.st.sess.win.mark(d.st.num, markUntracked) }
+
+// Lost records that the journal lost (refused, or gave up on) events this
+// stream delivered: a client resuming from an id before this point may
+// have missed one of them, which no replay can give (Stream.MissedUnheld).
+func (d *Delivery) Lost() { d.st.sess.win.mark(d.st.num, markLost) }
 
 // Dup reports whether Claim would find the event with this id a
 // duplicate, recording nothing: a gateway decides on it before the event

@@ -620,3 +620,98 @@ func TestResumeWithUnknownLastID(t *testing.T) {
 		t.Errorf("Missed() = %q, %q, %v; want everything stored after 1", after, through, ok)
 	}
 }
+
+// TestMissedUnheld checks which resumes are told that the events they
+// missed include one the journal does not hold: one delivered untracked
+// (it counts once an event with an id follows it on its stream) or lost by
+// the journal (Delivery.Lost, or Table.Lost for a loss found later).
+func TestMissedUnheld(t *testing.T) {
+	untracked := func(st *Stream) { d := st.Begin(); d.Untracked(); d.End() }
+	lost := func(st *Stream) { d := st.Begin(); d.Lost(); d.End() }
+	tests := []struct {
+		name   string
+		window int
+		run    func(s *Session, a, b *Stream)
+		last   string // the resuming client's Last-Event-ID
+		// located: the journal named stream a as the one that carried
+		// last, which the session no longer holds (Resume.Stream)
+		located bool
+		want    bool
+	}{
+		{"untracked after the client's id", 16, func(s *Session, a, b *Stream) {
+			deliver(a, "1")
+			untracked(a)
+			deliver(a, "3")
+		}, "1", false, true},
+		{"untracked before the client's id", 16, func(s *Session, a, b *Stream) {
+			deliver(a, "1")
+			untracked(a)
+			deliver(a, "3", "4")
+		}, "3", false, false},
+		{"untracked last: after the stream's last id", 16, func(s *Session, a, b *Stream) {
+			deliver(a, "1", "2")
+			untracked(a)
+		}, "1", false, false},
+		{"untracked, then an empty id", 16, func(s *Session, a, b *Stream) {
+			deliver(a, "1")
+			untracked(a)
+			d := a.Begin()
+			d.Deliver(nil, true)
+			d.End()
+		}, "1", false, true},
+		{"untracked on another stream", 16, func(s *Session, a, b *Stream) {
+			deliver(a, "1")
+			untracked(b)
+			deliver(b, "b1")
+			deliver(a, "3")
+		}, "1", false, false},
+		{"lost after the client's id", 16, func(s *Session, a, b *Stream) {
+			deliver(a, "1", "2")
+			lost(a)
+			deliver(a, "3")
+		}, "1", false, true},
+		{"lost, told by the journal later", 16, func(s *Session, a, b *Stream) {
+			deliver(a, "1", "2", "3")
+			s.table.Lost(s.ID(), a.ID())
+		}, "1", false, true},
+		{"lost before the client's id", 16, func(s *Session, a, b *Stream) {
+			deliver(a, "1")
+			lost(a)
+			deliver(a, "2", "3")
+		}, "2", false, false},
+		{"lost on another stream", 16, func(s *Session, a, b *Stream) {
+			deliver(a, "1", "2")
+			s.table.Lost(s.ID(), b.ID())
+		}, "1", false, false},
+		{"located, the mark in the window", 4, func(s *Session, a, b *Stream) {
+			deliver(a, "1", "2", "3", "4", "5")
+			lost(a)
+			deliver(a, "6")
+		}, "1", true, true},
+		{"located, the mark has left the window", 4, func(s *Session, a, b *Stream) {
+			deliver(a, "1")
+			lost(a)
+			deliver(a, "2", "3", "4", "5", "6")
+		}, "1", true, false},
+	}
+	for _, tt := range tests {
+		tb := newTestTable(t, Config{Window: tt.window})
+		s := acquire(t, tb, "S")
+		a, b := s.OpenStream(Resume{}), s.OpenStream(Resume{})
+		tt.run(s, a, b)
+		resume := Resume{LastEventID: tt.last, HasLastEventID: true}
+		if tt.located {
+			resume.Stream = a.ID()
+		}
+		r := s.OpenStream(resume)
+		if r.Located() != tt.located {
+			t.Fatalf("%s: located %v", tt.name, r.Located())
+		}
+		if _, _, missed := r.Missed(); tt.want && !missed {
+			t.Fatalf("%s: the resume from %s missed nothing", tt.name, tt.last)
+		}
+		if got := r.MissedUnheld(); got != tt.want {
+			t.Errorf("%s: MissedUnheld() = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -260,6 +260,29 @@ func (t *Table) Release(s *Session) {
 	sh.mu.Unlock()
 }
 
+// Lost is Delivery.Lost for a journal that gave up on events of stream
+// streamID (Stream.ID) of session sessionID after it took them: it marks
+// the stream if the table holds the session and the session remembers the
+// stream, and does nothing otherwise. It takes the session's lock: the
+// caller must not hold it.
+func (t *Table) Lost(sessionID, streamID string) {
+	sh := t.shard(sessionID)
+	sh.mu.Lock()
+	s := sh.m[sessionID]
+	sh.mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.streams {
+		if s.streams[i].id == streamID {
+			s.win.mark(s.streams[i].num, markLost)
+			return
+		}
+	}
+}
+
 // Forget removes session id from memory: the session has ended (the MCP
 // server accepted a client's DELETE). A session with responses still open
 // (an MCP client may send DELETE before its GET stream closes) is removed
