@@ -63,3 +63,38 @@ func TestHostileEventIDs(t *testing.T) {
 		t.Errorf("JetStream holds %d bytes, want the %d forwarded: %s", len(stored), len(wantStored), diffStreams(stored, wantStored))
 	}
 }
+
+// TestResumeFromUnmatchableID: the client resumes from an id it cannot send back byte
+// for byte (HTTP trims a header value's surrounding spaces, a browser sends U+FFFD for
+// bytes that are not UTF-8), or from the id of an event too large to track. The session
+// does not know that id; the upstream resumes after it, and what it sends goes to the
+// client whole (the client lost it in the last mile), as through Envoy alone.
+func TestResumeFromUnmatchableID(t *testing.T) {
+	for _, tc := range []struct {
+		name, id, header string
+		data             string // the event's data
+		args             []string
+	}{
+		{"surrounding spaces", " 3 ", " 3 ", "c", nil},
+		{"not UTF-8", "3\xff", "3\uFFFD", "c", nil},
+		{"over --max-event-size", "3", "3", strings.Repeat("c", 4096), []string{"--max-event-size", "1024"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := newFixture(t, "envoy.yaml", harness.SsetrackOptions{Args: tc.args})
+			sid := newSession(t)
+			evs := numberedEvents(7)
+			evs[2] = harness.Event{ID: tc.id, Data: tc.data}
+			path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
+				if n == 0 {
+					return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[:6])}
+				}
+				return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[3:])}
+			})
+			_, got1 := fx.get(t, path, sessionHeader(sid))
+			expectBody(t, "first stream", got1, harness.EncodeAll(evs[:6]))
+			// The client got event 3 and lost 4, 5 and 6 after the gateway.
+			_, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {tc.header}})
+			expectBody(t, "resumed stream", got2, harness.EncodeAll(evs[3:]))
+		})
+	}
+}

@@ -86,13 +86,18 @@ type Stream struct {
 	id   string
 
 	// matched is set when the response resumes a known stream after the
-	// client's Last-Event-ID: ids of that stream the window recorded at
-	// positions from from up to start may be delivered again, since the
-	// client said it has not seen them (from is 0 when the id had left the
-	// window: all of them are after it).
+	// client's Last-Event-ID: ids of that stream (whose tag is lostTag)
+	// the window recorded at positions from from up to start may be
+	// delivered again, since the client said it has not seen them (from
+	// is 0 when the id had left the window: all of them are after it).
 	matched bool
+	lostTag uint64
 	from    uint64
 	start   uint64
+	// anchoring is set when the client's Last-Event-ID is one the session
+	// does not know: the first id the upstream sends may tell where the
+	// client is (see anchor).
+	anchoring bool
 	// located is set when the journal named the stream (Resume.Stream).
 	located bool
 	// continued is set when the response continues a stream the session
@@ -159,7 +164,7 @@ func (s *Session) OpenStream(r Resume) *Stream {
 			st.missedUnheld = s.win.unheldAfter(st.num, st.from, len(info.lastID) == 0)
 		}
 		s.touchStream(st.num)
-		return st
+		return st.settle(r)
 	}
 	s.nextStream++
 	st.num = s.nextStream
@@ -173,7 +178,34 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		st.missedAfter = r.LastEventID
 	}
 	s.remember(streamInfo{num: st.num, id: st.id, lastID: lastID})
+	return st.settle(r)
+}
+
+// settle ends OpenStream once the stream is chosen: a matched resume may
+// deliver again ids of its own stream, and a resume from an id the session
+// does not know waits for the upstream's first id (anchor).
+func (st *Stream) settle(r Resume) *Stream {
+	st.lostTag = tagOf(st.num)
+	st.anchoring = !st.continued && r.HasLastEventID && r.LastEventID != ""
 	return st
+}
+
+// anchor places a resume from a Last-Event-ID the session does not know
+// (an id the client could not send back byte for byte, such as one with
+// invalid UTF-8 or surrounding spaces, or the id of an event too large to
+// track) at the first id the upstream sends, slot its window slot or -1.
+// An upstream that honours Last-Event-ID resumes right after the client's
+// id, so when that first id is one the session delivered, the client lacks
+// it and what its stream delivered after it: those go to the client again,
+// as they would without ssetrack, instead of being dropped as duplicates.
+// Only the first id anchors; s.mu must be held.
+func (st *Stream) anchor(slot int) {
+	st.anchoring = false
+	if slot < 0 {
+		return
+	}
+	w := &st.sess.win
+	st.matched, st.lostTag, st.from = true, w.tag(slot), w.position(slot)
 }
 
 // remember adds a stream to the session's remembered streams, forgetting
@@ -202,17 +234,19 @@ func (s *Session) touchStream(num uint32) {
 
 // NeedsLocate reports whether a resume from lastEventID should ask the
 // journal which stream carried it (Resume.Stream): the session does not
-// hold the id (in its window or as a stream's last id), it has numbered
-// more events than its window holds (otherwise an id it does not hold was
-// never delivered), and the journal has not said already that the id is
-// not stored.
+// hold the id (in its window or as a stream's last id), its window has let
+// records go (it numbered more events than the window holds, or recorded
+// more: an event sent again, a replayed one and a mark each take a place
+// without a number), so that an id it does not hold may have been
+// delivered, and the journal has not said already that the id is not
+// stored.
 func (s *Session) NeedsLocate(lastEventID string) bool {
 	if lastEventID == "" {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.seq <= uint64(len(s.win.slots)) || lastEventID == s.notStored {
+	if max(s.seq, s.win.next) <= uint64(len(s.win.slots)) || lastEventID == s.notStored {
 		return false
 	}
 	if s.win.find(s.table.hash(lastEventID)) >= 0 {
@@ -324,6 +358,9 @@ func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 	s := st.sess
 	h := s.table.hashBytes(claimed)
 	slot := s.win.find(h)
+	if st.anchoring {
+		st.anchor(slot)
+	}
 	if slot >= 0 {
 		if again = st.lost(slot); !again {
 			return true, false
@@ -378,6 +415,9 @@ func (d *Delivery) Dup(id []byte) bool {
 	}
 	s := d.st.sess
 	slot := s.win.find(s.table.hashBytes(id))
+	if d.st.anchoring {
+		d.st.anchor(slot)
+	}
 	return slot >= 0 && !d.st.lost(slot)
 }
 
@@ -387,7 +427,7 @@ func (d *Delivery) Dup(id []byte) bool {
 func (st *Stream) lost(slot int) bool {
 	w := &st.sess.win
 	pos := w.position(slot)
-	return st.matched && w.tag(slot) == tagOf(st.num) && pos >= st.from && pos < st.start
+	return st.matched && w.tag(slot) == st.lostTag && pos >= st.from && pos < st.start
 }
 
 // Replayed records that an event already delivered (and persisted) once was

@@ -139,11 +139,29 @@ func TestDedupSemantics(t *testing.T) {
 			want:   []string{"4"},
 		},
 		{
-			name:   "unknown Last-Event-ID: dedup against the session",
+			// The client's id is one the session cannot match (sent back
+			// changed, or never tracked): the upstream resumes after it,
+			// so the client lacks the upstream's first event and what
+			// followed it on that stream.
+			name:   "unknown Last-Event-ID: the upstream's first id places the client",
+			first:  []string{"1", "2", "3"},
+			resume: Resume{LastEventID: "2 ", HasLastEventID: true},
+			second: []string{"3", "4"},
+			want:   []string{"3", "4"},
+		},
+		{
+			name:   "unknown Last-Event-ID: what came before the first id is dropped",
+			first:  []string{"1", "2", "3"},
+			resume: Resume{LastEventID: "nope", HasLastEventID: true},
+			second: []string{"2", "3", "1", "2", "4"},
+			want:   []string{"2", "3", "4"},
+		},
+		{
+			name:   "unknown Last-Event-ID, a new first id: dedup against the session",
 			first:  []string{"1", "2"},
 			resume: Resume{LastEventID: "nope", HasLastEventID: true},
-			second: []string{"1", "2", "3"},
-			want:   []string{"3"},
+			second: []string{"9", "1", "2", "3"},
+			want:   []string{"9", "3"},
 		},
 		{
 			name:   "events without ids are never dropped",
@@ -584,6 +602,22 @@ func TestLocatedResume(t *testing.T) {
 		}
 		if st := s.OpenStream(Resume{LastEventID: "g2", HasLastEventID: true}); st.ID() != get.ID() {
 			t.Errorf("resume of the GET stream after 41 newer streams opened a new stream")
+		}
+	})
+	t.Run("evicted by places without a number", func(t *testing.T) {
+		// Two events numbered, the window of 4 full: an event sent again
+		// and a mark took places too, and 1 has left the window.
+		tb := newTestTable(t, Config{Window: 4})
+		s := acquire(t, tb, "E")
+		a := s.OpenStream(Resume{})
+		deliver(a, "1", "2")
+		deliver(s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true}), "2")
+		d := a.Begin()
+		d.Untracked()
+		d.Untracked()
+		d.End()
+		if !s.NeedsLocate("1") {
+			t.Error("NeedsLocate(1) = false for an id evicted from the window")
 		}
 	})
 	t.Run("not stored", func(t *testing.T) {
