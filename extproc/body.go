@@ -59,10 +59,13 @@ type chunk struct {
 	locked   bool
 	carried  bool   // the parser held bytes of an earlier chunk
 	body     []byte // the chunk
-	off      int    // while !carried: offset in body of the segment at hand
-	// While ref, rec.Data is body[refStart:refEnd]: the chunk's recorded
-	// events so far lie back to back in body, so the record references
-	// them instead of copying (see appendRecord).
+	// off is the offset of the segment at hand in the parser's input for
+	// this chunk: the held bytes of an earlier chunk (held of them), then
+	// body.
+	off, held int
+	// While ref, rec.Data is body[refStart:refEnd]: the record's events
+	// lie back to back in body, so it references them instead of copying
+	// (see appendRecord).
 	ref              bool
 	refStart, refEnd int
 }
@@ -79,7 +82,7 @@ type chunk struct {
 // transport's buffers), so the chunk Envoy sent qualifies.
 func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	pending := x.parser.Pending()
-	c := chunk{carried: pending > 0, body: body}
+	c := chunk{carried: pending > 0, body: body, held: pending}
 	// Held bytes already forwarded (forwardHeld) are not sent again: the
 	// answer is then body's own bytes unless held ones still wait.
 	x.rw.reset(body, pending > x.heldSent())
@@ -123,11 +126,11 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 		}
 		x.rw.keep(tail[min(sent, len(tail)):])
 	}
+	if x.cfg.Recorder != nil {
+		x.finishRecord(&c.rec, &c)
+	}
 	if c.locked {
 		c.delivery.End()
-	}
-	if x.cfg.Recorder != nil {
-		x.finishRecord(&c.rec)
 	}
 	out, changed = x.rw.answer()
 	c.counts.bytesIn, c.counts.bytesOut = len(body), len(out)
@@ -249,40 +252,42 @@ type recordState struct {
 	crEnd, lfOwed bool
 }
 
-// appendRecord adds a delivered event to the chunk's journal record. The
-// common chunk, whose events lie back to back in it, costs no copy: the
-// record references the chunk (cap-limited, so the journal's appends never
-// write into it). Otherwise the record gets one buffer, sized for the whole
-// chunk: the events come from the chunk and, when a block was carried over,
-// from the parser's carry buffer, which is reused and must be copied.
+// appendRecord adds a delivered event to the chunk's journal record. It
+// costs no copy for an event that lies in the chunk: the record references
+// the chunk (cap-limited, so the journal's appends never write into it),
+// and an event that does not follow the record's last one in the chunk (a
+// dropped duplicate or a comment lies between) starts a record of its own.
+// Only a block that began in an earlier chunk, which the parser returns from
+// its reused carry buffer, is copied, as is a record that must begin with
+// the LF of the last record's CRLF (recordState.lfOwed).
 func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64, c *chunk) {
+	at := c.off - c.held // the event's offset in the chunk; < 0 when it began before
+	if at < 0 || len(seg.Raw) == 0 || at+len(seg.Raw) > len(c.body) || &c.body[at] != &seg.Raw[0] {
+		at = -1 // not the chunk's bytes: copied
+	}
+	if rec.Count > 0 && at >= 0 && !(c.ref && c.refEnd == at) {
+		x.finishRecord(rec, c)
+	}
 	if rec.Count == 0 {
 		*rec = session.Record{
 			Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.principal,
 		}
 		x.journal.recorded = true
-		if !c.carried && !x.journal.lfOwed {
-			c.ref, c.refStart, c.refEnd = true, c.off, c.off
-			rec.Data = c.body[c.off:c.off:c.off]
-		}
-	}
-	switch {
-	case c.ref && c.refEnd == c.off:
-		c.refEnd += len(seg.Raw)
-		rec.Data = c.body[c.refStart:c.refEnd:c.refEnd]
-	default:
-		if c.ref || rec.Data == nil {
-			// Something lies between this event and the last one (a
-			// dropped duplicate, a comment), or the record never could
-			// reference the chunk.
-			buf := make([]byte, 0, max(len(c.body)+len(seg.Raw), 64)+1)
+		c.ref = at >= 0 && !x.journal.lfOwed
+		if c.ref {
+			c.refStart, c.refEnd = at, at
+		} else {
+			rec.Data = make([]byte, 0, len(seg.Raw)+1)
 			if x.journal.lfOwed {
-				buf = append(buf, '\n')
+				rec.Data = append(rec.Data, '\n')
 				x.journal.lfOwed = false
 			}
-			rec.Data = append(buf, rec.Data...)
-			c.ref = false
 		}
+	}
+	if c.ref {
+		c.refEnd += len(seg.Raw)
+		rec.Data = c.body[c.refStart:c.refEnd:c.refEnd]
+	} else {
 		rec.Data = append(rec.Data, seg.Raw...)
 	}
 	rec.Count++
@@ -295,11 +300,11 @@ func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64
 	}
 }
 
-// finishRecord hands the chunk's record to the journal.
-func (x *exchange) finishRecord(rec *session.Record) {
+// finishRecord hands the chunk's record to the journal and empties it.
+func (x *exchange) finishRecord(rec *session.Record, c *chunk) {
 	if len(x.journal.lastID) > 0 {
-		// Once per chunk, not per event; a chunk of one event shares the
-		// string.
+		// Once per record, not per event; a record of one event shares
+		// the string.
 		if string(x.journal.lastID) == rec.FirstID {
 			rec.LastID = rec.FirstID
 		} else {
@@ -314,23 +319,31 @@ func (x *exchange) finishRecord(rec *session.Record) {
 		x.journal.lfOwed = false
 	}
 	if len(rec.Data) > 0 {
-		x.record(*rec)
+		x.record(*rec, c)
 	}
+	*rec = session.Record{}
+	c.ref = false
 }
 
 // record hands rec to the journal, which never blocks: a record of events
 // it cannot take is counted as a loss, and the stream marked, so that a
-// replay that would lack them is refused.
-func (x *exchange) record(rec session.Record) {
+// replay that would lack them is refused. c is the chunk rec comes from,
+// nil for one without events.
+func (x *exchange) record(rec session.Record, c *chunk) {
 	if x.cfg.Recorder.Append(rec) {
 		return
 	}
 	x.m.journalDrops.Inc()
-	if rec.Count > 0 {
-		d := x.stream.Begin()
-		d.Lost()
-		d.End()
+	if rec.Count == 0 {
+		return
 	}
+	if c.locked {
+		c.delivery.Lost()
+		return
+	}
+	d := x.stream.Begin()
+	d.Lost()
+	d.End()
 }
 
 // replayable reports whether a resuming client of this response would get

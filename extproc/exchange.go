@@ -160,7 +160,7 @@ func (x *exchange) endBody() {
 	x.ended = true
 	x.m.streamsActive.Dec()
 	if x.stream != nil && x.journal.recorded {
-		x.record(session.Record{Session: x.sessionID, Stream: x.stream.ID(), End: true})
+		x.record(session.Record{Session: x.sessionID, Stream: x.stream.ID(), End: true}, nil)
 	}
 }
 

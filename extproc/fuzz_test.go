@@ -3,6 +3,7 @@ package extproc
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ssetrack/ssetrack/extproc/session"
+	"github.com/ssetrack/ssetrack/extproc/sse"
 )
 
 // playStream runs body through a fresh exchange of session "S" of srv, cut
@@ -38,10 +40,17 @@ func playStream(srv *Server, body []byte, cuts []int, resume string) []byte {
 	return out
 }
 
-func newFuzzServer(t testing.TB) *Server {
+func newFuzzServer(t testing.TB) *Server { return newFuzzServerRecording(t, nil) }
+
+// newFuzzServerRecording is newFuzzServer with rec as its journal, if not nil.
+func newFuzzServerRecording(t testing.TB, rec *recorder) *Server {
 	table := session.NewTable(session.Config{Window: 16})
 	t.Cleanup(table.Close)
-	srv, err := New(Config{Sessions: table, Registerer: prometheus.NewRegistry(), MaxEventSize: 256})
+	cfg := Config{Sessions: table, Registerer: prometheus.NewRegistry(), MaxEventSize: 256}
+	if rec != nil {
+		cfg.Recorder = rec
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,16 +59,19 @@ func newFuzzServer(t testing.TB) *Server {
 
 // FuzzProcessorSplit checks that where chunks are cut changes nothing: two
 // streams of one session (the second a resume) give the client the same
-// bytes whether each arrives whole or cut at fuzzer-chosen offsets. It also
-// checks that the first stream of a session is never shortened by more than
-// what dedup may drop: with distinct ids, it is forwarded exactly.
+// bytes, and the journal the same events, whether each arrives whole or cut
+// at fuzzer-chosen offsets; every record the journal gets is consistent
+// (recordsConsistent). It also checks that the first stream of a session is
+// never shortened by more than what dedup may drop: with distinct ids, it is
+// forwarded exactly.
 func FuzzProcessorSplit(f *testing.F) {
 	f.Add([]byte("id: 1\ndata: a\n\nid: 2\ndata: b\n\n"), []byte("id: 2\ndata: b\n\nid: 3\ndata: c\n\n"), []byte{3, 9, 17}, "1")
 	f.Add([]byte("\xef\xbb\xbfid: 1\r\ndata: x\r\n\r\n: c\r\rid: 1\rdata: y\r\r"), []byte("id: 1\n\ndata\n\nid:\x00\n\n"), []byte{1, 2, 40}, "")
 	f.Add([]byte("data: "+string(bytes.Repeat([]byte("z"), 300))+"\n\nid: 9\ndata: q\n\n"), []byte("id: 9\ndata: q\n\npartial"), []byte{100, 150, 55}, "9")
 	f.Fuzz(func(t *testing.T, first, second, cutBytes []byte, resume string) {
-		whole := newFuzzServer(t)
-		cut := newFuzzServer(t)
+		var wholeRec, cutRec recorder
+		whole := newFuzzServerRecording(t, &wholeRec)
+		cut := newFuzzServerRecording(t, &cutRec)
 		cuts := func(n int) []int {
 			var out []int
 			prev := 0
@@ -89,7 +101,65 @@ func FuzzProcessorSplit(f *testing.F) {
 		if len(a2) > len(second) || len(a1) > len(first) {
 			t.Fatalf("forwarded more than received")
 		}
+		if err := recordsConsistent(cutRec.recs); err != nil {
+			t.Fatalf("cut: %v", err)
+		}
+		if w, c := journalEvents(wholeRec.recs), journalEvents(cutRec.recs); w != c {
+			t.Fatalf("journal: whole got %s, cut got %s", w, c)
+		}
 	})
+}
+
+// journalEvents describes the events of recs in order: their bytes (a
+// record may end in the CR of a CRLF whose LF opens the next), sequence
+// numbers and ids.
+func journalEvents(recs []session.Record) string {
+	var data []byte
+	var seqs []string
+	for _, r := range recs {
+		data = append(data, r.Data...)
+		for i := range r.Count {
+			seqs = append(seqs, strconv.FormatUint(r.FirstSeq+uint64(i), 10))
+		}
+	}
+	return fmt.Sprintf("%q seqs %v", data, seqs)
+}
+
+// recordsConsistent checks each record against its bytes: Count events,
+// numbered FirstSeq..LastSeq, the first and last non-empty ids FirstID and
+// LastID, and numbers that follow on from the record before.
+func recordsConsistent(recs []session.Record) error {
+	var next uint64 = 1
+	for i, r := range recs {
+		if r.Count == 0 {
+			continue // the LF of the last record's CRLF, or a stream's end
+		}
+		var p sse.Parser
+		p.Feed(r.Data)
+		n, first, last := 0, "", ""
+		for seg, ok := p.Next(); ok; seg, ok = p.Next() {
+			if seg.Kind != sse.KindBlock || !seg.HasData && !seg.HasID {
+				continue
+			}
+			n++
+			if seg.HasID && len(seg.ID) > 0 {
+				if first == "" {
+					first = string(seg.ID)
+				}
+				last = string(seg.ID)
+			}
+		}
+		if tail := p.Flush(); len(tail) > 0 {
+			return fmt.Errorf("record %d ends inside an event: %q", i, tail)
+		}
+		if n != r.Count || r.FirstSeq != next || r.LastSeq != r.FirstSeq+uint64(n)-1 ||
+			first != r.FirstID || last != r.LastID {
+			return fmt.Errorf("record %d %q: count %d, seqs %d..%d, ids %q..%q; its bytes hold %d events from seq %d, ids %q..%q",
+				i, r.Data, r.Count, r.FirstSeq, r.LastSeq, r.FirstID, r.LastID, n, next, first, last)
+		}
+		next = r.LastSeq + 1
+	}
+	return nil
 }
 
 // dedupStreams is a session of two SSE streams built from fuzz input, the
