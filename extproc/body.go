@@ -337,7 +337,7 @@ func (x *exchange) record(rec session.Record, c *chunk) {
 	if rec.Count == 0 {
 		return
 	}
-	if c.locked {
+	if c != nil && c.locked {
 		c.delivery.Lost()
 		return
 	}

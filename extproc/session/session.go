@@ -398,7 +398,7 @@ func (d *Delivery) Finish(claimed, id []byte, hasID, again bool) (seq uint64) {
 // without being decided, numbered or stored: one larger than the gateway
 // tracks. It takes a place in the window, so that a client resuming from an
 // id before it is known to have missed an event no replay can give
-// (Stream.MissedUntracked).
+// (Stream.MissedUnheld).
 func (d *Delivery) Untracked() { d.st.sess.win.mark(d.st.num, markUntracked) }
 
 // Lost records that the journal lost (refused, or gave up on) events this
@@ -407,8 +407,9 @@ func (d *Delivery) Untracked() { d.st.sess.win.mark(d.st.num, markUntracked) }
 func (d *Delivery) Lost() { d.st.sess.win.mark(d.st.num, markLost) }
 
 // Dup reports whether Claim would find the event with this id a
-// duplicate, recording nothing: a gateway decides on it before the event
-// ends, and claims the event once it is whole.
+// duplicate, recording nothing in the window: a gateway decides on it
+// before the event ends, and claims the event once it is whole. Like Claim,
+// it anchors a resume from an unknown id (Stream.anchor).
 func (d *Delivery) Dup(id []byte) bool {
 	if len(id) == 0 {
 		return false
