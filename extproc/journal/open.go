@@ -221,9 +221,7 @@ func (j *Journal) trySetup(ctx context.Context) bool {
 	}
 	// The backlog fits: it holds at most QueueSize records and p holds none.
 	j.m.depth.Sub(float64(len(j.backlog)))
-	for _, q := range j.backlog {
-		p.enqueue(q)
-	}
+	p.handOver(j.backlog)
 	if n := len(j.backlog); n > 0 {
 		j.log.Info("journal ready: publishing the records queued while NATS was away", "records", n)
 	}

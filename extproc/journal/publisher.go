@@ -191,11 +191,7 @@ func (p *Publisher) enqueue(q queued) bool {
 		logDrop(p.log, &p.lastDropLog, &p.dropsToLog, q.rec.Session, p.cfg.QueueSize)
 		return false
 	}
-	p.inbox = append(p.inbox, q)
-	n := len(p.inbox)
-	if s := q.rec.LastSeq; s > p.unstored[q.rec.Session] {
-		p.unstored[q.rec.Session] = s
-	}
+	n := p.push(q)
 	p.mu.Unlock()
 	p.m.depth.Inc()
 	// The batcher stores wakeAt before it looks at the inbox a last time and
@@ -211,6 +207,34 @@ func (p *Publisher) enqueue(q queued) bool {
 		}
 	}
 	return true
+}
+
+// push adds q to the inbox and returns the inbox's length. p.mu must be
+// held.
+func (p *Publisher) push(q queued) int {
+	p.inbox = append(p.inbox, q)
+	if s := q.rec.LastSeq; s > p.unstored[q.rec.Session] {
+		p.unstored[q.rec.Session] = s
+	}
+	return len(p.inbox)
+}
+
+// handOver is enqueue for the records a Journal queued before the
+// Publisher existed, at most QueueSize of them to a Publisher that holds
+// none: they go into the inbox at once, so the batcher batches them as it
+// would a burst, instead of taking the first alone.
+func (p *Publisher) handOver(qs []queued) {
+	if len(qs) == 0 {
+		return
+	}
+	p.mu.Lock()
+	for _, q := range qs {
+		p.push(q)
+	}
+	p.held.Add(int64(len(qs)))
+	p.mu.Unlock()
+	p.m.depth.Add(float64(len(qs)))
+	p.signal()
 }
 
 // Values of Publisher.wakeAt besides a time: idle is later than any
