@@ -265,7 +265,9 @@ func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64
 	if at < 0 || len(seg.Raw) == 0 || at+len(seg.Raw) > len(c.body) || &c.body[at] != &seg.Raw[0] {
 		at = -1 // not the chunk's bytes: copied
 	}
-	if rec.Count > 0 && at >= 0 && !(c.ref && c.refEnd == at) {
+	if rec.Count > 0 && (at >= 0 && !(c.ref && c.refEnd == at) || rec.Stream != x.stream.ID()) {
+		// Not the next bytes of the record, or the response now continues
+		// another stream (session.Stream's anchor).
 		x.finishRecord(rec, c)
 	}
 	if rec.Count == 0 {

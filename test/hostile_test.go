@@ -68,33 +68,48 @@ func TestHostileEventIDs(t *testing.T) {
 // for byte (HTTP trims a header value's surrounding spaces, a browser sends U+FFFD for
 // bytes that are not UTF-8), or from the id of an event too large to track. The session
 // does not know that id; the upstream resumes after it, and what it sends goes to the
-// client whole (the client lost it in the last mile), as through Envoy alone.
+// client whole (the client lost it in the last mile), as through Envoy alone. The resume
+// continues the stream, so a second loss after it is replayed from JetStream.
 func TestResumeFromUnmatchableID(t *testing.T) {
 	for _, tc := range []struct {
 		name, id, header string
 		data             string // the event's data
 		args             []string
+		stored           float64 // events stored in all: the oversize one is not
 	}{
-		{"surrounding spaces", " 3 ", " 3 ", "c", nil},
-		{"not UTF-8", "3\xff", "3\uFFFD", "c", nil},
-		{"over --max-event-size", "3", "3", strings.Repeat("c", 4096), []string{"--max-event-size", "1024"}},
+		{"surrounding spaces", " 3 ", " 3 ", "c", nil, 7},
+		{"not UTF-8", "3\xff", "3\uFFFD", "c", nil, 7},
+		{"over --max-event-size", "3", "3", strings.Repeat("c", 4096), []string{"--max-event-size", "1024"}, 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fx := newFixture(t, "envoy.yaml", harness.SsetrackOptions{Args: tc.args})
 			sid := newSession(t)
 			evs := numberedEvents(7)
 			evs[2] = harness.Event{ID: tc.id, Data: tc.data}
+			extra := harness.Event{ID: "8", Data: "after the second resume"}
 			path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
-				if n == 0 {
+				switch n {
+				case 0:
 					return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[:6])}
+				case 1:
+					return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[3:])}
+				default: // cannot resume: continues live
+					return harness.Reply{Header: sessionHeader(sid), Body: extra.Encode()}
 				}
-				return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[3:])}
 			})
 			_, got1 := fx.get(t, path, sessionHeader(sid))
 			expectBody(t, "first stream", got1, harness.EncodeAll(evs[:6]))
 			// The client got event 3 and lost 4, 5 and 6 after the gateway.
 			_, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {tc.header}})
 			expectBody(t, "resumed stream", got2, harness.EncodeAll(evs[3:]))
+			// Lost again after 5: 6 and 7 come from JetStream, 6 as the first stream
+			// stored it, 7 as the resumed one did.
+			waitPublished(t, fx, tc.stored, "the resumed stream")
+			resp, got3 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"5"}})
+			if h := resp.Header.Get("Ssetrack-Replay"); h != "replayed" {
+				t.Errorf("second resume: Ssetrack-Replay = %q, want replayed", h)
+			}
+			expectBody(t, "second resume", got3, append(harness.EncodeAll(evs[5:]), extra.Encode()...))
 		})
 	}
 }

@@ -15,6 +15,7 @@ package session
 
 import (
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -198,14 +199,28 @@ func (st *Stream) settle(r Resume) *Stream {
 // id, so when that first id is one the session delivered, the client lacks
 // it and what its stream delivered after it: those go to the client again,
 // as they would without ssetrack, instead of being dropped as duplicates.
-// Only the first id anchors; s.mu must be held.
-func (st *Stream) anchor(slot int) {
+// The response then continues that stream, as a resume from an id the
+// session knows does, so that a later resume from one of these events
+// finds them stored under it. Only the first id anchors.
+func (d *Delivery) anchor(slot int) {
+	st := d.st
 	st.anchoring = false
 	if slot < 0 {
 		return
 	}
-	w := &st.sess.win
-	st.matched, st.lostTag, st.from = true, w.tag(slot), w.position(slot)
+	s := st.sess
+	tag := s.win.tag(slot)
+	st.matched, st.lostTag, st.from = true, tag, s.win.position(slot)
+	for i := range s.streams {
+		if info := &s.streams[i]; tagOf(info.num) == tag && info.num != st.num {
+			s.forgetStream(st.num) // opened for this response, nothing delivered on it
+			st.num, st.id, st.continued = info.num, info.id, true
+			st.lostTag = tagOf(st.num)
+			s.touchStream(st.num)
+			d.info = s.stream(st.num)
+			return
+		}
+	}
 }
 
 // remember adds a stream to the session's remembered streams, forgetting
@@ -216,6 +231,12 @@ func (s *Session) remember(info streamInfo) {
 		s.streams = s.streams[:maxStreams-1]
 	}
 	s.streams = append(s.streams, info)
+}
+
+// forgetStream removes stream num from the remembered streams. s.mu must
+// be held.
+func (s *Session) forgetStream(num uint32) {
+	s.streams = slices.DeleteFunc(s.streams, func(info streamInfo) bool { return info.num == num })
 }
 
 // touchStream moves stream num to the end of the remembered streams, which
@@ -359,7 +380,7 @@ func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 	h := s.table.hashBytes(claimed)
 	slot := s.win.find(h)
 	if st.anchoring {
-		st.anchor(slot)
+		d.anchor(slot)
 	}
 	if slot >= 0 {
 		if again = st.lost(slot); !again {
@@ -417,7 +438,7 @@ func (d *Delivery) Dup(id []byte) bool {
 	s := d.st.sess
 	slot := s.win.find(s.table.hashBytes(id))
 	if d.st.anchoring {
-		d.st.anchor(slot)
+		d.anchor(slot)
 	}
 	return slot >= 0 && !d.st.lost(slot)
 }

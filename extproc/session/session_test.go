@@ -197,6 +197,35 @@ func TestDedupSemantics(t *testing.T) {
 	}
 }
 
+// TestAnchoredResumeContinuesStream: a resume from an id the session does
+// not know, placed by the upstream's first id, continues the stream that
+// delivered it, so that a later resume from an event it sent again finds
+// that stream and what it delivered after the event.
+func TestAnchoredResumeContinuesStream(t *testing.T) {
+	tb := newTestTable(t, Config{Window: 64})
+	s := acquire(t, tb, "sess")
+	a := s.OpenStream(Resume{})
+	deliver(a, "1", "x ", "3", "4")
+	deliver(s.OpenStream(Resume{}), "p1")
+	b := s.OpenStream(Resume{LastEventID: "x", HasLastEventID: true})
+	if got := deliver(b, "3", "4", "5"); fmt.Sprint(got) != "[3 4 5]" {
+		t.Fatalf("anchored resume delivered %q, want [3 4 5]", got)
+	}
+	if b.ID() != a.ID() || !b.Resumed() {
+		t.Errorf("anchored resume is stream %q (resumed %v), want %q", b.ID(), b.Resumed(), a.ID())
+	}
+	c := s.OpenStream(Resume{LastEventID: "3", HasLastEventID: true})
+	if c.ID() != a.ID() {
+		t.Errorf("resume from 3 is stream %q, want %q", c.ID(), a.ID())
+	}
+	if after, through, ok := c.Missed(); !ok || after != "3" || through != "5" {
+		t.Errorf("Missed() = %q, %q, %v; want 3 through 5", after, through, ok)
+	}
+	if got := deliver(c, "4", "5", "6"); fmt.Sprint(got) != "[4 5 6]" {
+		t.Errorf("resume from 3 delivered %q, want [4 5 6]", got)
+	}
+}
+
 func TestResumeContinuesStream(t *testing.T) {
 	tb := newTestTable(t, Config{})
 	s := acquire(t, tb, "sess")
