@@ -1006,6 +1006,36 @@ func TestEarlyEvents(t *testing.T) {
 			t.Errorf("journal %q, want each event once, %q", journal, want)
 		}
 	})
+	t.Run("resumed while the first response still sends", func(t *testing.T) {
+		// A half-open last mile: the client left the first response and
+		// resumed after 1, while Envoy still delivers 3 on the first.
+		table := session.NewTable(session.Config{Window: 16})
+		t.Cleanup(table.Close)
+		rec := &recorder{}
+		srv, err := New(Config{Sessions: table, Recorder: rec, Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := openResponse(srv, "")
+		defer a.close()
+		feed(a, "id: 1\ndata: a\n\nid: 2\ndata: b\n\n", false)
+		b := openResponse(srv, "1")
+		defer b.close()
+		if got := feed(a, "id: 3\ndata: c\n\n", false); got != "id: 3\ndata: c\n\n" {
+			t.Errorf("the first response got %q, want event 3", got)
+		}
+		want := "id: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n"
+		if got := feed(b, want, false); got != want {
+			t.Errorf("the resumed response got %q, want %q", got, want)
+		}
+		var journal string
+		for _, r := range rec.recs {
+			journal += string(r.Data)
+		}
+		if want := "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n"; journal != want {
+			t.Errorf("journal %q, want each event once, %q", journal, want)
+		}
+	})
 	for _, tc := range []struct {
 		name, body string
 		eos        bool // the body ends inside the event; else the stream is closed

@@ -58,7 +58,10 @@ type Session struct {
 }
 
 type streamInfo struct {
-	num    uint32
+	num uint32
+	// gen counts the resumes of the stream: a response whose Stream.gen
+	// is older was superseded (see Delivery.superseded).
+	gen    uint32
 	id     string
 	lastID []byte // reused: updated once per chunk without allocating
 }
@@ -84,6 +87,7 @@ type Resume struct {
 type Stream struct {
 	sess *Session
 	num  uint32
+	gen  uint32 // streamInfo.gen when this response opened or took the stream over
 	id   string
 
 	// matched is set when the response resumes a known stream after the
@@ -155,6 +159,8 @@ func (s *Session) OpenStream(r Resume) *Stream {
 	if info := s.stream(st.num); info != nil {
 		st.id = info.id
 		st.continued = true
+		info.gen++
+		st.gen = info.gen
 		// lastID stays the last id delivered: the client's header may be
 		// behind it, and what lies between is what it missed. A stream
 		// whose last id is not known (loaded from a journal that could not
@@ -216,6 +222,8 @@ func (d *Delivery) anchor(slot int) {
 			s.forgetStream(st.num) // opened for this response, nothing delivered on it
 			st.num, st.id, st.continued = info.num, info.id, true
 			st.lostTag = tagOf(st.num)
+			info.gen++
+			st.gen = info.gen
 			s.touchStream(st.num)
 			d.info = s.stream(st.num)
 			return
@@ -372,6 +380,9 @@ func (d *Delivery) Deliver(id []byte, hasID bool) (seq uint64, dup bool) {
 // event ended (Dup) claims it once the event is whole. An empty id is never
 // a duplicate and is not recorded.
 func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
+	if d.superseded() {
+		return false, true
+	}
 	if len(claimed) == 0 {
 		return false, false
 	}
@@ -402,6 +413,9 @@ func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 func (d *Delivery) Finish(claimed, id []byte, hasID, again bool) (seq uint64) {
 	st := d.st
 	s := st.sess
+	if d.superseded() {
+		return 0
+	}
 	if len(id) > 0 && string(id) != string(claimed) {
 		s.win.add(s.table.hashBytes(id), st.num)
 	}
@@ -415,24 +429,41 @@ func (d *Delivery) Finish(claimed, id []byte, hasID, again bool) (seq uint64) {
 	return s.seq
 }
 
+// superseded reports that the client resumed this response's stream on a
+// newer response (by Last-Event-ID, or anchored): the client has left this
+// one, whose connection may not have noticed yet (a half-open last mile).
+// What it still sends is forwarded as it comes, and neither recorded,
+// numbered nor stored: those events are the newer response's to deliver,
+// and a client that still reads both gets them twice, as it would without
+// ssetrack.
+func (d *Delivery) superseded() bool { return d.info != nil && d.info.gen != d.st.gen }
+
 // Untracked records that an event went to the client on this stream
 // without being decided, numbered or stored: one larger than the gateway
 // tracks. It takes a place in the window, so that a client resuming from an
 // id before it is known to have missed an event no replay can give
 // (Stream.MissedUnheld).
-func (d *Delivery) Untracked() { d.st.sess.win.mark(d.st.num, markUntracked) }
+func (d *Delivery) Untracked() {
+	if !d.superseded() {
+		d.st.sess.win.mark(d.st.num, markUntracked)
+	}
+}
 
 // Lost records that the journal lost (refused, or gave up on) events this
 // stream delivered: a client resuming from an id before this point may
 // have missed one of them, which no replay can give (Stream.MissedUnheld).
-func (d *Delivery) Lost() { d.st.sess.win.mark(d.st.num, markLost) }
+func (d *Delivery) Lost() {
+	if !d.superseded() {
+		d.st.sess.win.mark(d.st.num, markLost)
+	}
+}
 
 // Dup reports whether Claim would find the event with this id a
 // duplicate, recording nothing in the window: a gateway decides on it
 // before the event ends, and claims the event once it is whole. Like Claim,
 // it anchors a resume from an unknown id (Stream.anchor).
 func (d *Delivery) Dup(id []byte) bool {
-	if len(id) == 0 {
+	if len(id) == 0 || d.superseded() {
 		return false
 	}
 	s := d.st.sess
