@@ -164,3 +164,64 @@ func sessionState(kv jetstream.KeyValue, sid string) (journal.State, error) {
 	}
 	return st, nil
 }
+
+// TestHalfOpenResume: the client's connection died without Envoy noticing (a half-open
+// last mile) and the client resumed after event 2, while its old response still runs:
+// events 3 to 5 go out on the old response, into the dead connection, after the resume
+// began. The resumed response must still deliver them when the upstream sends them again,
+// as Envoy alone would, and JetStream must hold each event once.
+func TestHalfOpenResume(t *testing.T) {
+	fx := startFixture(t, "envoy.yaml")
+	sid := newSession(t)
+	evs := numberedEvents(6)
+	old := harness.EncodeAll(evs[:5])
+	var cuts []int
+	for i := range 4 {
+		cuts = append(cuts, len(harness.EncodeAll(evs[:i+1])))
+	}
+	resumed := make(chan struct{}) // the resume's response headers passed ssetrack
+	oldSent := make(chan struct{}) // the old response sent 3 to 5 through ssetrack
+	waitMetric := func(name string, n float64) {
+		for fx.ssetrack.Metrics(t).Sum(name) < n {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
+		if n == 0 {
+			return harness.Reply{Header: sessionHeader(sid), Body: old, Cuts: cuts, Hold: true,
+				BeforeWrite: func(off int) {
+					if off == cuts[1] { // before event 3
+						<-resumed
+					}
+				}}
+		}
+		return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[2:]),
+			BeforeWrite: func(off int) {
+				waitMetric(`ssetrack_resumes_total{result="matched"}`, 1)
+				close(resumed)
+				waitMetric("ssetrack_events_seen_total", 5)
+				close(oldSent)
+			}}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := fx.open(ctx, http.MethodGet, path, sessionHeader(sid), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, cuts[1])
+	if _, err := io.ReadFull(resp.Body, first); err != nil {
+		t.Fatal(err)
+	}
+	expectBody(t, "old response before the cut", first, harness.EncodeAll(evs[:2]))
+	// The client reads no more from the old connection and resumes after 2.
+	_, got := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"2"}})
+	<-oldSent
+	expectBody(t, "resumed response", got, harness.EncodeAll(evs[2:]))
+	js := harness.JetStream(t, fx.ssetrack.NATSURL)
+	stored := waitStored(t, js, sid, 6, 10*time.Second)
+	if ids := allIDs(stored); fmt.Sprint(ids) != "[1 2 3 4 5 6]" {
+		t.Errorf("JetStream holds ids %v, want 1 to 6 once each", ids)
+	}
+}
