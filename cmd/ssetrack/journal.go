@@ -63,6 +63,7 @@ func (j *journalFlags) registerConn(fs *flag.FlagSet) {
 	fs.StringVar(&n.TLSCAFile, j.name("Conn.TLSCAFile", "nats-tls-ca"), "", "PEM CA `file` to verify the NATS servers")
 	fs.StringVar(&n.TLSCertFile, j.name("Conn.TLSCertFile", "nats-tls-cert"), "", "PEM client certificate `file` for NATS")
 	fs.StringVar(&n.TLSKeyFile, j.name("Conn.TLSKeyFile", "nats-tls-key"), "", "PEM client key `file` for NATS")
+	fs.DurationVar(&n.PingInterval, j.name("Conn.PingInterval", "nats-ping-interval"), journal.DefaultPingInterval, "ping the NATS server this often; after two unanswered pings move to another server")
 	fs.StringVar(&c.Stream, j.name("Config.Stream", "stream"), journal.DefaultStream, "JetStream stream `name`")
 	fs.StringVar(&c.SubjectPrefix, j.name("Config.SubjectPrefix", "subject-prefix"), journal.DefaultSubjectPrefix, "subject `prefix`: a session's events go to <prefix>.<encoded session id>")
 	fs.StringVar(&c.Bucket, j.name("Config.Bucket", "kv-bucket"), journal.DefaultBucket, "JetStream KV `bucket` for session state")

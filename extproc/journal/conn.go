@@ -35,7 +35,17 @@ type ConnConfig struct {
 	TLSCertFile, TLSKeyFile string
 	// ReconnectWait is the pause between reconnect attempts. Default 250ms.
 	ReconnectWait time.Duration
+	// PingInterval is how often the client pings its server; after two
+	// unanswered pings it counts the server as gone and moves to another
+	// one. It is what notices a server that stopped answering without
+	// closing the connection (frozen, or cut off by a partition), which
+	// nats.go's default of 2 minutes would leave in place for 4 to 6
+	// minutes, with every publish and read timing out. Default 5s.
+	PingInterval time.Duration
 }
+
+// DefaultPingInterval is ConnConfig.PingInterval's default.
+const DefaultPingInterval = 5 * time.Second
 
 // validate checks c, each problem a *FieldError under "Conn.". The
 // embedded server needs no URL and takes no credentials, so only the TLS
@@ -66,8 +76,9 @@ type connHooks struct {
 
 // Options builds the nats.Options for c. The connection reconnects forever
 // (a journal outlives NATS outages), keeps retrying when the first connect
-// fails (nats.RetryOnFailedConnect), and buffers up to 8 MiB while
-// reconnecting; log, if not nil, receives connection state changes, with
+// fails (nats.RetryOnFailedConnect), buffers up to 8 MiB while
+// reconnecting, and leaves a server that stops answering pings
+// (PingInterval); log, if not nil, receives connection state changes, with
 // any user:password stripped from URLs.
 func (c ConnConfig) Options(log *slog.Logger) ([]nats.Option, error) {
 	return c.options(log, connHooks{})
@@ -86,8 +97,14 @@ func (c ConnConfig) options(log *slog.Logger, hooks connHooks) ([]nats.Option, e
 	if wait <= 0 {
 		wait = 250 * time.Millisecond
 	}
+	ping := c.PingInterval
+	if ping <= 0 {
+		ping = DefaultPingInterval
+	}
 	opts := []nats.Option{
 		nats.Name(name),
+		nats.PingInterval(ping),
+		nats.MaxPingsOutstanding(2),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(wait),
 		nats.ReconnectBufSize(8 << 20),

@@ -2,8 +2,10 @@ package journal
 
 import (
 	"crypto/tls"
+	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,5 +85,80 @@ func TestRedactURL(t *testing.T) {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestLeavesFrozenServer: a server that stops answering without closing
+// the connection (a frozen process, a partition) is left for another one
+// after two unanswered pings. The freeze is a TCP relay in front of a real
+// nats-server that stops relaying and keeps both connections open.
+func TestLeavesFrozenServer(t *testing.T) {
+	start := func() *server.Server {
+		ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		t.Cleanup(ns.Shutdown)
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatal("server not ready")
+		}
+		return ns
+	}
+	a, b := start(), start()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var frozen atomic.Bool
+	relay := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil {
+				return
+			}
+			for frozen.Load() {
+				time.Sleep(10 * time.Millisecond) // holds the bytes, closes nothing
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", a.Addr().String())
+			if err != nil {
+				c.Close()
+				continue
+			}
+			t.Cleanup(func() { c.Close(); s.Close() })
+			go relay(s, c)
+			go relay(c, s)
+		}
+	}()
+	viaRelay := "nats://" + ln.Addr().String()
+	nc, err := dial(ConnConfig{URLs: []string{viaRelay, b.ClientURL()}, PingInterval: 100 * time.Millisecond},
+		nil, connHooks{}, nats.DontRandomize())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.Flush(); err != nil || nc.ConnectedUrl() != viaRelay {
+		t.Fatalf("connected to %q (%v), want %q first", nc.ConnectedUrl(), err, viaRelay)
+	}
+	frozen.Store(true)
+	deadline := time.Now().Add(10 * time.Second)
+	for nc.ConnectedUrl() != b.ClientURL() || !nc.IsConnected() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still on %q (status %v) 10s after its server froze", nc.ConnectedUrl(), nc.Status())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
