@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -148,4 +150,39 @@ func TestReplayAcrossUnstoredEvents(t *testing.T) {
 			expectBody(t, "resumed stream", got2, harness.EncodeAll(evs[3:]))
 		})
 	}
+}
+
+// TestReplayRightAfterDelivery: the client resumes at once, while its first response is
+// still open and the events it missed are still on their way to JetStream (--batch-delay
+// 1h: a batch would wait an hour, and only a stream's end publishes at once). The replay
+// publishes them first, then replays them.
+func TestReplayRightAfterDelivery(t *testing.T) {
+	fx := newFixture(t, "envoy.yaml", harness.SsetrackOptions{Args: []string{"--batch-delay", "1h"}})
+	sid := newSession(t)
+	evs := numberedEvents(8)
+	first := harness.EncodeAll(evs[:6])
+	path := fx.up.Handle(func(n int, r *http.Request) harness.Reply {
+		if n == 0 {
+			return harness.Reply{Header: sessionHeader(sid), Body: first, Hold: true}
+		}
+		return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[6:])} // cannot resume
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp1, err := fx.open(ctx, http.MethodGet, path, sessionHeader(sid), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp1.Body.Close()
+	got1 := make([]byte, len(first))
+	if _, err := io.ReadFull(resp1.Body, got1); err != nil {
+		t.Fatal(err)
+	}
+	expectBody(t, "first stream", got1, first)
+	// The client lost 4 to 6 and resumes while the first response is still open.
+	resp, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"3"}})
+	if h := resp.Header.Get("Ssetrack-Replay"); h != "replayed" {
+		t.Errorf("Ssetrack-Replay = %q, want replayed", h)
+	}
+	expectBody(t, "resumed stream", got2, harness.EncodeAll(evs[3:]))
 }

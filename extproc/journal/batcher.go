@@ -202,6 +202,12 @@ func (b *batcher) resetTimer(t *time.Timer) {
 // add takes one record into its session's open batch. A record too large
 // for one message is split first (splitRecord).
 func (b *batcher) add(q queued) {
+	if q.flush {
+		if l := b.lanes[q.rec.Session]; l != nil {
+			b.seal(l)
+		}
+		return
+	}
 	if lim := b.p.maxRecord; len(q.rec.Data) > lim {
 		parts, tooLarge := splitRecord(q.rec, lim)
 		if tooLarge > 0 {
@@ -492,7 +498,11 @@ func (b *batcher) dropAll() {
 	}
 	// Records still in the inbox.
 	recs, _ := b.p.take(nil)
-	n += len(recs)
+	for _, q := range recs {
+		if !q.flush {
+			n++
+		}
+	}
 	if n > 0 {
 		b.p.m.drop(dropShutdown, n)
 		b.p.release(n)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,7 +46,7 @@ type Publisher struct {
 	m      *metrics
 	state  *stateWriter
 
-	mu     sync.Mutex // guards closed, inbox and unstored
+	mu     sync.Mutex // guards closed, inbox, unstored and flushes
 	closed bool
 	inbox  []queued // records from Append the batcher has not taken yet
 	// unstored is each session's highest sequence number among the records
@@ -53,6 +54,8 @@ type Publisher struct {
 	// session reloaded (evicted from memory, say) while its last events are
 	// on their way never numbers new events with their numbers.
 	unstored map[string]uint64
+	// flushes are the Flush calls waiting, by session.
+	flushes map[string][]flushWait
 	// wake (capacity 1) tells the batcher to take the inbox now.
 	wake chan struct{}
 	// wakeAt is when the batcher wakes by itself next, in nanoseconds since
@@ -89,10 +92,19 @@ type Publisher struct {
 
 var _ session.Loader = (*Publisher)(nil)
 
-// queued is a record with its enqueue time, the start of its latency.
+// queued is a record with its enqueue time, the start of its latency, or
+// a request to publish the open batch of rec.Session now (flush).
 type queued struct {
-	rec session.Record
-	at  time.Time
+	rec   session.Record
+	at    time.Time
+	flush bool
+}
+
+// flushWait is a Flush call waiting for its session's records through
+// sequence number through to be stored.
+type flushWait struct {
+	through uint64
+	done    chan struct{}
 }
 
 // New creates or updates the stream and the KV bucket described by cfg on
@@ -141,6 +153,7 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 		state:    newStateWriter(kvjs, kv, cfg, log, m),
 		wake:     make(chan struct{}, 1),
 		unstored: make(map[string]uint64),
+		flushes:  make(map[string][]flushWait),
 		epoch:    time.Now(),
 		results:  make(chan result, cfg.MaxInFlight),
 		abort:    make(chan struct{}),
@@ -286,12 +299,60 @@ func logDrop(log *slog.Logger, last, count *atomic.Int64, sessionID string, queu
 }
 
 // stored forgets pb's sequence numbers as unstored (acknowledged or given
-// up) unless later records of the session are still on their way.
+// up) unless later records of the session are still on their way, and
+// ends the Flush calls it satisfies.
 func (p *Publisher) stored(pb *pending) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if s, ok := p.unstored[pb.Session]; ok && s <= pb.LastSeq {
 		delete(p.unstored, pb.Session)
+	}
+	if ws := p.flushes[pb.Session]; len(ws) > 0 {
+		ws = slices.DeleteFunc(ws, func(w flushWait) bool {
+			if w.through <= pb.LastSeq {
+				close(w.done)
+				return true
+			}
+			return false
+		})
+		if len(ws) == 0 {
+			delete(p.flushes, pb.Session)
+		} else {
+			p.flushes[pb.Session] = ws
+		}
+	}
+}
+
+// Flush publishes the session's open batch now, instead of after
+// Batch.MaxDelay, and waits until every record of the session appended
+// before the call is acknowledged, or given up: a replay reads what a
+// resuming client missed from JetStream, and a client that resumes at once
+// missed events still on their way to it. It returns ctx's error when ctx
+// ends first, nil at once when nothing of the session is on its way.
+func (p *Publisher) Flush(ctx context.Context, sessionID string) error {
+	p.mu.Lock()
+	through := p.unstored[sessionID]
+	if through == 0 || p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	w := flushWait{through: through, done: make(chan struct{})}
+	p.flushes[sessionID] = append(p.flushes[sessionID], w)
+	p.inbox = append(p.inbox, queued{rec: session.Record{Session: sessionID}, flush: true})
+	p.mu.Unlock()
+	p.signal()
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		p.mu.Lock()
+		if ws := slices.DeleteFunc(p.flushes[sessionID], func(o flushWait) bool { return o.done == w.done }); len(ws) == 0 {
+			delete(p.flushes, sessionID)
+		} else {
+			p.flushes[sessionID] = ws
+		}
+		p.mu.Unlock()
+		return ctx.Err()
 	}
 }
 

@@ -18,8 +18,14 @@ import (
 // part: ErrHistoryMissing when after is not stored (never, or purged),
 // ErrHistoryIncomplete when through is not among the events after it,
 // ErrHistoryTooLarge past Config.MaxReplayBytes. An empty through asks for
-// every event stored after it. Callers bound it with ctx.
+// every event stored after it. It first publishes what the session still
+// has on its way to JetStream (Flush): a client that resumes at once missed
+// events the journal holds but has not stored yet; when ctx ends before
+// they are, the history is incomplete. Callers bound it with ctx.
 func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, through string) ([]byte, []string, error) {
+	if err := p.Flush(ctx, sessionID); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", session.ErrHistoryIncomplete, err)
+	}
 	var data []byte
 	var ids []string
 	r := history.NewReader(p.stream, p.cfg.SubjectPrefix)

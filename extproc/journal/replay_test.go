@@ -71,6 +71,31 @@ func TestReplay(t *testing.T) {
 	}
 }
 
+// TestReplayRightAfterDelivery: a client that resumes at once missed
+// events the journal took but has not published yet (a batch waits up to
+// Batch.MaxDelay, here an hour): the replay publishes them first and
+// replays them, instead of answering that the client's id is not stored.
+func TestReplayRightAfterDelivery(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	p := newPublisher(t, nc, Config{Batch: BatchConfig{MaxDelay: time.Hour}})
+	p.Append(record("now", "a", 1, 3, false))
+	p.Append(record("now", "a", 4, 2, false))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, ids, err := p.Replay(ctx, "now", "a", "a-2", "a-5")
+	if err != nil || fmt.Sprint(ids) != "[a-3 a-4 a-5]" {
+		t.Fatalf("replay right after delivery: %v, %v; want [a-3 a-4 a-5]", ids, err)
+	}
+	// Nothing on its way: no wait.
+	if err := p.Flush(ctx, "now"); err != nil {
+		t.Errorf("flush with nothing on its way: %v", err)
+	}
+	if err := p.Flush(ctx, "never seen"); err != nil {
+		t.Errorf("flush of an unknown session: %v", err)
+	}
+}
+
 // TestReplayTooLarge: a replay over MaxReplayBytes is refused whole.
 func TestReplayTooLarge(t *testing.T) {
 	s := startTestServer(t)
