@@ -28,6 +28,13 @@ func (x *exchange) readReplay(ctx context.Context) string {
 	if x.cfg.Replayer == nil || x.stream == nil || x.observe {
 		return ""
 	}
+	if x.hasLastEventID && x.lastEventID != "" && x.sess.Unloaded() {
+		// The session's history did not load in time: whether the client
+		// missed anything is not known here. The client is told, and the
+		// upstream decides.
+		x.m.replays.WithLabelValues(replayFailed).Inc()
+		return replayFailed
+	}
 	after, through, missed := x.stream.Missed()
 	if !missed {
 		return ""

@@ -704,6 +704,45 @@ func TestReplayAcrossUntrackedEvent(t *testing.T) {
 	}
 }
 
+// failingLoader is a journal whose history reads fail, as a read past the
+// journal timeout does.
+type failingLoader struct{}
+
+func (failingLoader) Load(context.Context, string) (*session.History, error) {
+	return nil, errors.New("read history: context deadline exceeded")
+}
+
+func (failingLoader) Stale(context.Context, string, uint64) (bool, error) { return false, nil }
+
+// TestReplayWhenHistoryDidNotLoad: the session's history did not load in
+// time, so whether a resuming client missed anything is not known: the
+// client is told ("error") and the upstream's events go through untouched.
+// A request without Last-Event-ID gets no header.
+func TestReplayWhenHistoryDidNotLoad(t *testing.T) {
+	rp := &replayer{}
+	h := newHarness(t, func(c *Config) {
+		c.Recorder, c.Replayer = rp, rp
+		c.Sessions = session.NewTable(session.Config{Window: 64, Loader: failingLoader{}})
+		t.Cleanup(c.Sessions.Close)
+	})
+	body := "id: 4\ndata: d\n\nid: 5\ndata: e\n\n"
+	for _, tc := range []struct {
+		headers []string
+		want    string
+	}{
+		{[]string{"mcp-session-id", "S", "last-event-id", "3"}, "error"},
+		{[]string{"mcp-session-id", "T"}, ""},
+	} {
+		res := h.run(t, request{reqHeaders: tc.headers, respHeaders: sseHeaders(), chunks: split(body)})
+		if got := replayHeader(res); got != tc.want {
+			t.Errorf("%v: %s header %q, want %q", tc.headers, headerReplay, got, tc.want)
+		}
+		if string(res.body) != body {
+			t.Errorf("%v: forwarded %q, want %q", tc.headers, res.body, body)
+		}
+	}
+}
+
 // TestReplayAcrossRefusedRecord: events the journal refused (a full queue)
 // went to the client but are not stored, so a resume from before them is
 // answered "incomplete" and the upstream decides; a resume from after them

@@ -69,6 +69,11 @@ type streamInfo struct {
 // ID returns the session id.
 func (s *Session) ID() string { return s.id }
 
+// Unloaded reports that the session's history failed to load (see
+// Table.Acquire): it goes on without it, so what it knows of its past,
+// the Last-Event-ID of a resume included, may be incomplete.
+func (s *Session) Unloaded() bool { return s.unloaded.Load() }
+
 // Resume describes how a new response relates to the session's past.
 type Resume struct {
 	// LastEventID is the client's Last-Event-ID request header.

@@ -101,7 +101,7 @@ func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStr
 			return located{}, ErrEventNotFound
 		}
 		from := lo - min(span, lo-1)
-		older, err := r.readRange(ctx, subj, from, lo)
+		older, err := Range(ctx, r.stream, subj, from, lo, maxGets)
 		if err != nil {
 			return located{}, err
 		}
@@ -123,9 +123,17 @@ func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStr
 	}
 }
 
-// readRange returns the batches on subj at stream sequences from..to-1,
-// in order, skipping messages that are not batches.
-func (r *Reader) readRange(ctx context.Context, subj string, from, to uint64) ([]Batch, error) {
+// Range returns the batches on subject subj of stream at stream sequences
+// from..to-1, in order, skipping messages that are not batches. It reads
+// them with direct gets ("the next message on subj at or after n", one
+// round trip each, served by any replica of a stream with AllowDirect), and
+// past maxGets of them the rest with an ordered consumer (Scan), which
+// streams instead of paying a round trip per batch but costs a consumer
+// created on the stream's leader. The consumer stops at the message at
+// stream sequence to-1 or the first after it: subj must have one (callers
+// pass a to just past a message they know), or the read lasts until ctx
+// ends. Bounded by ctx.
+func Range(ctx context.Context, stream jetstream.Stream, subj string, from, to uint64, maxGets int) ([]Batch, error) {
 	var out []Batch
 	for n := 0; from < to; n++ {
 		if n == maxGets {
@@ -136,7 +144,7 @@ func (r *Reader) readRange(ctx context.Context, subj string, from, to uint64) ([
 			}
 			// The subject's last message is at or after to, so the
 			// consumer always reaches to-1 or beyond.
-			err := r.scan(ctx, occ, to-1, func(b Batch) error {
+			err := Scan(ctx, stream, occ, to-1, func(b Batch) error {
 				if b.Sequence < to {
 					out = append(out, b)
 				}
@@ -144,7 +152,7 @@ func (r *Reader) readRange(ctx context.Context, subj string, from, to uint64) ([
 			})
 			return out, err
 		}
-		m, err := r.stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subj))
+		m, err := stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subj))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return out, nil
 		}
