@@ -1005,6 +1005,30 @@ func feed(x *exchange, chunk string, eos bool) string {
 	return string(out)
 }
 
+// newRecordingServer is a processor with a small window whose journal is
+// the recorder returned.
+func newRecordingServer(t *testing.T) (*Server, *recorder) {
+	table := session.NewTable(session.Config{Window: 16})
+	t.Cleanup(table.Close)
+	rec := &recorder{}
+	srv, err := New(Config{Sessions: table, Recorder: rec, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, rec
+}
+
+// journal is the bytes of every record so far, in order.
+func (r *recorder) journal() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for _, rec := range r.recs {
+		b.Write(rec.Data)
+	}
+	return b.String()
+}
+
 // TestEarlyEvents: an event forwarded before its end (its first id new) is
 // recorded only when it ends: never when it is cut short, and never so as
 // to keep it from another stream of the session, such as the one a client
@@ -1012,13 +1036,7 @@ func feed(x *exchange, chunk string, eos bool) string {
 // is the client's under all of them.
 func TestEarlyEvents(t *testing.T) {
 	t.Run("resumed while the first stream runs", func(t *testing.T) {
-		table := session.NewTable(session.Config{Window: 16})
-		t.Cleanup(table.Close)
-		rec := &recorder{}
-		srv, err := New(Config{Sessions: table, Recorder: rec, Registerer: prometheus.NewRegistry()})
-		if err != nil {
-			t.Fatal(err)
-		}
+		srv, rec := newRecordingServer(t)
 		a := openResponse(srv, "")
 		defer a.close()
 		if got := feed(a, "id: 1\ndata: a\n\nid: 2\ndata: x", false); got != "id: 1\ndata: a\n\nid: 2\ndata: x" {
@@ -1037,10 +1055,7 @@ func TestEarlyEvents(t *testing.T) {
 		if got := feed(b, "id: 2\ndata: x\n\nid: 3\ndata: y\n\n", false); got != "id: 3\ndata: y\n\n" {
 			t.Errorf("the resumed stream got %q, want event 2 dropped, event 3", got)
 		}
-		var journal string
-		for _, r := range rec.recs {
-			journal += string(r.Data)
-		}
+		journal := rec.journal()
 		if want := "id: 1\ndata: a\n\nid: 2\ndata: x\n\nid: 3\ndata: y\n\n"; journal != want {
 			t.Errorf("journal %q, want each event once, %q", journal, want)
 		}
@@ -1048,13 +1063,7 @@ func TestEarlyEvents(t *testing.T) {
 	t.Run("resumed while the first response still sends", func(t *testing.T) {
 		// A half-open last mile: the client left the first response and
 		// resumed after 1, while Envoy still delivers 3 on the first.
-		table := session.NewTable(session.Config{Window: 16})
-		t.Cleanup(table.Close)
-		rec := &recorder{}
-		srv, err := New(Config{Sessions: table, Recorder: rec, Registerer: prometheus.NewRegistry()})
-		if err != nil {
-			t.Fatal(err)
-		}
+		srv, rec := newRecordingServer(t)
 		a := openResponse(srv, "")
 		defer a.close()
 		feed(a, "id: 1\ndata: a\n\nid: 2\ndata: b\n\n", false)
@@ -1067,10 +1076,7 @@ func TestEarlyEvents(t *testing.T) {
 		if got := feed(b, want, false); got != want {
 			t.Errorf("the resumed response got %q, want %q", got, want)
 		}
-		var journal string
-		for _, r := range rec.recs {
-			journal += string(r.Data)
-		}
+		journal := rec.journal()
 		if want := "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n"; journal != want {
 			t.Errorf("journal %q, want each event once, %q", journal, want)
 		}

@@ -36,19 +36,11 @@ func TestConnectTLSAndNKey(t *testing.T) {
 	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ns, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
+	ns := runNATS(t, &server.Options{
+		Host: "127.0.0.1", Port: -1,
 		TLSConfig: tlsConf, TLS: true,
 		Nkeys: []*server.NkeyUser{{Nkey: pub}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
 	url := "tls://" + ns.Addr().String()
 
 	dial := func(c ConnConfig) error {
@@ -93,19 +85,8 @@ func TestRedactURL(t *testing.T) {
 // after two unanswered pings. The freeze is a TCP relay in front of a real
 // nats-server that stops relaying and keeps both connections open.
 func TestLeavesFrozenServer(t *testing.T) {
-	start := func() *server.Server {
-		ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go ns.Start()
-		t.Cleanup(ns.Shutdown)
-		if !ns.ReadyForConnections(10 * time.Second) {
-			t.Fatal("server not ready")
-		}
-		return ns
-	}
-	a, b := start(), start()
+	a := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1})
+	b := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -63,16 +63,8 @@ func TestSplitRecord(t *testing.T) {
 // event larger than max_payload is counted, not lost silently with its
 // neighbours.
 func TestRecordOverMaxPayloadIsSplit(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), MaxPayload: 64 << 10, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
+	ns := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), MaxPayload: 64 << 10})
 	nc := connect(t, ns.ClientURL())
 	var lostMu sync.Mutex
 	var lost []string
