@@ -23,7 +23,10 @@ const loadGets = 64
 
 // Load returns what JetStream holds for a session: its KV state and the ids
 // of its most recent Config.HistoryEvents events, read back from its
-// subject. It returns (nil, nil) when neither exists.
+// subject. It returns (nil, nil) when neither exists. When the read fails
+// after the session's last sequence number was learnt (the events' read is
+// the long part), the error comes with a History holding that number alone
+// (session.Loader).
 //
 // How it reads: the last message on the session's subject gives the
 // newest per-session sequence number S. A binary search over stream
@@ -44,10 +47,7 @@ func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.Histor
 	start := time.Now()
 	h, st, err := loadHistory(ctx, p.stream, p.kv, p.cfg, sessionID)
 	p.m.loadTimer.Observe(time.Since(start).Seconds())
-	if err != nil {
-		return nil, fmt.Errorf("load session %s: %w", session.ShortID(sessionID), err)
-	}
-	if h != nil {
+	if err == nil && h != nil {
 		p.state.seed(sessionID, st)
 	}
 	if u := p.unstoredSeq(sessionID); u > 0 {
@@ -56,7 +56,13 @@ func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.Histor
 		}
 		h.Seq = max(h.Seq, u)
 	}
-	return h, nil
+	if err != nil {
+		err = fmt.Errorf("load session %s: %w", session.ShortID(sessionID), err)
+		if h != nil {
+			h = &session.History{Seq: h.Seq}
+		}
+	}
+	return h, err
 }
 
 // loadHistory is Load without the publisher. st is the merged state.
@@ -106,12 +112,12 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 		if !lastOK || lb.FirstSeq > target {
 			from, err = findStart(ctx, stream, subj, target, last.Sequence)
 			if err != nil {
-				return nil, st, err
+				return &session.History{Seq: h.Seq}, st, err
 			}
 		}
 		batches, err := history.Range(ctx, stream, subj, from, last.Sequence+1, loadGets)
 		if err != nil {
-			return nil, st, fmt.Errorf("read history: %w", err)
+			return &session.History{Seq: h.Seq}, st, fmt.Errorf("read history: %w", err)
 		}
 		var evs []session.EventRef
 		for _, b := range batches {

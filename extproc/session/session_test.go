@@ -559,6 +559,36 @@ func TestFailedLoadIsRetried(t *testing.T) {
 	}
 }
 
+// partialHistory is a journal whose loads fail after reading the last
+// sequence number.
+type partialHistory struct{ seq uint64 }
+
+func (p partialHistory) Load(context.Context, string) (*History, error) {
+	return &History{Seq: p.seq}, context.DeadlineExceeded
+}
+
+func (p partialHistory) Stale(context.Context, string, uint64) (bool, error) { return false, nil }
+
+// TestFailedLoadKeepsNumbering: a load that failed after it learnt the
+// session's last sequence number leaves the session numbering after it, so
+// no two events of the session share a number in the journal.
+func TestFailedLoadKeepsNumbering(t *testing.T) {
+	tb := newTestTable(t, Config{Loader: partialHistory{seq: 41}})
+	s, err := tb.Acquire(context.Background(), "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Unloaded() {
+		t.Error("Unloaded() = false after a failed load")
+	}
+	d := s.OpenStream(Resume{}).Begin()
+	seq, _ := d.Deliver([]byte("x"), true)
+	d.End()
+	if seq != 42 {
+		t.Errorf("first event numbered %d after a failed load that read 41, want 42", seq)
+	}
+}
+
 // TestLostEventsAgainNotRenumbered: events a resuming client says it lost go
 // to it again, but keep the number they were stored with: they are neither
 // numbered nor stored again, and a second repeat in the response is dropped.

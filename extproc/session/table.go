@@ -48,7 +48,10 @@ type Config struct {
 // journal implements it on NATS JetStream.
 type Loader interface {
 	// Load returns what is stored of a session, or (nil, nil) when nothing
-	// is. It may do network I/O, bounded by ctx.
+	// is. It may do network I/O, bounded by ctx. With an error it may
+	// return the part of the History it could read, at least Seq: the
+	// session then goes on numbering after it, so that no two of its
+	// events share a number.
 	Load(ctx context.Context, sessionID string) (*History, error)
 	// Stale reports whether another writer (another replica, or this
 	// process before a restart) stored events of the session with
@@ -241,6 +244,11 @@ func (t *Table) load(ctx context.Context, s *Session) {
 		// that names the session tries the load again.
 		s.unloaded.Store(true)
 		t.cfg.Logger.Warn("load session history", "session", ShortID(s.id), "err", err)
+		if h != nil {
+			s.mu.Lock()
+			s.seq = max(s.seq, h.Seq)
+			s.mu.Unlock()
+		}
 		return
 	}
 	if h != nil {
