@@ -50,6 +50,11 @@ func (x *exchange) readReplay(ctx context.Context) string {
 		return replayIncomplete
 	}
 	data, ids, err := x.cfg.Replayer.Replay(ctx, x.sessionID, x.stream.ID(), after, through)
+	if err == nil && x.stream.MissedUnheld() {
+		// The journal gave up on some of them while the replay was read
+		// (it publishes what the session has on its way first).
+		err = session.ErrHistoryIncomplete
+	}
 	result := replayDone
 	switch {
 	case errors.Is(err, session.ErrHistoryMissing):

@@ -509,9 +509,14 @@ func TestJournalRecords(t *testing.T) {
 type replayer struct {
 	recorder
 	err error // returned instead of a replay when set
+	// reading, if set, runs as Replay starts, as the journal's work does.
+	reading func(sid, stream string)
 }
 
 func (r *replayer) Replay(_ context.Context, sid, stream, after, through string) ([]byte, []string, error) {
+	if r.reading != nil {
+		r.reading(sid, stream)
+	}
 	if r.err != nil {
 		return nil, nil, r.err
 	}
@@ -763,6 +768,27 @@ func TestReplayAcrossRefusedRecord(t *testing.T) {
 		if hdr := replayHeader(res); hdr != tt.wantHdr {
 			t.Errorf("resume from %s: %s header %q, want %q", tt.last, headerReplay, hdr, tt.wantHdr)
 		}
+	}
+}
+
+// TestReplayLossDuringRead: the journal gives up on the missed events'
+// batch while the replay is read (a replay first publishes what the session
+// has on its way, and a publish may fail for good): the replay read may
+// still find the events around them, but it is refused, "incomplete".
+func TestReplayLossDuringRead(t *testing.T) {
+	rp := &replayer{}
+	var table *session.Table
+	h := newHarness(t, func(c *Config) { c.Recorder, c.Replayer, table = rp, rp, c.Sessions })
+	rp.reading = func(sid, stream string) { table.Lost(sid, stream) }
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(),
+		chunks: split("id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\n", 15, 30)})
+	res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "S", "last-event-id", "1"}, respHeaders: sseHeaders(),
+		chunks: split("id: 4\ndata: d\n\n")})
+	if got := replayHeader(res); got != "incomplete" {
+		t.Errorf("%s header %q, want incomplete", headerReplay, got)
+	}
+	if string(res.body) != "id: 4\ndata: d\n\n" {
+		t.Errorf("forwarded %q, want the upstream's event alone", res.body)
 	}
 }
 

@@ -213,6 +213,11 @@ func (b *batcher) add(q queued) {
 		if tooLarge > 0 {
 			b.p.m.drop(dropTooLarge, tooLarge)
 			b.p.lost(q.rec.Session, q.rec.Stream)
+			if last := q.rec.LastSeq; len(parts) == 0 || parts[len(parts)-1].LastSeq < last {
+				// No batch will carry the record's last number: it is
+				// given up here, or a Flush would wait for it in vain.
+				b.p.storedThrough(q.rec.Session, last)
+			}
 			b.p.log.Error("journal: event larger than the NATS server's max_payload not stored",
 				"session", session.ShortID(q.rec.Session), "events", tooLarge, "limit_bytes", lim)
 		}

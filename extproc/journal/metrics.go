@@ -41,7 +41,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		dropped: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_journal_records_dropped_total",
-			Help: "Records (each one chunk's events) lost by the journal, by reason (queue_full, closed, publish_failed, too_large, shutdown).",
+			Help: "Records (each a run of one chunk's events) lost by the journal, by reason (queue_full, closed, publish_failed, too_large, shutdown).",
 		}, []string{"reason"}),
 		batches: f.NewCounter(prometheus.CounterOpts{
 			Name: "ssetrack_journal_batches_published_total",

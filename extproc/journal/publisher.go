@@ -301,24 +301,28 @@ func logDrop(log *slog.Logger, last, count *atomic.Int64, sessionID string, queu
 // stored forgets pb's sequence numbers as unstored (acknowledged or given
 // up) unless later records of the session are still on their way, and
 // ends the Flush calls it satisfies.
-func (p *Publisher) stored(pb *pending) {
+func (p *Publisher) stored(pb *pending) { p.storedThrough(pb.Session, pb.LastSeq) }
+
+// storedThrough is stored for the records of session sessionID through
+// sequence number seq.
+func (p *Publisher) storedThrough(sessionID string, seq uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s, ok := p.unstored[pb.Session]; ok && s <= pb.LastSeq {
-		delete(p.unstored, pb.Session)
+	if s, ok := p.unstored[sessionID]; ok && s <= seq {
+		delete(p.unstored, sessionID)
 	}
-	if ws := p.flushes[pb.Session]; len(ws) > 0 {
+	if ws := p.flushes[sessionID]; len(ws) > 0 {
 		ws = slices.DeleteFunc(ws, func(w flushWait) bool {
-			if w.through <= pb.LastSeq {
+			if w.through <= seq {
 				close(w.done)
 				return true
 			}
 			return false
 		})
 		if len(ws) == 0 {
-			delete(p.flushes, pb.Session)
+			delete(p.flushes, sessionID)
 		} else {
-			p.flushes[pb.Session] = ws
+			p.flushes[sessionID] = ws
 		}
 	}
 }

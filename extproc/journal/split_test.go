@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -155,4 +156,23 @@ func abs(n int) int {
 		return -n
 	}
 	return n
+}
+
+// TestFlushPastTooLargeEvent: a record whose last event is larger than the
+// server's max_payload never gets its last number stored; a Flush of the
+// session must not wait for it (a replay would then wait its whole budget
+// and answer incomplete for every stream of the session).
+func TestFlushPastTooLargeEvent(t *testing.T) {
+	ns := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), MaxPayload: 64 << 10})
+	p := newPublisher(t, connect(t, ns.ClientURL()), Config{Batch: BatchConfig{MaxDelay: time.Hour}})
+	p.Append(bigRecord("", 1<<10, 100<<10)) // seqs 1, 2; event 2 over max_payload
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Flush(ctx, "s"); err != nil {
+		t.Fatalf("flush: %v; want it done once event 1 is stored and event 2 given up", err)
+	}
+	if got := testutil.ToFloat64(p.m.dropped.WithLabelValues(dropTooLarge)); got != 1 {
+		t.Errorf("too_large drops %v, want 1", got)
+	}
 }

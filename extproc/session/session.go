@@ -36,13 +36,17 @@ type Session struct {
 	// absent); until then no stream may use it.
 	ready chan struct{}
 
-	mu         sync.Mutex
-	win        window
-	seq        uint64 // last sequence number assigned
-	principal  string // keyed hash of the owner, "" until one is seen
-	streams    []streamInfo
+	mu        sync.Mutex
+	win       window
+	seq       uint64 // last sequence number assigned
+	principal string // keyed hash of the owner, "" until one is seen
+	streams   []streamInfo
+	notStored string // the last Last-Event-ID the journal did not hold
+	// lostAt holds, for each remembered stream whose events the journal
+	// lost, 1 + the window position (see window) at its newest loss
+	// (Delivery.Lost): the lost events lie before it. nil until a loss.
+	lostAt     map[uint32]uint64
 	nextStream uint32
-	notStored  string // the last Last-Event-ID the journal did not hold
 
 	// unloaded is set when loading the session's history failed (a timeout
 	// under load, NATS away): the copy may lack history, so the next request
@@ -116,9 +120,6 @@ type Stream struct {
 	// missedAfter and missedThrough bound what the stream delivered after
 	// the client's Last-Event-ID: the events the client says it never got.
 	missedAfter, missedThrough string
-	// missedUnheld is set when those include one the journal does not
-	// hold (Delivery.Untracked, Delivery.Lost).
-	missedUnheld bool
 }
 
 // OpenStream starts a new response in the session. A resume whose
@@ -173,7 +174,6 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		// client's id.
 		if st.matched && string(info.lastID) != r.LastEventID {
 			st.missedAfter, st.missedThrough = r.LastEventID, string(info.lastID)
-			st.missedUnheld = s.win.unheldAfter(st.num, st.from, len(info.lastID) == 0)
 		}
 		s.touchStream(st.num)
 		return st.settle(r)
@@ -221,16 +221,19 @@ func (d *Delivery) anchor(slot int) {
 	}
 	s := st.sess
 	tag := s.win.tag(slot)
-	st.matched, st.lostTag, st.from = true, tag, s.win.position(slot)
+	// What that stream delivered since this response opened (on a response
+	// of it still open, whose client has left) is the client's too.
+	st.matched, st.lostTag, st.from, st.start = true, tag, s.win.position(slot), s.win.next
 	for i := range s.streams {
-		if info := &s.streams[i]; tagOf(info.num) == tag && info.num != st.num {
+		if num := s.streams[i].num; tagOf(num) == tag && num != st.num {
 			s.forgetStream(st.num) // opened for this response, nothing delivered on it
-			st.num, st.id, st.continued = info.num, info.id, true
+			s.touchStream(num)
+			info := s.stream(num)
+			st.num, st.id, st.continued = num, info.id, true
 			st.lostTag = tagOf(st.num)
 			info.gen++
 			st.gen = info.gen
-			s.touchStream(st.num)
-			d.info = s.stream(st.num)
+			d.info = info
 			return
 		}
 	}
@@ -240,6 +243,7 @@ func (d *Delivery) anchor(slot int) {
 // the oldest beyond maxStreams. s.mu must be held.
 func (s *Session) remember(info streamInfo) {
 	if len(s.streams) == maxStreams {
+		delete(s.lostAt, s.streams[0].num)
 		copy(s.streams, s.streams[1:])
 		s.streams = s.streams[:maxStreams-1]
 	}
@@ -250,6 +254,7 @@ func (s *Session) remember(info streamInfo) {
 // be held.
 func (s *Session) forgetStream(num uint32) {
 	s.streams = slices.DeleteFunc(s.streams, func(info streamInfo) bool { return info.num == num })
+	delete(s.lostAt, num)
 }
 
 // touchStream moves stream num to the end of the remembered streams, which
@@ -315,10 +320,19 @@ func (st *Stream) Missed() (after, through string, ok bool) {
 // MissedUnheld reports whether the missed events (Missed) include one the
 // journal does not hold: delivered untracked (Delivery.Untracked) or lost
 // by the journal (Delivery.Lost, Table.Lost), so a replay of them would not
-// be whole. The window remembers where such events went, in memory: one
-// whose place has left the window, or that a session loaded from the
-// journal never saw, is not reported.
-func (st *Stream) MissedUnheld() bool { return st.missedUnheld }
+// be whole. It reads the session's marks as they are now: a loss the
+// journal reports while a replay is read shows once the read is done.
+// Marks live in memory: an untracked event whose place has left the window,
+// or what a session loaded from the journal never saw, is not reported.
+func (st *Stream) MissedUnheld() bool {
+	if st.missedAfter == "" {
+		return false
+	}
+	s := st.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lostAt[st.num] > st.from || s.win.untrackedAfter(st.num, st.from, st.missedThrough == "")
+}
 
 // stream returns the info of stream num, or nil. s.mu must be held.
 func (s *Session) stream(num uint32) *streamInfo {
@@ -450,7 +464,7 @@ func (d *Delivery) superseded() bool { return d.info != nil && d.info.gen != d.s
 // (Stream.MissedUnheld).
 func (d *Delivery) Untracked() {
 	if !d.superseded() {
-		d.st.sess.win.mark(d.st.num, markUntracked)
+		d.st.sess.win.mark(d.st.num)
 	}
 }
 
@@ -459,8 +473,17 @@ func (d *Delivery) Untracked() {
 // have missed one of them, which no replay can give (Stream.MissedUnheld).
 func (d *Delivery) Lost() {
 	if !d.superseded() {
-		d.st.sess.win.mark(d.st.num, markLost)
+		d.st.sess.lost(d.st.num)
 	}
+}
+
+// lost records a loss of stream num's events at the window's head (see
+// Session.lostAt). s.mu must be held.
+func (s *Session) lost(num uint32) {
+	if s.lostAt == nil {
+		s.lostAt = make(map[uint32]uint64)
+	}
+	s.lostAt[num] = s.win.next + 1
 }
 
 // Dup reports whether Claim would find the event with this id a

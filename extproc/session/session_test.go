@@ -269,6 +269,46 @@ func TestSupersededResponse(t *testing.T) {
 	}
 }
 
+// TestAnchorTakesOverMovedStream: the stream an anchored resume takes over
+// was moved in the session's list after the response's own new stream (a
+// resume from a known id touched it): the takeover still names it, and the
+// response resumed from the known id is superseded.
+func TestAnchorTakesOverMovedStream(t *testing.T) {
+	tb := newTestTable(t, Config{Window: 64})
+	s := acquire(t, tb, "sess")
+	a := s.OpenStream(Resume{})
+	deliver(a, "1", "2", "3")
+	b := s.OpenStream(Resume{LastEventID: "nope", HasLastEventID: true})
+	c := s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true})
+	if got := deliver(b, "2", "3", "4"); fmt.Sprint(got) != "[2 3 4]" {
+		t.Errorf("anchored resume delivered %q, want [2 3 4]", got)
+	}
+	if b.ID() != a.ID() {
+		t.Errorf("anchored resume is stream %q, want %q", b.ID(), a.ID())
+	}
+	d := c.Begin()
+	if seq, _ := d.Deliver([]byte("5"), true); seq != 0 {
+		t.Errorf("the response the anchored one superseded numbered an event %d", seq)
+	}
+	d.End()
+}
+
+// TestAnchorAfterHalfOpen: the client left a response half open and
+// resumed from an id the session does not know; the old response delivered
+// 3 and 4 before the upstream's first id placed the resume. The resume
+// delivers them: the client left before they went out.
+func TestAnchorAfterHalfOpen(t *testing.T) {
+	tb := newTestTable(t, Config{Window: 64})
+	s := acquire(t, tb, "sess")
+	a := s.OpenStream(Resume{})
+	deliver(a, "1", "2")
+	b := s.OpenStream(Resume{LastEventID: "2 ", HasLastEventID: true})
+	deliver(a, "3", "4")
+	if got := deliver(b, "3", "4", "5"); fmt.Sprint(got) != "[3 4 5]" {
+		t.Errorf("anchored resume delivered %q, want [3 4 5]", got)
+	}
+}
+
 func TestResumeContinuesStream(t *testing.T) {
 	tb := newTestTable(t, Config{})
 	s := acquire(t, tb, "sess")
@@ -824,11 +864,23 @@ func TestMissedUnheld(t *testing.T) {
 			lost(a)
 			deliver(a, "6")
 		}, "1", true, true},
-		{"located, the mark has left the window", 4, func(s *Session, a, b *Stream) {
+		{"located, a loss older than the window", 4, func(s *Session, a, b *Stream) {
 			deliver(a, "1")
 			lost(a)
 			deliver(a, "2", "3", "4", "5", "6")
+		}, "1", true, true},
+		{"located, an untracked event's place has left the window", 4, func(s *Session, a, b *Stream) {
+			deliver(a, "1")
+			untracked(a)
+			deliver(a, "2", "3", "4", "5", "6")
 		}, "1", true, false},
+		{"losses do not take places in the window", 4, func(s *Session, a, b *Stream) {
+			for _, id := range []string{"1", "2", "3", "4"} {
+				deliver(a, id)
+				lost(a)
+			}
+			// All four ids are still held: a resume from 1 matches.
+		}, "1", false, true},
 	}
 	for _, tt := range tests {
 		tb := newTestTable(t, Config{Window: tt.window})

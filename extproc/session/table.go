@@ -285,7 +285,7 @@ func (t *Table) Lost(sessionID, streamID string) {
 	defer s.mu.Unlock()
 	for i := range s.streams {
 		if s.streams[i].id == streamID {
-			s.win.mark(s.streams[i].num, markLost)
+			s.lost(s.streams[i].num)
 			return
 		}
 	}

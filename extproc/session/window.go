@@ -7,8 +7,8 @@ import "math/bits"
 //
 // Each ring slot is one word: the top 56 bits of the id's keyed hash and an
 // 8-bit stream tag (see tagOf); 0 marks a slot whose id was delivered again
-// later (or never used). A mark (see mark) is a slot with a tag and a
-// mark kind in place of a hash, never indexed. Ids are never kept as strings, so the memory per
+// later (or never used). A mark (see mark) is a slot with a tag and no
+// hash, never indexed. Ids are never kept as strings, so the memory per
 // session is fixed by the window size: 8 bytes per slot, plus an index of
 // two cells per slot, one byte each up to 127 slots and two bytes above.
 //
@@ -129,51 +129,38 @@ func (w *window) push(v uint64) int {
 	return s
 }
 
-// Kinds of mark: where a stream's events went to the client but not to
-// the journal.
-const (
-	// markUntracked is an event delivered untracked (Delivery.Untracked).
-	markUntracked uint64 = 0
-	// markLost follows events the journal lost (Delivery.Lost).
-	markLost uint64 = 1
-)
+// mark records, at the next position, an event delivered on stream st
+// that has no id to look up (one delivered untracked, Delivery.Untracked):
+// a slot holding the stream's tag and no hash, which find never returns (an
+// id whose 56-bit hash is 0 would read as a mark: the replay it spans is
+// refused, nothing is lost).
+func (w *window) mark(st uint32) { w.push(tagOf(st)) }
 
-// mark records a mark of the kind for stream st at the next position: a
-// slot holding the stream's tag and the kind where an id's hash would be,
-// which find never returns (an id whose 56-bit hash is 0 or 1 would read
-// as a mark: the replay it spans is refused, nothing is lost).
-func (w *window) mark(st uint32, kind uint64) { w.push(kind<<8 | tagOf(st)) }
-
-// unheldAfter reports whether a read of stream st's events after position
-// from-1 through the stream's last id would lack one that the journal does
-// not hold: the window holds, at a position from from on, a markLost of st,
-// or a markUntracked of st that an event of st with an id follows (without
-// one the untracked event came after the last id). open reports that the
-// read goes through the end (the stream's last id is empty): then any mark
+// untrackedAfter reports whether a read of stream st's events after
+// position from-1 through the stream's last id would lack one delivered
+// untracked: the window holds, at a position from from on, a mark of st
+// (see mark) that an event of st with an id follows (without one, the
+// untracked event came after the last id). open reports that the read goes
+// through the end (the stream's last id is empty): then any such mark
 // counts. It reads the window's records from from on, at most its size.
-func (w *window) unheldAfter(st uint32, from uint64, open bool) bool {
+func (w *window) untrackedAfter(st uint32, from uint64, open bool) bool {
 	size := uint64(len(w.slots))
 	if w.next > size {
 		from = max(from, w.next-size)
 	}
-	tag, untracked := tagOf(st), false
+	tag, marked := tagOf(st), false
 	for p := from; p < w.next; p++ {
 		v := w.slots[p%size]
 		if v&0xff != tag {
 			continue
 		}
-		switch v >> 8 {
-		case markUntracked:
-			untracked = true
-		case markLost:
+		if v>>8 == 0 {
+			marked = true
+		} else if marked {
 			return true
-		default:
-			if untracked {
-				return true
-			}
 		}
 	}
-	return untracked && open
+	return marked && open
 }
 
 // unindex removes ring slot s from the index (backward-shift deletion, so
