@@ -14,13 +14,6 @@ import (
 	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
-// loadGets is how many batches a load reads with direct gets before it
-// reads the rest with an ordered consumer (history.Range): a resume's load
-// usually needs a few batches, and on a clustered stream the consumer's
-// creation on the leader now and then stalls past a load's budget, where a
-// direct get, served by any replica, does not.
-const loadGets = 64
-
 // Load returns what JetStream holds for a session: its KV state and the ids
 // of its most recent Config.HistoryEvents events, read back from its
 // subject. It returns (nil, nil) when neither exists. When the read fails
@@ -32,8 +25,8 @@ const loadGets = 64
 // newest per-session sequence number S. A binary search over stream
 // sequences (direct gets of "next message on this subject at or after n",
 // about log2(stream length) round trips) finds the batch holding event
-// S-HistoryEvents+1, and direct gets read forward from there to that last
-// message (an ordered consumer past loadGets batches). Each payload is split into events to recover their
+// S-HistoryEvents+1, and an ordered consumer reads forward from there to
+// that last message. Each payload is split into events to recover their
 // ids. Load is bounded by ctx (the caller's budget for one Envoy message);
 // events recorded but not yet acknowledged are not included, but the
 // History's Seq counts them: a session reloaded while they are on their way
@@ -115,12 +108,13 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 				return &session.History{Seq: h.Seq}, st, err
 			}
 		}
-		batches, err := history.Range(ctx, stream, subj, from, last.Sequence+1, loadGets)
-		if err != nil {
-			return &session.History{Seq: h.Seq}, st, fmt.Errorf("read history: %w", err)
+		occ := jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{subj},
+			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:    from,
 		}
 		var evs []session.EventRef
-		for _, b := range batches {
+		err = history.Scan(ctx, stream, occ, last.Sequence, func(b history.Batch) error {
 			h.Seq = max(h.Seq, b.LastSeq)
 			for ev := range b.Events() {
 				if ev.ID != "" && ev.Seq >= target {
@@ -134,6 +128,10 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 					streams[b.Stream] = ""
 				}
 			}
+			return nil
+		})
+		if err != nil {
+			return &session.History{Seq: h.Seq}, st, fmt.Errorf("read history: %w", err)
 		}
 		if len(evs) > cfg.HistoryEvents {
 			evs = evs[len(evs)-cfg.HistoryEvents:]
