@@ -3,6 +3,7 @@ package extproc
 import (
 	"context"
 	"errors"
+	"time"
 
 	"golang.org/x/sync/singleflight"
 
@@ -35,6 +36,35 @@ func (x *exchange) locateStream(ctx context.Context) string {
 		return ""
 	}
 	return stream
+}
+
+// awaitPeer gives another replica's batch time to reach the journal when a
+// resume, the first this process sees of its session, names an id the
+// session loaded from the journal does not hold: the client may have got
+// that event from the other replica moments ago (its batch waits up to the
+// batch delay). It waits Config.PeerWait, or half of what is left of ctx,
+// and reads the session's history again. An id still not held is recorded
+// as not stored, so that no later resume from it waits again.
+func (x *exchange) awaitPeer(ctx context.Context) {
+	id := x.lastEventID
+	if x.cfg.PeerWait <= 0 || x.cfg.Replayer == nil || x.observe || !x.hasLastEventID || id == "" || x.sess.Holds(id) {
+		return
+	}
+	wait := x.cfg.PeerWait
+	if deadline, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(deadline)/2)
+	}
+	t := time.NewTimer(wait)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+		return
+	}
+	x.cfg.Sessions.Reload(ctx, x.sess)
+	if !x.sess.Holds(id) && !x.sess.NeedsLocate(id) {
+		x.sess.NotStored(id)
+	}
 }
 
 // maxLocates bounds the journal searches locateStream runs at once, over all

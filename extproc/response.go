@@ -166,8 +166,12 @@ func responseBodyMode(m filterv3.ProcessingMode_BodySendMode) *filterv3.Processi
 // the stream that carried the client's Last-Event-ID. assigned reports that
 // the response, not the request, named the session.
 func (x *exchange) openStream(ctx context.Context, assigned bool) {
+	cached := x.cfg.Sessions.Cached(x.sessionID)
 	if !x.acquire(ctx, assigned) {
 		return // forwarded untracked
+	}
+	if !cached && !assigned {
+		x.awaitPeer(ctx)
 	}
 	x.owner = x.sess.Bind(x.principal)
 	resume := session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID}

@@ -78,6 +78,13 @@ type Config struct {
 	// PrincipalKey keys that hash; replicas must share it for a binding to
 	// hold across them and across restarts.
 	PrincipalKey []byte
+	// PeerWait is how long a resume waits before it reads the session's
+	// history again, when it names a Last-Event-ID the session does not
+	// hold and this process did not hold the session before the resume:
+	// another replica may have delivered that event moments ago, its batch
+	// still on the way to the journal (at most its batch delay). 0: no
+	// wait. It is spent within JournalTimeout, at most half of it.
+	PeerWait time.Duration
 	// JournalTimeout bounds the journal reads made while answering one
 	// header message: a session's history load (request or response
 	// headers) and a replay read (response headers) share it. It must stay

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -744,6 +747,72 @@ func TestReplayWhenHistoryDidNotLoad(t *testing.T) {
 		}
 		if string(res.body) != body {
 			t.Errorf("%v: forwarded %q, want %q", tc.headers, res.body, body)
+		}
+	}
+}
+
+// peerHistory is the journal as another replica fills it: its history of
+// session S gains events 4 to 6 of stream "peer" after the first load, as
+// the other replica's batch reaches JetStream.
+type peerHistory struct{ loads atomic.Int32 }
+
+func (p *peerHistory) Load(context.Context, string) (*session.History, error) {
+	n := 3
+	if p.loads.Add(1) > 1 {
+		n = 6
+	}
+	h := &session.History{Seq: uint64(n), Streams: []session.StreamState{{Stream: "peer", LastEventID: strconv.Itoa(n)}}}
+	for i := 1; i <= n; i++ {
+		h.Events = append(h.Events, session.EventRef{ID: strconv.Itoa(i), Stream: "peer", Seq: uint64(i)})
+	}
+	return h, nil
+}
+
+func (p *peerHistory) Stale(context.Context, string, uint64) (bool, error) { return false, nil }
+
+// TestResumeFromPeerReplica: another replica delivered events 4 to 6 of
+// the session moments ago, and its batch reaches the journal just after
+// this process first loads the session; the client got 4 and 5 and
+// resumes here from 5. With a peer wait the session is read again, the
+// resume continues the other replica's stream, and 6 is replayed; without
+// it, 5 is unknown and 6 is lost with an upstream that cannot resume. A
+// resume of a session this process already holds does not wait.
+func TestResumeFromPeerReplica(t *testing.T) {
+	for _, tc := range []struct {
+		wait     time.Duration
+		wantHdr  string
+		wantBody string
+		loads    int32
+	}{
+		{10 * time.Millisecond, "replayed", "id: 6\ndata: f\n\nid: 7\ndata: g\n\n", 2},
+		{0, "", "id: 7\ndata: g\n\n", 1},
+	} {
+		loader := &peerHistory{}
+		rp := &replayer{}
+		for i, d := range []string{"a", "b", "c", "d", "e", "f"} {
+			id := strconv.Itoa(i + 1)
+			rp.recs = append(rp.recs, session.Record{Session: "S", Stream: "peer", Count: 1, LastID: id,
+				Data: []byte("id: " + id + "\ndata: " + d + "\n\n")})
+		}
+		h := newHarness(t, func(c *Config) {
+			c.Recorder, c.Replayer, c.PeerWait = rp, rp, tc.wait
+			c.Sessions = session.NewTable(session.Config{Window: 64, Loader: loader})
+			t.Cleanup(c.Sessions.Close)
+		})
+		res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "S", "last-event-id", "5"}, respHeaders: sseHeaders(),
+			chunks: split("id: 7\ndata: g\n\n")})
+		if got := replayHeader(res); got != tc.wantHdr || string(res.body) != tc.wantBody {
+			t.Errorf("peer wait %v: %s %q, forwarded %q; want %q, %q", tc.wait, headerReplay, got, res.body, tc.wantHdr, tc.wantBody)
+		}
+		if n := loader.loads.Load(); n != tc.loads {
+			t.Errorf("peer wait %v: %d loads, want %d", tc.wait, n, tc.loads)
+		}
+		// The session is held now: a resume from an id it does not know is
+		// not made to wait, and the journal is not read again.
+		h.run(t, request{reqHeaders: []string{"mcp-session-id", "S", "last-event-id", "bogus"}, respHeaders: sseHeaders(),
+			chunks: split("id: 8\ndata: h\n\n")})
+		if n := loader.loads.Load(); n != tc.loads {
+			t.Errorf("peer wait %v: a resume of a held session read the journal again (%d loads)", tc.wait, n)
 		}
 	}
 }

@@ -254,6 +254,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		PrincipalHeader:   c.principalHdr,
 		PrincipalKey:      principalKey,
 		JournalTimeout:    c.journalTimeout,
+		PeerWait:          peerWait(c),
 		Sessions:          table,
 		Recorder:          recorder,
 		Replayer:          replayer,
@@ -388,6 +389,22 @@ func loadPrincipalKey(c *serveConfig, log *slog.Logger) ([]byte, error) {
 		return nil, fmt.Errorf("principal key %s: want at least 16 bytes", c.principalKey)
 	}
 	return key, nil
+}
+
+// peerWait is how long a resume that names an id unknown to a session this
+// process just loaded waits for another replica's batch: a batch waits up
+// to --batch-delay before it is published, and a publish takes a round
+// trip (extproc.Config.PeerWait). Without a replaying journal there is
+// nothing to wait for.
+func peerWait(c *serveConfig) time.Duration {
+	if !c.journal.enabled || !c.replay {
+		return 0
+	}
+	d := c.journal.opts.Config.Batch.MaxDelay
+	if d <= 0 {
+		d = journal.DefaultBatchDelay
+	}
+	return d + 10*time.Millisecond
 }
 
 func newGRPCServer(c *serveConfig) (*grpc.Server, error) {

@@ -299,6 +299,22 @@ func (s *Session) NeedsLocate(lastEventID string) bool {
 	return true
 }
 
+// Holds reports whether the session knows id: its window holds it, or it
+// is the last id of a stream the session remembers.
+func (s *Session) Holds(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.win.find(s.table.hash(id)) >= 0 {
+		return true
+	}
+	for i := range s.streams {
+		if string(s.streams[i].lastID) == id {
+			return true
+		}
+	}
+	return false
+}
+
 // NotStored records that the journal does not hold lastEventID, so that a
 // client resuming from it again does not cost another search.
 func (s *Session) NotStored(lastEventID string) {
@@ -558,10 +574,16 @@ func (s *Session) LatestLastID() string {
 
 // restore applies a journal history to the session: a new one, or one
 // whose earlier load failed and that has delivered events of its own since
-// (those stay: restore only adds what the session does not know yet).
-func (s *Session) restore(h *History) {
+// (those stay: restore only adds what the session does not know yet, and
+// keeps its streams' last ids unless newer says the history is the more
+// recent, see below).
+func (s *Session) restore(h *History, newer bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// With newer, the history's last ids replace the session's when the
+	// journal numbered more events than the session did: another writer
+	// delivered after it (Table.Reload).
+	newer = newer && h.Seq > s.seq
 	s.seq = max(s.seq, h.Seq) // s.seq: a floor from a dropped stale copy, or our own
 	if s.principal == "" {
 		s.principal = h.Principal
@@ -580,7 +602,7 @@ func (s *Session) restore(h *History) {
 		return s.nextStream
 	}
 	for _, st := range h.Streams {
-		if info := s.stream(num(st.Stream)); info != nil && len(info.lastID) == 0 {
+		if info := s.stream(num(st.Stream)); info != nil && (len(info.lastID) == 0 || newer) {
 			info.lastID = []byte(st.LastEventID)
 		}
 	}

@@ -172,7 +172,7 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 	sh.mu.Unlock()
 
 	if loading {
-		t.load(ctx, s)
+		t.load(ctx, s, false)
 		close(s.ready)
 	}
 	if !ok {
@@ -195,7 +195,7 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 	if load && s.unloaded.CompareAndSwap(true, false) {
 		// The copy's history never loaded: try again, keeping what the copy
 		// learned meanwhile (in degraded operation, its only dedup state).
-		t.load(ctx, s)
+		t.load(ctx, s, false)
 	}
 	return s, nil
 }
@@ -236,7 +236,9 @@ func (t *Table) revalidate(ctx context.Context, sh *shard, id string) uint64 {
 	return seq
 }
 
-func (t *Table) load(ctx context.Context, s *Session) {
+// load reads the history of s and merges it in (Session.restore, newer
+// as there).
+func (t *Table) load(ctx context.Context, s *Session, newer bool) {
 	h, err := t.cfg.Loader.Load(ctx, s.id)
 	if err != nil {
 		// The session goes on without history: dedup starts empty, which can
@@ -252,7 +254,26 @@ func (t *Table) load(ctx context.Context, s *Session) {
 		return
 	}
 	if h != nil {
-		s.restore(h)
+		s.restore(h, newer)
+	}
+}
+
+// Cached reports whether the table holds session id, loaded or not.
+func (t *Table) Cached(id string) bool {
+	sh := t.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	_, ok := sh.m[id]
+	return ok
+}
+
+// Reload reads the history of s again and merges it into s: what another
+// writer stored since s was loaded is then known, its streams' last ids
+// included when the journal numbered more events than s has. Bounded by
+// ctx; a failure leaves s as it was, marked unloaded.
+func (t *Table) Reload(ctx context.Context, s *Session) {
+	if t.cfg.Loader != nil {
+		t.load(ctx, s, true)
 	}
 }
 
