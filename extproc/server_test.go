@@ -752,20 +752,27 @@ func TestReplayWhenHistoryDidNotLoad(t *testing.T) {
 }
 
 // peerHistory is the journal as another replica fills it: its history of
-// session S gains events 4 to 6 of stream "peer" after the first load, as
-// the other replica's batch reaches JetStream.
+// session S (stream "peer", events 1 to 3) gains a batch of events 4 to 6
+// after the first load, as the other replica's batch reaches JetStream.
 type peerHistory struct{ loads atomic.Int32 }
 
 func (p *peerHistory) Load(context.Context, string) (*session.History, error) {
-	n := 3
-	if p.loads.Add(1) > 1 {
-		n = 6
-	}
-	h := &session.History{Seq: uint64(n), Streams: []session.StreamState{{Stream: "peer", LastEventID: strconv.Itoa(n)}}}
-	for i := 1; i <= n; i++ {
+	p.loads.Add(1)
+	return peerEvents(1, 3), nil
+}
+
+// LoadLast returns the batch of 4 to 6 (session.LastLoader).
+func (p *peerHistory) LoadLast(context.Context, string) (*session.History, error) {
+	p.loads.Add(1)
+	return peerEvents(4, 6), nil
+}
+
+func peerEvents(first, last int) *session.History {
+	h := &session.History{Seq: uint64(last), Streams: []session.StreamState{{Stream: "peer", LastEventID: strconv.Itoa(last)}}}
+	for i := first; i <= last; i++ {
 		h.Events = append(h.Events, session.EventRef{ID: strconv.Itoa(i), Stream: "peer", Seq: uint64(i)})
 	}
-	return h, nil
+	return h
 }
 
 func (p *peerHistory) Stale(context.Context, string, uint64) (bool, error) { return false, nil }

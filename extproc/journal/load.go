@@ -58,6 +58,33 @@ func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.Histor
 	return h, err
 }
 
+// LoadLast implements session.LastLoader: the session's last stored batch
+// as a History (its events, its stream and last id, its last number), in
+// one direct get, which any replica of the stream answers: a process that
+// just loaded the session reads what another replica stored since without
+// the ordered consumer a full Load reads with. (nil, nil) when the session
+// has no batch; a last message that is not a batch is skipped the same way.
+func (p *Publisher) LoadLast(ctx context.Context, sessionID string) (*session.History, error) {
+	last, err := p.stream.GetLastMsgForSubject(ctx, Subject(p.cfg.SubjectPrefix, sessionID))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("get last batch: %w", err)
+	}
+	b, err := history.Decode(last.Header, last.Data)
+	if err != nil {
+		return nil, nil
+	}
+	h := &session.History{Seq: b.LastSeq, Streams: []session.StreamState{{Stream: b.Stream, LastEventID: b.LastID}}}
+	for ev := range b.Events() {
+		if ev.ID != "" {
+			h.Events = append(h.Events, session.EventRef{ID: ev.ID, Stream: b.Stream, Seq: ev.Seq})
+		}
+	}
+	return h, nil
+}
+
 // loadHistory is Load without the publisher. st is the merged state.
 func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyValue, cfg Config, sid string) (*session.History, State, error) {
 	st, err := getState(ctx, kv, sid)

@@ -266,6 +266,16 @@ func (j *Journal) Load(ctx context.Context, sessionID string) (*session.History,
 	return p.Load(ctx, sessionID)
 }
 
+// LoadLast implements session.LastLoader through the Publisher (see
+// Publisher.LoadLast); before NATS is ready it fails as Load does.
+func (j *Journal) LoadLast(ctx context.Context, sessionID string) (*session.History, error) {
+	p, err := j.publisher()
+	if err != nil {
+		return nil, err
+	}
+	return p.LoadLast(ctx, sessionID)
+}
+
 // Stale implements session.Loader; it fails with ErrNotReady until the
 // stream and the bucket are set up.
 func (j *Journal) Stale(ctx context.Context, sessionID string, seq uint64) (bool, error) {

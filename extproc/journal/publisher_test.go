@@ -603,3 +603,26 @@ func TestLongLastID(t *testing.T) {
 		t.Errorf("streams %s, want stream a with its last id unknown", got)
 	}
 }
+
+// TestLoadLast reads a session's last batch alone: its events, its stream
+// and last id, its last number; nothing for a session without a batch.
+func TestLoadLast(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	p := newPublisher(t, nc, Config{})
+	p.Append(record("ll", "a", 1, 3, true))
+	p.Append(record("ll", "b", 4, 2, true))
+	waitFor(t, 5*time.Second, "acks", func() bool { return statsOf(t, p).Events == 5 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h, err := p.LoadLast(ctx, "ll")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(h.Seq, h.Streams, h.Events); got != "5 [{b b-5}] [{b-4 b 4} {b-5 b 5}]" {
+		t.Errorf("LoadLast = %s, want the batch of b-4 and b-5", got)
+	}
+	if h, err := p.LoadLast(ctx, "nobody"); h != nil || err != nil {
+		t.Errorf("LoadLast of a session without batches: %+v, %v", h, err)
+	}
+}

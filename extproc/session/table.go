@@ -62,6 +62,13 @@ type Loader interface {
 	Stale(ctx context.Context, sessionID string, seq uint64) (bool, error)
 }
 
+// LastLoader is a Loader that can also read the session's last stored
+// batch alone, cheaply: Table.Reload uses it to learn what another writer
+// stored since the session was loaded.
+type LastLoader interface {
+	LoadLast(ctx context.Context, sessionID string) (*History, error)
+}
+
 const shardCount = 64
 
 // Table holds the sessions. It is safe for concurrent use: sessions are
@@ -267,11 +274,20 @@ func (t *Table) Cached(id string) bool {
 	return ok
 }
 
-// Reload reads the history of s again and merges it into s: what another
-// writer stored since s was loaded is then known, its streams' last ids
-// included when the journal numbered more events than s has. Bounded by
-// ctx; a failure leaves s as it was, marked unloaded.
+// Reload reads what the journal stored of s since s was loaded and merges
+// it into s, its streams' last ids included when the journal numbered more
+// events than s has: with a LastLoader the session's last batch alone (one
+// cheap read; what another writer delivered moments ago is there), else the
+// whole history again. Bounded by ctx; a failed read leaves s as it was.
 func (t *Table) Reload(ctx context.Context, s *Session) {
+	if ll, ok := t.cfg.Loader.(LastLoader); ok {
+		if h, err := ll.LoadLast(ctx, s.id); err != nil {
+			t.cfg.Logger.Warn("reload session history", "session", ShortID(s.id), "err", err)
+		} else if h != nil {
+			s.restore(h, true)
+		}
+		return
+	}
 	if t.cfg.Loader != nil {
 		t.load(ctx, s, true)
 	}
