@@ -43,8 +43,9 @@ func (x *exchange) locateStream(ctx context.Context) string {
 // session loaded from the journal does not hold: the client may have got
 // that event from the other replica moments ago (its batch waits up to the
 // batch delay). It waits Config.PeerWait, or half of what is left of ctx,
-// and reads the session's history again. An id still not held is recorded
-// as not stored, so that no later resume from it waits again.
+// and reads what the journal stored since (Table.Reload: the session's last
+// batch). An id still not held is recorded as not stored (NotStored),
+// which spares a later resume from it a journal search.
 func (x *exchange) awaitPeer(ctx context.Context) {
 	id := x.lastEventID
 	if x.cfg.PeerWait <= 0 || x.cfg.Replayer == nil || x.observe || !x.hasLastEventID || id == "" || x.sess.Holds(id) {
