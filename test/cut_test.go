@@ -203,17 +203,7 @@ func TestHalfOpenResume(t *testing.T) {
 				close(oldSent)
 			}}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	resp, err := fx.open(ctx, http.MethodGet, path, sessionHeader(sid), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	first := make([]byte, cuts[1])
-	if _, err := io.ReadFull(resp.Body, first); err != nil {
-		t.Fatal(err)
-	}
+	first := fx.openRead(t, path, sessionHeader(sid), cuts[1])
 	expectBody(t, "old response before the cut", first, harness.EncodeAll(evs[:2]))
 	// The client reads no more from the old connection and resumes after 2.
 	_, got := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"2"}})

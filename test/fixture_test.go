@@ -73,6 +73,24 @@ func newClient(t *testing.T) *http.Client {
 	return c
 }
 
+// openRead sends a GET through Envoy and reads the first n bytes of its body; the response
+// stays open (the client reads no more of it: a half-open last mile) until t ends.
+func (fx *fixture) openRead(t *testing.T, path string, header http.Header, n int) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	resp, err := fx.open(ctx, http.MethodGet, path, header, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	b := make([]byte, n)
+	if _, err := io.ReadFull(resp.Body, b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // get sends a GET through Envoy and reads the whole body; it fails t unless the status is
 // 200.
 func (fx *fixture) get(t *testing.T, path string, header http.Header) (*http.Response, []byte) {

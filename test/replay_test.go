@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -167,17 +165,7 @@ func TestReplayRightAfterDelivery(t *testing.T) {
 		}
 		return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[6:])} // cannot resume
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	resp1, err := fx.open(ctx, http.MethodGet, path, sessionHeader(sid), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp1.Body.Close()
-	got1 := make([]byte, len(first))
-	if _, err := io.ReadFull(resp1.Body, got1); err != nil {
-		t.Fatal(err)
-	}
+	got1 := fx.openRead(t, path, sessionHeader(sid), len(first))
 	expectBody(t, "first stream", got1, first)
 	// The client lost 4 to 6 and resumes while the first response is still open.
 	resp, got2 := fx.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"3"}})

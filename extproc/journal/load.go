@@ -65,12 +65,9 @@ func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.Histor
 // the ordered consumer a full Load reads with. (nil, nil) when the session
 // has no batch; a last message that is not a batch is skipped the same way.
 func (p *Publisher) LoadLast(ctx context.Context, sessionID string) (*session.History, error) {
-	last, err := p.stream.GetLastMsgForSubject(ctx, Subject(p.cfg.SubjectPrefix, sessionID))
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return nil, nil
-	case err != nil:
-		return nil, fmt.Errorf("get last batch: %w", err)
+	last, err := history.LastMessage(ctx, p.stream, Subject(p.cfg.SubjectPrefix, sessionID))
+	if err != nil || last == nil {
+		return nil, err
 	}
 	b, err := history.Decode(last.Header, last.Data)
 	if err != nil {
@@ -93,12 +90,9 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 	}
 	haveKV := st.Seq > 0 || len(st.Streams) > 0
 	subj := Subject(cfg.SubjectPrefix, sid)
-	last, err := stream.GetLastMsgForSubject(ctx, subj)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		last, err = nil, nil
-	}
+	last, err := history.LastMessage(ctx, stream, subj)
 	if err != nil {
-		return nil, st, fmt.Errorf("get last batch: %w", err)
+		return nil, st, err
 	}
 	if !haveKV && last == nil {
 		return nil, st, nil

@@ -4,11 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
-	"fmt"
 	"strconv"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ssetrack/ssetrack/extproc/journal/history"
 )
@@ -29,12 +25,9 @@ func newWriterID() string {
 // but the copy, loaded from it, has seen it). It costs one direct read of
 // the subject's last message.
 func (p *Publisher) Stale(ctx context.Context, sessionID string, seq uint64) (bool, error) {
-	msg, err := p.stream.GetLastMsgForSubject(ctx, Subject(p.cfg.SubjectPrefix, sessionID))
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("last batch of session: %w", err)
+	msg, err := history.LastMessage(ctx, p.stream, Subject(p.cfg.SubjectPrefix, sessionID))
+	if err != nil || msg == nil {
+		return false, err
 	}
 	if msg.Header.Get(HeaderWriter) == p.writer {
 		return false, nil

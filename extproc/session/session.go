@@ -229,8 +229,7 @@ func (d *Delivery) anchor(slot int) {
 			s.forgetStream(st.num) // opened for this response, nothing delivered on it
 			s.touchStream(num)
 			info := s.stream(num)
-			st.num, st.id, st.continued = num, info.id, true
-			st.lostTag = tagOf(st.num)
+			st.num, st.id, st.continued = num, info.id, true // lostTag is its tag already
 			info.gen++
 			st.gen = info.gen
 			d.info = info
@@ -288,15 +287,7 @@ func (s *Session) NeedsLocate(lastEventID string) bool {
 	if max(s.seq, s.win.next) <= uint64(len(s.win.slots)) || lastEventID == s.notStored {
 		return false
 	}
-	if s.win.find(s.table.hash(lastEventID)) >= 0 {
-		return false
-	}
-	for i := range s.streams {
-		if string(s.streams[i].lastID) == lastEventID {
-			return false
-		}
-	}
-	return true
+	return !s.holds(lastEventID)
 }
 
 // Holds reports whether the session knows id: its window holds it, or it
@@ -304,6 +295,11 @@ func (s *Session) NeedsLocate(lastEventID string) bool {
 func (s *Session) Holds(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.holds(id)
+}
+
+// holds is Holds with s.mu held.
+func (s *Session) holds(id string) bool {
 	if s.win.find(s.table.hash(id)) >= 0 {
 		return true
 	}

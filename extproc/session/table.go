@@ -266,12 +266,15 @@ func (t *Table) load(ctx context.Context, s *Session, newer bool) {
 }
 
 // Cached reports whether the table holds session id, loaded or not.
-func (t *Table) Cached(id string) bool {
+func (t *Table) Cached(id string) bool { return t.lookup(id) != nil }
+
+// lookup returns session id if the table holds it, else nil; it neither
+// loads nor counts a use.
+func (t *Table) lookup(id string) *Session {
 	sh := t.shard(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	_, ok := sh.m[id]
-	return ok
+	return sh.m[id]
 }
 
 // Reload reads what the journal stored of s since s was loaded and merges
@@ -311,10 +314,7 @@ func (t *Table) Release(s *Session) {
 // stream, and does nothing otherwise. It takes the session's lock: the
 // caller must not hold it.
 func (t *Table) Lost(sessionID, streamID string) {
-	sh := t.shard(sessionID)
-	sh.mu.Lock()
-	s := sh.m[sessionID]
-	sh.mu.Unlock()
+	s := t.lookup(sessionID)
 	if s == nil {
 		return
 	}

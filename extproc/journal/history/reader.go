@@ -89,7 +89,7 @@ func (r *Reader) Events(ctx context.Context, sessionID string, opts ReadOptions)
 // stored, or purged), ctx's error, or a wrapped JetStream error.
 func (r *Reader) StreamOf(ctx context.Context, sessionID, id string) (string, error) {
 	subj := Subject(r.prefix, sessionID)
-	last, err := r.lastBatch(ctx, subj)
+	last, err := LastMessage(ctx, r.stream, subj)
 	switch {
 	case err != nil:
 		return "", err
@@ -103,9 +103,11 @@ func (r *Reader) StreamOf(ctx context.Context, sessionID, id string) (string, er
 	return at.stream, nil
 }
 
-// lastBatch returns the last message on subj, nil when there is none.
-func (r *Reader) lastBatch(ctx context.Context, subj string) (*jetstream.RawStreamMsg, error) {
-	last, err := r.stream.GetLastMsgForSubject(ctx, subj)
+// LastMessage returns the last message of stream on subject subj, nil when
+// there is none: one direct get, which any replica of a stream with
+// AllowDirect answers. The message may not be a batch (see Decode).
+func LastMessage(ctx context.Context, stream jetstream.Stream, subj string) (*jetstream.RawStreamMsg, error) {
+	last, err := stream.GetLastMsgForSubject(ctx, subj)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return nil, nil
@@ -124,7 +126,7 @@ func (r *Reader) read(ctx context.Context, sid string, opts ReadOptions, fn func
 		return ErrConflictingOptions
 	}
 	subj := Subject(r.prefix, sid)
-	last, err := r.lastBatch(ctx, subj)
+	last, err := LastMessage(ctx, r.stream, subj)
 	if err != nil {
 		return err
 	}
