@@ -60,6 +60,7 @@ type serveConfig struct {
 	pprof          bool
 	shutdown       time.Duration
 	drainDelay     time.Duration
+	gcHeadroom     int64
 	journal        journalFlags
 }
 
@@ -90,6 +91,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof/ on the metrics listener")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", 15*time.Second, "on SIGTERM, how long open streams and the journal get to finish")
 	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "on SIGTERM, keep taking new streams this long first, with /readyz and gRPC health saying not serving, so load balancers move new streams to other replicas; then end the SSE streams still open at their next chunk, so their clients resume (with replay) on another replica")
+	fs.Int64Var(&c.gcHeadroom, "gc-headroom", DefaultGCHeadroom, "`bytes` the Go heap may grow past its live size before a garbage collection, at least (GOGC = max(100, 100*headroom/live)); 0, or GOGC in the environment, leaves the runtime's own setting")
 	c.journal.register(fs)
 	fs.Usage = flagUsage(fs, stderr, "ssetrack serve [flags]")
 	return fs, c
@@ -145,6 +147,9 @@ func (c *serveConfig) validate() error {
 	if c.shutdown <= 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-timeout %v: want > 0", c.shutdown))
 	}
+	if c.gcHeadroom < 0 {
+		errs = append(errs, fmt.Errorf("--gc-headroom %d: want >= 0", c.gcHeadroom))
+	}
 	if c.drainDelay < 0 {
 		errs = append(errs, fmt.Errorf("--drain-delay %v: want >= 0", c.drainDelay))
 	}
@@ -178,6 +183,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("%w: invalid configuration:\n%w", errUsage, err)
 	}
 	log := newLogger(stderr, c.logLevel, c.logFormat)
+	if c.gcHeadroom > 0 && os.Getenv("GOGC") == "" {
+		defer startGCTuner(gcHeadroom(uint64(c.gcHeadroom)))()
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -97,8 +97,8 @@ type batcher struct {
 	buffers [][]byte
 }
 
-// maxSpareBuffers bounds the batch buffers kept for reuse (at 64 KiB each,
-// 16 MiB).
+// maxSpareBuffers bounds the batch buffers kept for reuse (at 60 KiB each,
+// 15 MiB).
 const maxSpareBuffers = 256
 
 // maxBytes is the most payload bytes of a batch of several records:

@@ -15,7 +15,7 @@ const (
 	DefaultDuplicateWindow = 2 * time.Minute
 	DefaultQueueSize       = 65536
 	DefaultBatchEvents     = 256
-	DefaultBatchBytes      = 64 << 10
+	DefaultBatchBytes      = 60 << 10
 	DefaultBatchDelay      = 20 * time.Millisecond
 	DefaultStateInterval   = 100 * time.Millisecond
 	DefaultPublishTimeout  = 5 * time.Second
@@ -103,7 +103,11 @@ type BatchConfig struct {
 	// MaxEvents is the most events in one batch. Default 256.
 	MaxEvents int
 	// MaxBytes is the most payload bytes in one batch. A single record
-	// larger than this is published alone. Default 64 KiB.
+	// larger than this is published alone. Default 60 KiB: a batch and its
+	// headers then fit the NATS server's 64 KiB read buffer, which it parses
+	// in place; a message over it arrives in several reads, and the server
+	// first copies it into a buffer of its own (nats-server's parser, "split
+	// buffer"), which doubles what storing a batch allocates.
 	MaxBytes int
 	// MaxDelay is how long the first record of a batch waits for more.
 	// Default 20ms.

@@ -626,3 +626,42 @@ func TestLoadLast(t *testing.T) {
 		t.Errorf("LoadLast of a session without batches: %+v, %v", h, err)
 	}
 }
+
+// TestFullBatchFitsServerReadBuffer checks that a full batch of the default
+// size, with a UUID session id and short event ids, reaches the NATS server
+// as a message of at most 64 KiB, its read buffer's most: the server then
+// parses it in place instead of copying it into a buffer of its own
+// (Config.Batch.MaxBytes).
+func TestFullBatchFitsServerReadBuffer(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{Batch: BatchConfig{MaxEvents: 1 << 20, MaxDelay: time.Hour}}
+	sub, err := nc.SubscribeSync(DefaultSubjectPrefix + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPublisher(t, nc, cfg)
+	const sid = "0b6c1a52-4f1e-4d52-9a8e-3c1f7a2e9d41"
+	sent := 0
+	for r := 1; sent < 3*DefaultBatchBytes; r += 32 {
+		rec := record(sid, "s", r, 32, false)
+		sent += len(rec.Data)
+		p.Append(rec)
+	}
+	const serverReadBuffer = 64 << 10 // nats-server's maxBufSize
+	for range 2 {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Data) < DefaultBatchBytes-2<<10 {
+			t.Errorf("a batch of %d bytes: not full", len(m.Data))
+		}
+		hdr := m.Size() - len(m.Subject) - len(m.Reply) - len(m.Data)
+		line := fmt.Sprintf("HPUB %s %s %d %d\r\n", m.Subject, m.Reply, hdr, hdr+len(m.Data))
+		if wire := len(line) + hdr + len(m.Data) + 2; wire > serverReadBuffer {
+			t.Errorf("a full batch is %d bytes on the wire (%d of them data), over the server's %d-byte read buffer",
+				wire, len(m.Data), serverReadBuffer)
+		}
+	}
+}
