@@ -24,7 +24,7 @@ const DefaultGCHeadroom = 64 << 20
 // body chunk into a new slice, and the embedded NATS server copies every
 // batch it stores twice. Flat out on 64 streams that was about 30
 // collections a second; with the default headroom it is about 7, for a
-// sixth less CPU per event and some 40 MiB more resident. A heap large
+// sixth less CPU per event and 40 to 65 MiB more resident. A heap large
 // enough for the headroom not to matter (a million sessions) keeps Go's
 // default rate; a small one trades at most headroom bytes of memory for
 // fewer collections. GOMEMLIMIT, when set, still caps the heap: the runtime
