@@ -45,14 +45,23 @@ type gcTuner struct {
 type gcSentinel struct{ t *gcTuner }
 
 // gcHeadroom is headroom, at most a quarter of the process's memory limit:
-// GOMEMLIMIT's, or else the cgroup v2 limit (memory.max) of a container.
+// GOMEMLIMIT's, or else a container's (the cgroup v2 memory.max, or v1's
+// memory.limit_in_bytes).
 func gcHeadroom(headroom uint64) uint64 {
 	limit := uint64(math.MaxInt64)
 	if l := debug.SetMemoryLimit(-1); l > 0 && l < math.MaxInt64 {
 		limit = uint64(l)
-	} else if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
-		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
-			limit = v // "max" when unlimited: no number
+	} else {
+		for _, f := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			// v2 writes "max" when unlimited, v1 a number near 2^63.
+			if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+				limit = v
+			}
+			break
 		}
 	}
 	return min(headroom, limit/4)
