@@ -26,7 +26,8 @@ import (
 // Append does not wake the batcher for every record: the batcher takes the
 // queue whole whenever it wakes, and Append wakes it only when it would not
 // wake by itself before the new record's batch is due (Config.Batch.MaxDelay
-// after the record), when a stream ends, or when inboxWake records wait. A stream of a few events
+// after the record), when a stream ends, or when inboxWake records or a
+// batch's worth of bytes (Config.Batch.MaxBytes) wait. A stream of a few events
 // per batch delay costs a few wakeups per batch, not one per record.
 // Each session has at most one batch in flight, and a failed batch is
 // retried (same Nats-Msg-Id, so a retry that follows a lost ack is a
@@ -46,9 +47,10 @@ type Publisher struct {
 	m      *metrics
 	state  *stateWriter
 
-	mu     sync.Mutex // guards closed, inbox, unstored and flushes
-	closed bool
-	inbox  []queued // records from Append the batcher has not taken yet
+	mu         sync.Mutex // guards closed, inbox, inboxBytes, unstored and flushes
+	closed     bool
+	inbox      []queued // records from Append the batcher has not taken yet
+	inboxBytes int      // their payload bytes
 	// unstored is each session's highest sequence number among the records
 	// appended and not yet acknowledged or given up. Load reports it, so a
 	// session reloaded (evicted from memory, say) while its last events are
@@ -204,14 +206,14 @@ func (p *Publisher) enqueue(q queued) bool {
 		logDrop(p.log, &p.lastDropLog, &p.dropsToLog, q.rec.Session, p.cfg.QueueSize)
 		return false
 	}
-	n := p.push(q)
+	n, full := p.push(q)
 	p.mu.Unlock()
 	p.m.depth.Inc()
 	// The batcher stores wakeAt before it looks at the inbox a last time and
 	// sleeps; this load follows the append under the same lock, so a record
 	// the batcher missed sees the wakeAt it sleeps with.
 	switch {
-	case q.rec.End, n == inboxWake:
+	case q.rec.End, n == inboxWake, full:
 		// The end of a stream publishes its batch at once.
 		p.signal()
 	case n == 1:
@@ -222,14 +224,18 @@ func (p *Publisher) enqueue(q queued) bool {
 	return true
 }
 
-// push adds q to the inbox and returns the inbox's length. p.mu must be
-// held.
-func (p *Publisher) push(q queued) int {
+// push adds q to the inbox and returns the inbox's length, and full when
+// q brought the inbox's bytes to a batch's worth (Config.Batch.MaxBytes).
+// p.mu must be held.
+func (p *Publisher) push(q queued) (n int, full bool) {
 	p.inbox = append(p.inbox, q)
 	if s := q.rec.LastSeq; s > p.unstored[q.rec.Session] {
 		p.unstored[q.rec.Session] = s
 	}
-	return len(p.inbox)
+	before := p.inboxBytes
+	p.inboxBytes += len(q.rec.Data)
+	lim := p.cfg.Batch.MaxBytes
+	return len(p.inbox), before < lim && p.inboxBytes >= lim
 }
 
 // handOver is enqueue for the records a Journal queued before the
@@ -281,7 +287,7 @@ func (p *Publisher) take(buf []queued) ([]queued, bool) {
 	defer p.mu.Unlock()
 	recs := p.inbox
 	clear(buf)
-	p.inbox = buf[:0]
+	p.inbox, p.inboxBytes = buf[:0], 0
 	return recs, p.closed
 }
 

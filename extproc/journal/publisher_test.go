@@ -405,6 +405,29 @@ func TestPacedRecordsWakeOncePerBatch(t *testing.T) {
 	t.Logf("%d records, %d batches, %d wakes", n, len(bs), p.wakes.Load())
 }
 
+// TestFullBatchIsNotHeldForItsDelay appends records one by one to a
+// batcher asleep on an hour's batch delay, fewer than inboxWake of them: the
+// record that brings the waiting bytes to a batch's worth must wake it, so
+// the full batch is published at once, not an hour later.
+func TestFullBatchIsNotHeldForItsDelay(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	one := len(record("full", "s", 100, 8, false).Data) // ids of 3 digits: every record the same size
+	cfg := Config{Stream: "FULL", SubjectPrefix: "full", Bucket: "full",
+		Batch: BatchConfig{MaxBytes: 4 * one, MaxEvents: 1 << 20, MaxDelay: time.Hour}}
+	p := newPublisher(t, nc, cfg)
+	for r := range 9 {
+		p.Append(record("full", "s", 100+8*r, 8, false))
+		// Let the batcher take what it was woken for and sleep again (it
+		// takes microseconds; if it has not, the test cannot fail wrongly).
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFor(t, 5*time.Second, "a full batch published", func() bool { return statsOf(t, p).Batches >= 1 })
+	if b := readAll(t, jsOf(t, nc), cfg, "full")[0]; b.Count != 32 {
+		t.Errorf("the first batch holds %d events, want 32 (4 records of 8)", b.Count)
+	}
+}
+
 // TestAppendDuringTakeIsNotStranded appends a record just after the
 // batcher took the inbox and before it sleeps, with no timer of its own to
 // wake it (it took only the end of an empty stream): the batcher must see
