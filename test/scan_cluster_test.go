@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,30 +31,7 @@ func TestScanOnReplicatedStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	nc, err := nats.Connect(cl.URLs())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	cfg := journal.Config{Stream: "SCAN", SubjectPrefix: "scan.events", Bucket: "scan-sessions", Replicas: 3,
-		Batch: journal.BatchConfig{MaxEvents: 4, MaxDelay: time.Hour}}
-	p, err := journal.New(ctx, nc, cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const sid, batches = "scan-session", 12
-	for i := range batches {
-		var data strings.Builder
-		for e := 4 * i; e < 4*i+4; e++ {
-			fmt.Fprintf(&data, "id: e%d\ndata: %d\n\n", e, e)
-		}
-		p.Append(session.Record{Session: sid, Stream: "s", Count: 4, Data: []byte(data.String()),
-			FirstSeq: uint64(4*i + 1), LastSeq: uint64(4*i + 4), FirstID: fmt.Sprintf("e%d", 4*i), LastID: fmt.Sprintf("e%d", 4*i+3)})
-	}
-	if err := p.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-
+	cfg, sid := writeScanSession(t, ctx, cl.URLs())
 	subj := journal.Subject(cfg.SubjectPrefix, sid)
 	for _, node := range cl.Nodes {
 		js := harness.JetStream(t, node.URL())
@@ -72,9 +50,9 @@ func TestScanOnReplicatedStream(t *testing.T) {
 			err := history.Scan(rctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}}, last.Sequence,
 				func(b history.Batch) error { got = append(got, b.FirstSeq); return nil })
 			rcancel()
-			if err != nil || len(got) != batches {
+			if err != nil || len(got) != scanBatches {
 				if stalled++; stalled <= 3 {
-					t.Errorf("%s: a read ended with %v after %d of %d batches", node.Name, err, len(got), batches)
+					t.Errorf("%s: a read ended with %v after %d of %d batches", node.Name, err, len(got), scanBatches)
 				}
 				continue
 			}
@@ -87,5 +65,107 @@ func TestScanOnReplicatedStream(t *testing.T) {
 		if stalled > 0 {
 			t.Errorf("%s: %d of 100 reads did not end with every batch within 1 s", node.Name, stalled)
 		}
+	}
+}
+
+// scanBatches is how many batches writeScanSession stores: 4 events each.
+const scanBatches = 12
+
+// writeScanSession stores scanBatches batches of one session on an R3 stream of the
+// cluster at urls, through the journal's Publisher, and returns the journal's
+// configuration and the session id.
+func writeScanSession(t *testing.T, ctx context.Context, urls string) (journal.Config, string) {
+	t.Helper()
+	nc, err := nats.Connect(urls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	cfg := journal.Config{Stream: "SCAN", SubjectPrefix: "scan.events", Bucket: "scan-sessions", Replicas: 3,
+		Batch: journal.BatchConfig{MaxEvents: 4, MaxDelay: time.Hour}}
+	const sid = "scan-session"
+	p, err := journal.New(ctx, nc, cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range scanBatches {
+		var data strings.Builder
+		for e := 4 * i; e < 4*i+4; e++ {
+			fmt.Fprintf(&data, "id: e%d\ndata: %d\n\n", e, e)
+		}
+		p.Append(session.Record{Session: sid, Stream: "s", Count: 4, Data: []byte(data.String()),
+			FirstSeq: uint64(4*i + 1), LastSeq: uint64(4*i + 4), FirstID: fmt.Sprintf("e%d", 4*i), LastID: fmt.Sprintf("e%d", 4*i+3)})
+	}
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, sid
+}
+
+// TestDirectGetsPastFrozenReplica stops the stream leader's node of a 3-node cluster with
+// SIGSTOP, as a frozen process or a partition would, and reads a session's last batch and
+// its first (direct gets, as a history load and a replay do) 60 times each through another node,
+// each read with a 500 ms budget, from the first read that succeeds on. Single tries
+// then still go unanswered, 11 to 24 in 30 here; every read must succeed anyway
+// (history.DirectGet tries again with what is left of the budget).
+func TestDirectGetsPastFrozenReplica(t *testing.T) {
+	if !journalEnabled() {
+		t.Skip("E2E_SSETRACK_ARGS has --journal=false: this test checks JetStream")
+	}
+	cl := harness.StartNATSCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg, sid := writeScanSession(t, ctx, cl.URLs())
+	subj := journal.Subject(cfg.SubjectPrefix, sid)
+
+	// Freezing the stream's leader is what costs direct gets through the other nodes: with
+	// a follower frozen none failed here, with the leader 11 to 24 of 30 single tries.
+	leader := harness.WaitStreamHealthy(t, harness.JetStream(t, cl.URLs()), cfg.Stream, 3, time.Minute)
+	frozen := cl.Node(leader)
+	via := cl.Nodes[0]
+	if via == frozen {
+		via = cl.Nodes[1]
+	}
+	stream, err := harness.JetStream(t, via.URL()).Stream(ctx, cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := frozen.Proc().Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = frozen.Proc().Signal(syscall.SIGCONT) })
+
+	// For a second or two after the freeze every direct get through the other nodes goes
+	// unanswered, tried again or not; the reads count from the first that succeeds.
+	harness.WaitUntil(t, 30*time.Second, func() error {
+		rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer rcancel()
+		_, err := history.LastMessage(rctx, stream, subj)
+		return err
+	})
+	failed := 0
+	for i := range 60 {
+		rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		last, err := history.LastMessage(rctx, stream, subj)
+		if err == nil && last == nil {
+			err = fmt.Errorf("no last batch")
+		}
+		var first *jetstream.RawStreamMsg
+		if err == nil {
+			first, err = history.GetMsg(rctx, stream, 1, subj)
+		}
+		rcancel()
+		if err != nil {
+			if failed++; failed <= 3 {
+				t.Errorf("read %d through %s with %s frozen: %v", i, via.Name, frozen.Name, err)
+			}
+			continue
+		}
+		if first.Sequence >= last.Sequence {
+			t.Fatalf("first batch at %d, last at %d", first.Sequence, last.Sequence)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of 60 reads failed with %s frozen", failed, frozen.Name)
 	}
 }

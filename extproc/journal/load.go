@@ -181,7 +181,7 @@ func findStart(ctx context.Context, stream jetstream.Stream, subj string, target
 	// returns lastSeq and a first sequence past target.
 	next := func(n uint64) (uint64, uint64, error) {
 		for n <= lastSeq {
-			m, err := stream.GetMsg(ctx, n, jetstream.WithGetMsgSubject(subj))
+			m, err := history.GetMsg(ctx, stream, n, subj)
 			if err != nil {
 				return 0, 0, fmt.Errorf("get batch: %w", err)
 			}

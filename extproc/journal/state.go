@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 	"github.com/ssetrack/ssetrack/extproc/session"
 )
 
@@ -287,7 +288,9 @@ func (w *stateWriter) sweep() {
 // getState reads a session's state; a missing key is the zero State.
 func getState(ctx context.Context, kv jetstream.KeyValue, sid string) (State, error) {
 	var s State
-	e, err := kv.Get(ctx, SubjectToken(sid))
+	e, err := history.DirectGet(ctx, func(ctx context.Context) (jetstream.KeyValueEntry, error) {
+		return kv.Get(ctx, SubjectToken(sid))
+	})
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return s, nil
 	}

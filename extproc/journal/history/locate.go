@@ -152,7 +152,7 @@ func Range(ctx context.Context, stream jetstream.Stream, subj string, from, to u
 			})
 			return out, err
 		}
-		m, err := stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subj))
+		m, err := GetMsg(ctx, stream, from, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return out, nil
 		}

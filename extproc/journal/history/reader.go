@@ -106,9 +106,12 @@ func (r *Reader) StreamOf(ctx context.Context, sessionID, id string) (string, er
 
 // LastMessage returns the last message of stream on subject subj, nil when
 // there is none: one direct get, which any replica of a stream with
-// AllowDirect answers. The message may not be a batch (see Decode).
+// AllowDirect answers (tried again within ctx, see DirectGet). The message
+// may not be a batch (see Decode).
 func LastMessage(ctx context.Context, stream jetstream.Stream, subj string) (*jetstream.RawStreamMsg, error) {
-	last, err := stream.GetLastMsgForSubject(ctx, subj)
+	last, err := DirectGet(ctx, func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return stream.GetLastMsgForSubject(ctx, subj)
+	})
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return nil, nil
@@ -215,7 +218,7 @@ func (r *Reader) read(ctx context.Context, sid string, opts ReadOptions, fn func
 // sequence 1: events older than it were stored and are gone, and some of
 // them may be newer than since.
 func (r *Reader) checkSince(ctx context.Context, subj string, since time.Time) error {
-	m, err := r.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+	m, err := GetMsg(ctx, r.stream, 1, subj)
 	if err != nil {
 		return fmt.Errorf("get first batch: %w", err)
 	}
