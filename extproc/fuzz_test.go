@@ -134,7 +134,7 @@ func recordsConsistent(recs []session.Record) error {
 		if r.Count == 0 {
 			continue // the LF of the last record's CRLF, or a stream's end
 		}
-		var p sse.Parser
+		p := sse.Parser{MidStream: true} // a record never holds the stream's BOM
 		p.Feed(r.Data)
 		n, first, last := 0, "", ""
 		for seg, ok := p.Next(); ok; seg, ok = p.Next() {

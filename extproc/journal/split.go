@@ -69,7 +69,9 @@ func splitRecord(rec session.Record, limit int) (parts []session.Record, tooLarg
 		}
 		off = end
 	}
-	p := sse.Parser{MaxEventSize: len(rec.Data) + 1} // never oversize: the record holds whole events
+	// Never oversize: the record holds whole events. Mid-stream: a record
+	// never holds the stream's BOM.
+	p := sse.Parser{MaxEventSize: len(rec.Data) + 1, MidStream: true}
 	p.Feed(rec.Data)
 	for seg, ok := p.Next(); ok; seg, ok = p.Next() {
 		take(seg)

@@ -107,6 +107,12 @@ type Parser struct {
 	// segments as its bytes arrive, so the stream is never held or broken.
 	MaxEventSize int
 
+	// MidStream marks input that does not start a stream, such as the
+	// events of a stored batch: a U+FEFF at its start is then a byte of a
+	// field line, where at a stream's start it is the byte order mark the
+	// parser strips (WHATWG HTML §9.2.6 strips one only there).
+	MidStream bool
+
 	chunk []byte    // the chunk being parsed; nil once Next reported false
 	pos   int       // first byte of chunk not yet returned or held
 	eol   eolFinder // next CR and LF in chunk, so no byte is searched twice
@@ -174,7 +180,9 @@ func (p *Parser) release() {
 // when the rest of the input is an incomplete block, now held by the parser.
 func (p *Parser) Next() (Segment, bool) {
 	if !p.bomDone {
-		if seg, ok, handled := p.nextBOM(); handled {
+		if p.MidStream {
+			p.bomDone = true
+		} else if seg, ok, handled := p.nextBOM(); handled {
 			return seg, ok
 		}
 	}

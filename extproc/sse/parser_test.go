@@ -223,3 +223,28 @@ func TestNoAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestMidStreamKeepsLeadingFEFF: a parser for input that does not start a
+// stream (a stored batch) reads a leading U+FEFF as a byte of the first field
+// name, where a stream's parser strips it as the byte order mark.
+func TestMidStreamKeepsLeadingFEFF(t *testing.T) {
+	const in = "\ufeffid: 1\ndata: x\n\n"
+	for _, mid := range []bool{false, true} {
+		p := Parser{MidStream: mid}
+		p.Feed([]byte(in))
+		var kinds []Kind
+		var block Segment
+		for seg, ok := p.Next(); ok; seg, ok = p.Next() {
+			kinds = append(kinds, seg.Kind)
+			if seg.Kind == KindBlock {
+				block = seg
+			}
+		}
+		switch {
+		case !mid && (len(kinds) != 2 || kinds[0] != KindBOM || !block.HasID || string(block.ID) != "1"):
+			t.Errorf("stream start: kinds %v, id %q (has %v); want the BOM, then a block with id 1", kinds, block.ID, block.HasID)
+		case mid && (len(kinds) != 1 || block.HasID || string(block.Raw) != in):
+			t.Errorf("mid-stream: kinds %v, id %q (has %v), raw %q; want one block, no id, raw the whole input", kinds, block.ID, block.HasID, block.Raw)
+		}
+	}
+}

@@ -227,7 +227,9 @@ func (b Batch) Events() iter.Seq[Event] {
 func eachEvent(p []byte, fn func(seg sse.Segment, end int) bool) {
 	// The whole payload is one chunk, so no block is over the limit and
 	// every segment is a sub-slice of p.
-	ps := sse.Parser{MaxEventSize: len(p) + 1}
+	// A payload starts mid-stream: the processor never records the stream's
+	// BOM, so a U+FEFF at the payload's start belongs to its first event.
+	ps := sse.Parser{MaxEventSize: len(p) + 1, MidStream: true}
 	ps.Feed(p)
 	off := 0
 	for {
