@@ -84,10 +84,15 @@ func writeScanSession(t *testing.T, ctx context.Context, urls string) (journal.C
 	cfg := journal.Config{Stream: "SCAN", SubjectPrefix: "scan.events", Bucket: "scan-sessions", Replicas: 3,
 		Batch: journal.BatchConfig{MaxEvents: 4, MaxDelay: time.Hour}}
 	const sid = "scan-session"
-	p, err := journal.New(ctx, nc, cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// In its first second a new cluster may lose a JetStream API reply while its routes
+	// settle, and the request then waits out its context: each try gets 5 s.
+	var p *journal.Publisher
+	harness.WaitUntil(t, 50*time.Second, func() error {
+		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+		defer acancel()
+		p, err = journal.New(actx, nc, cfg, nil, nil)
+		return err
+	})
 	for i := range scanBatches {
 		var data strings.Builder
 		for e := 4 * i; e < 4*i+4; e++ {
