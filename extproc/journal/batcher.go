@@ -101,9 +101,9 @@ type batcher struct {
 // 15 MiB).
 const maxSpareBuffers = 256
 
-// maxBytes is the most payload bytes of a batch of several records:
-// Batch.MaxBytes, or less if the server takes less (maxRecord).
-func (b *batcher) maxBytes() int { return min(b.p.cfg.Batch.MaxBytes, b.p.maxRecord) }
+// maxBytes is the most payload bytes of a batch of several records
+// (Publisher.batchBytes).
+func (b *batcher) maxBytes() int { return b.p.batchBytes() }
 
 // buffer returns an empty buffer for a batch that holds n bytes so far: a
 // spare one, or a new one of twice that (appends grow it). New buffers are

@@ -224,9 +224,13 @@ func (p *Publisher) enqueue(q queued) bool {
 	return true
 }
 
+// batchBytes is the most payload bytes of a batch of several records:
+// Config.Batch.MaxBytes, or less if the server takes less (maxRecord).
+func (p *Publisher) batchBytes() int { return min(p.cfg.Batch.MaxBytes, p.maxRecord) }
+
 // push adds q to the inbox and returns the inbox's length, and full when
-// q brought the inbox's bytes to a batch's worth (Config.Batch.MaxBytes).
-// p.mu must be held.
+// q brought the inbox's bytes to a batch's worth (batchBytes). p.mu must be
+// held.
 func (p *Publisher) push(q queued) (n int, full bool) {
 	p.inbox = append(p.inbox, q)
 	if s := q.rec.LastSeq; s > p.unstored[q.rec.Session] {
@@ -234,7 +238,7 @@ func (p *Publisher) push(q queued) (n int, full bool) {
 	}
 	before := p.inboxBytes
 	p.inboxBytes += len(q.rec.Data)
-	lim := p.cfg.Batch.MaxBytes
+	lim := p.batchBytes()
 	return len(p.inbox), before < lim && p.inboxBytes >= lim
 }
 

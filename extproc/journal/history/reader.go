@@ -243,8 +243,13 @@ const consumerIdle = 10 * time.Second
 const scanBatch = 256
 
 // scanRetry is how long Scan waits before it pulls again after a pull that
-// reached no consumer or found nothing yet.
-const scanRetry = time.Millisecond
+// reached no consumer or found nothing yet, doubled for each such pull in a
+// row up to scanRetryMax: each pull of an ordered consumer after the first
+// creates a consumer on the server.
+const (
+	scanRetry    = time.Millisecond
+	scanRetryMax = 16 * time.Millisecond
+)
 
 // Scan reads the batches of stream that occ selects, in stored order, with an
 // ordered consumer, and calls fn with each until fn returns an error or the
@@ -307,6 +312,7 @@ func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedCon
 	if end == 0 {
 		return follow(ctx, cons, take)
 	}
+	wait := scanRetry
 	for {
 		batch, err := cons.FetchNoWait(scanBatch)
 		if err != nil {
@@ -336,16 +342,19 @@ func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedCon
 			// The pull reached no consumer yet, or the consumer's server
 			// has not stored up to end yet: pull again shortly.
 			select {
-			case <-time.After(scanRetry):
+			case <-time.After(wait):
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			wait = min(2*wait, scanRetryMax)
+			continue
 		case err != nil:
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("next batch: %w", err)
 		}
+		wait = scanRetry
 	}
 }
 
