@@ -89,6 +89,7 @@ test:
 	$(GO) vet ./...; \
 	$(MAKE) --no-print-directory staticcheck; \
 	$(GO) test -race -count=1 ./...; \
+	(cd test/bench && $(GO) vet ./... && $(GO) test -count=1 ./...); \
 	$(MAKE) --no-print-directory fuzz; \
 	$(MAKE) --no-print-directory test-guides; \
 	$(MAKE) --no-print-directory test-browser; \

@@ -3,8 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,12 +26,21 @@ import (
 // Each stream is a new session. The servers, each its own process:
 //
 //	noop                the do-nothing ext_proc server of perf_test.go
+//	noop-journal        the same, which also publishes every body chunk to a JetStream
+//	                    stream of its own embedded nats-server (perf_floor_test.go): the
+//	                    floor of an ext_proc that persists the stream through JetStream
 //	ssetrack            the built ssetrack, embedded JetStream journal on
 //	ssetrack-nojournal  the same with --journal=false
 //
+// PERF_ROUNDS (default 1) runs every server that many times, in turn: with rounds
+// alternated, what changes during a run (the page cache filling with the journals' writes,
+// say) weighs on every server alike, which -count, running each server's rounds back to
+// back, does not. Every stream of every round is a new session.
+//
 // One op is one event. server-cpu-us/ev is the server process's user + system CPU per
 // event (from /proc, 10 ms ticks), read after the round and a pause for the journal to
-// publish what it holds; xnoop-cpu is that over noop's in the same run. With no Envoy, no
+// publish what it holds; xnoop-cpu is that over noop's in the same run, and xfloor-cpu
+// over noop-journal's. peak-rss-MiB is the process's VmHWM, its whole life so far. With no Envoy, no
 // upstream and no HTTP client sharing the measurement, this is the steadiest measure of
 // what ssetrack costs per event; BenchmarkPerf gives the whole path.
 //
@@ -36,7 +48,8 @@ import (
 func BenchmarkProcessor(b *testing.B) {
 	streams := perfEnvInt(b, "PERF_STREAMS", 64)
 	const perChunk, evSize = 32, 256
-	noopPort, noopProc := startNoopProcess(b)
+	noopPort, noopProc := startNoopProcess(b, false)
+	floorPort, floorProc := startNoopProcess(b, true)
 	sse := harness.StartSsetrack(b, harness.SsetrackOptions{LogLevel: "warn"})
 	sseNJ := harness.StartSsetrack(b, harness.SsetrackOptions{Name: "ssetrack-nojournal", LogLevel: "warn", Args: []string{"--journal=false"}})
 	servers := []struct {
@@ -45,48 +58,62 @@ func BenchmarkProcessor(b *testing.B) {
 		proc *harness.Process
 	}{
 		{"noop", noopPort, noopProc},
+		{"noop-journal", floorPort, floorProc},
 		{"ssetrack", sse.GRPCPort, sse.Proc},
 		{"ssetrack-nojournal", sseNJ.GRPCPort, sseNJ.Proc},
 	}
-	var noopCPU float64
-	for _, srv := range servers {
-		b.Run(srv.name, func(b *testing.B) {
-			conn, err := grpc.NewClient(harness.Addr(srv.port), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer conn.Close()
-			client := procv3.NewExternalProcessorClient(conn)
-			chunks := max(1, b.N/(streams*perChunk))
-			drive := func(id string, n int) error { return driveProcessor(client, id, n, perChunk, evSize) }
-			if err := drive(fmt.Sprintf("warm-%s-%d", srv.name, b.N), 8); err != nil {
-				b.Fatal(err)
-			}
-			cpu0 := perfCPU(srv.proc)
-			b.ResetTimer()
-			var wg sync.WaitGroup
-			errs := make(chan error, streams)
-			for s := range streams {
-				wg.Go(func() { errs <- drive(fmt.Sprintf("proc-%s-%d-%d", srv.name, b.N, s), chunks) })
-			}
-			wg.Wait()
-			b.StopTimer()
-			close(errs)
-			for err := range errs {
+	var sessions atomic.Int64 // every stream a new session, in every round
+	for range perfEnvInt(b, "PERF_ROUNDS", 1) {
+		var noopCPU, floorCPU float64 // this round's
+		for _, srv := range servers {
+			b.Run(srv.name, func(b *testing.B) {
+				conn, err := grpc.NewClient(harness.Addr(srv.port), grpc.WithTransportCredentials(insecure.NewCredentials()))
 				if err != nil {
 					b.Fatal(err)
 				}
-			}
-			time.Sleep(300 * time.Millisecond) // the journal publishes what it holds
-			events := float64(streams * chunks * perChunk)
-			cpu := float64((perfCPU(srv.proc) - cpu0).Microseconds()) / events
-			b.ReportMetric(cpu, "server-cpu-us/ev")
-			if srv.name == "noop" {
-				noopCPU = cpu
-			} else if noopCPU > 0 {
-				b.ReportMetric(cpu/noopCPU, "xnoop-cpu")
-			}
-		})
+				defer conn.Close()
+				client := procv3.NewExternalProcessorClient(conn)
+				chunks := max(1, b.N/(streams*perChunk))
+				drive := func(id string, n int) error { return driveProcessor(client, id, n, perChunk, evSize) }
+				if err := drive(fmt.Sprintf("warm-%s-%d", srv.name, sessions.Add(1)), 8); err != nil {
+					b.Fatal(err)
+				}
+				cpu0 := perfCPU(srv.proc)
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				errs := make(chan error, streams)
+				for range streams {
+					wg.Go(func() { errs <- drive(fmt.Sprintf("proc-%s-%d", srv.name, sessions.Add(1)), chunks) })
+				}
+				wg.Wait()
+				b.StopTimer()
+				close(errs)
+				for err := range errs {
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				time.Sleep(300 * time.Millisecond) // the journal publishes what it holds
+				events := float64(streams * chunks * perChunk)
+				cpu := float64((perfCPU(srv.proc) - cpu0).Microseconds()) / events
+				b.ReportMetric(cpu, "server-cpu-us/ev")
+				if rss := peakRSS(srv.proc); rss > 0 {
+					b.ReportMetric(rss, "peak-rss-MiB")
+				}
+				switch {
+				case srv.name == "noop":
+					noopCPU = cpu
+				case noopCPU > 0:
+					b.ReportMetric(cpu/noopCPU, "xnoop-cpu")
+				}
+				switch {
+				case srv.name == "noop-journal":
+					floorCPU = cpu
+				case floorCPU > 0:
+					b.ReportMetric(cpu/floorCPU, "xfloor-cpu")
+				}
+			})
+		}
 	}
 }
 
@@ -138,4 +165,20 @@ func driveProcessor(client procv3.ExternalProcessorClient, session string, n, pe
 		}
 	}
 	return st.CloseSend()
+}
+
+// peakRSS returns p's peak resident set size (VmHWM) in MiB, from /proc (Linux); 0 where
+// /proc cannot tell.
+func peakRSS(p *harness.Process) float64 {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }

@@ -72,20 +72,25 @@ func run(benchtime string, persistRounds int, out string) error {
 	all := results{}
 	for _, r := range []struct {
 		dir, pkg, bench, benchtime string
-		count                      int // rounds; the tables show each metric's median
+		rounds                     int // PERF_ROUNDS; the tables show each metric's median
 	}{
-		{".", ".", "^BenchmarkParser$", benchtime, 1},
-		{root, "./extproc/", "^BenchmarkChunkRoundTrip$", benchtime, 1},
-		{root, "./extproc/journal/", "^BenchmarkPersist$", fmt.Sprintf("%dx", persistRounds), 1},
-		{root, "./extproc/journal/", "^BenchmarkReplay$", benchtime, 1},
+		{".", ".", "^BenchmarkParser$", benchtime, 0},
+		{root, "./extproc/", "^BenchmarkChunkRoundTrip$", benchtime, 0},
+		{root, "./extproc/journal/", "^BenchmarkPersist$", fmt.Sprintf("%dx", persistRounds), 0},
+		{root, "./extproc/journal/", "^BenchmarkReplay$", benchtime, 0},
 		{root, "./test/", "^BenchmarkProcessor$", processorEvents(benchtime), 3},
 		{root, "./test/", "^BenchmarkPerf$", perfTime(benchtime), 3},
 	} {
-		args := []string{"test", "-run", "^$", "-bench", r.bench, "-benchtime", r.benchtime, "-count", strconv.Itoa(max(r.count, 1)),
+		args := []string{"test", "-run", "^$", "-bench", r.bench, "-benchtime", r.benchtime,
 			"-benchmem", "-timeout", "30m", r.pkg}
-		fmt.Fprintf(os.Stderr, "bench: go %s\n", strings.Join(args, " "))
+		var env []string
+		if r.rounds > 0 {
+			env = []string{"PERF_ROUNDS=" + strconv.Itoa(r.rounds)}
+		}
+		fmt.Fprintf(os.Stderr, "bench: %s go %s\n", strings.Join(env, " "), strings.Join(args, " "))
 		var buf bytes.Buffer
 		cmd := exec.Command("go", args...)
+		cmd.Env = append(os.Environ(), env...)
 		cmd.Dir = r.dir
 		cmd.Stdout = io.MultiWriter(os.Stderr, &buf)
 		cmd.Stderr = os.Stderr
@@ -106,7 +111,7 @@ func run(benchtime string, persistRounds int, out string) error {
 	fmt.Fprintf(&md, "Written by `make bench BENCHTIME=%s` (test/bench/main.go) on %s, in %s.\n",
 		benchtime, start.UTC().Format("2006-01-02 15:04 MST"), time.Since(start).Round(time.Second))
 	fmt.Fprintf(&md, "Every ratio compares two rows of this one run; timings are reported, never checked. ")
-	fmt.Fprintf(&md, "`BenchmarkProcessor` and `BenchmarkPerf` run three rounds (`-count 3`), every setup in each: their figures are the median of the three, and their ratios ratios of medians.\n\n")
+	fmt.Fprintf(&md, "`BenchmarkProcessor` and `BenchmarkPerf` run three rounds (`PERF_ROUNDS=3`), every setup in turn in each: their figures are the median of the three, and their ratios ratios of medians.\n\n")
 	fmt.Fprintf(&md, "| machine | |\n|---|---|\n")
 	fmt.Fprintf(&md, "| CPU | %s |\n", cpuModel())
 	fmt.Fprintf(&md, "| cores | %d |\n", runtime.NumCPU())
@@ -145,6 +150,9 @@ func processorEvents(benchtime string) string {
 // and unit pairs.
 var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+(\d+)\s+(.*)$`)
 
+// roundSuffix is the #NN go test appends to a repeated sub-benchmark name.
+var roundSuffix = regexp.MustCompile(`#\d+(/|$)`)
+
 func parse(out []byte) results {
 	rs := results{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -154,10 +162,12 @@ func parse(out []byte) results {
 		if m == nil {
 			continue
 		}
-		r := rs[m[1]]
+		// A sub-benchmark run again in a later round is name#01, name#02, ...: one name.
+		name := roundSuffix.ReplaceAllString(m[1], "$1")
+		r := rs[name]
 		if r == nil {
 			r = result{}
-			rs[m[1]] = r
+			rs[name] = r
 		}
 		f := strings.Fields(m[3])
 		for i := 0; i+1 < len(f); i += 2 {
@@ -171,14 +181,7 @@ func parse(out []byte) results {
 
 // get returns the metric unit of benchmark name, the median of its values (the lower middle
 // one of an even count), and whether the run has it.
-func (rs results) get(name, unit string) (float64, bool) {
-	vs := slices.Clone(rs[name][unit])
-	if len(vs) == 0 {
-		return 0, false
-	}
-	slices.Sort(vs)
-	return vs[(len(vs)-1)/2], true
-}
+func (rs results) get(name, unit string) (float64, bool) { return median(rs[name][unit]) }
 
 // sum returns the total of the metric unit of benchmark name over the run's rounds, and
 // whether the run has it.
@@ -189,6 +192,24 @@ func (rs results) sum(name, unit string) (float64, bool) {
 		t += v
 	}
 	return t, len(vs) > 0
+}
+
+// max returns the largest value of the metric unit of benchmark name over the run's
+// rounds, and whether the run has it.
+func (rs results) max(name, unit string) (float64, bool) {
+	vs := rs[name][unit]
+	if len(vs) == 0 {
+		return 0, false
+	}
+	return slices.Max(vs), true
+}
+
+// times formats a ratio r as "1.23x"; "-" if missing.
+func times(r float64, ok bool) string {
+	if !ok {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", r)
 }
 
 // num formats v with about three significant digits; "-" if missing.
@@ -277,14 +298,23 @@ func persistTable(md *strings.Builder, rs results) {
 func processorTable(md *strings.Builder, rs results) {
 	fmt.Fprintf(md, "## The ext_proc process alone\n\n")
 	fmt.Fprintf(md, "`BenchmarkProcessor` (test/processor_bench_test.go): the test process plays Envoy over real gRPC on loopback, 64 concurrent ext_proc streams (a new session each) of 8 KiB body chunks, 32 MCP notifications of 256 B per chunk, each chunk answered before the next; no Envoy, upstream or HTTP client shares the measurement. ")
-	fmt.Fprintf(md, "CPU per event is the server process's (user + system, from /proc); **noop** is the do-nothing server of perf_test.go, **ssetrack** the built binary with its embedded JetStream journal (its NATS server's CPU included), **ssetrack-nojournal** with `--journal=false`.\n\n")
-	fmt.Fprintf(md, "| server | events/s | CPU µs/ev | CPU / noop |\n|---|--:|--:|--:|\n")
-	n, nok := rs.get("BenchmarkProcessor/noop", "server-cpu-us/ev")
-	for _, s := range []string{"noop", "ssetrack", "ssetrack-nojournal"} {
+	fmt.Fprintf(md, "CPU per event is the server process's (user + system, from /proc); **noop** is the do-nothing server of perf_test.go; **noop-journal** the same, which also publishes each body chunk, as received, to a JetStream stream of its own embedded nats-server (file storage, in-process connection, asynchronous publishes, no message id, GOGC=400 for about ssetrack's memory): the floor of any ext_proc that persists the stream through JetStream; **ssetrack** the built binary with its embedded JetStream journal (its NATS server's CPU included), **ssetrack-nojournal** with `--journal=false`. ")
+	fmt.Fprintf(md, "The servers take turns in every round; the ratios are the medians of each round's ratio. Peak RSS is the process's over the whole run.\n\n")
+	fmt.Fprintf(md, "| server | events/s | CPU µs/ev | CPU / noop | CPU / noop-journal | peak RSS MiB |\n|---|--:|--:|--:|--:|--:|\n")
+	for _, s := range []string{"noop", "noop-journal", "ssetrack", "ssetrack-nojournal"} {
 		name := "BenchmarkProcessor/" + s
 		c, cok := rs.get(name, "server-cpu-us/ev")
 		ns, nsok := rs.get(name, "ns/op")
-		fmt.Fprintf(md, "| %s | %s | %s | %s |\n", s, num(1e9/ns, nsok), num(c, cok), ratio(c, cok, n, nok))
+		xn, xnok := rs.get(name, "xnoop-cpu")
+		xf, xfok := rs.get(name, "xfloor-cpu")
+		switch s {
+		case "noop":
+			xn, xnok = 1, true
+		case "noop-journal":
+			xf, xfok = 1, true
+		}
+		rss, rssok := rs.max(name, "peak-rss-MiB")
+		fmt.Fprintf(md, "| %s | %s | %s | %s | %s | %s |\n", s, num(1e9/ns, nsok), num(c, cok), times(xn, xnok), times(xf, xfok), num(rss, rssok))
 	}
 	fmt.Fprintf(md, "\n")
 }
@@ -292,33 +322,58 @@ func processorTable(md *strings.Builder, rs results) {
 func perfTable(md *strings.Builder, rs results) {
 	fmt.Fprintf(md, "## End to end through Envoy\n\n")
 	fmt.Fprintf(md, "`BenchmarkPerf` (test/perf_test.go; its doc comment has the details): a client and an SSE upstream in the test process, one Envoy per setup. ")
-	fmt.Fprintf(md, "**envoy** has no ext_proc filter; **envoy-noop** runs the do-nothing ext_proc server (its own process, same mode_override as ssetrack); **envoy-ssetrack** runs the built ssetrack with its embedded JetStream journal; **envoy-ssetrack-nojournal** the same with `--journal=false`. ")
+	fmt.Fprintf(md, "**envoy** has no ext_proc filter; **envoy-noop** runs the do-nothing ext_proc server (its own process, same mode_override as ssetrack); **envoy-noop-journal** the do-nothing server that also publishes each body chunk to a JetStream stream of its own embedded nats-server, the floor of persisting the stream through JetStream (see the table above); **envoy-ssetrack** runs the built ssetrack with its embedded JetStream journal; **envoy-ssetrack-nojournal** the same with `--journal=false`. ")
 	fmt.Fprintf(md, "Workloads: **tokens** one stream of 100 B events flat out; **tokens-paced** the same at one event per ms; **mcp** 64 streams of 256 B events flat out; **large** one stream of 64 KiB events. ")
-	fmt.Fprintf(md, "CPU µs/ev is Envoy's plus the ext_proc process's (ssetrack's includes its NATS server) per event; p99 is an event's upstream write to client read. Timeouts are Envoy's ext_proc `message_timeouts`, summed over the rounds.\n\n")
-	fmt.Fprintf(md, "| workload | setup | events/s | events/s / envoy | events/s / envoy-noop | p99 µs | p99 / envoy-noop | CPU µs/ev | CPU / envoy | CPU / envoy-noop | ext_proc CPU / noop's | timeouts |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
-	cpu := func(name string) (float64, bool) {
-		e, eok := rs.get(name, "envoy-cpu-us/ev")
-		x, _ := rs.get(name, "xp-cpu-us/ev")
-		return e + x, eok
-	}
+	fmt.Fprintf(md, "CPU µs/ev is Envoy's plus the ext_proc process's (a journal's NATS server included) per event; p99 is an event's upstream write to client read. ")
+	fmt.Fprintf(md, "The setups take turns in every round; a figure is the median over the rounds, a ratio the median of each round's ratio. Timeouts are Envoy's ext_proc `message_timeouts`, summed over the rounds.\n\n")
+	fmt.Fprintf(md, "| workload | setup | events/s | events/s / envoy | events/s / envoy-noop | p99 µs | p99 / envoy-noop | CPU µs/ev | CPU / envoy | CPU / envoy-noop | CPU / envoy-noop-journal | ext_proc CPU / noop's | timeouts |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, w := range []string{"tokens", "tokens-paced", "mcp", "large"} {
-		for _, s := range []string{"envoy", "envoy-noop", "envoy-ssetrack", "envoy-ssetrack-nojournal"} {
-			name, envoy, noop := "BenchmarkPerf/"+w+"/"+s, "BenchmarkPerf/"+w+"/envoy", "BenchmarkPerf/"+w+"/envoy-noop"
-			ev, evok := rs.get(name, "events/s")
-			ee, eeok := rs.get(envoy, "events/s")
-			ne, neok := rs.get(noop, "events/s")
-			p, pok := rs.get(name, "p99-us")
-			np, npok := rs.get(noop, "p99-us")
-			c, cok := cpu(name)
-			ec, ecok := cpu(envoy)
-			nc, ncok := cpu(noop)
-			xp, xpok := rs.get(name, "xp-cpu-us/ev")
-			nxp, nxpok := rs.get(noop, "xp-cpu-us/ev")
-			fmt.Fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, s, num(ev, evok), ratio(ev, evok, ee, eeok), ratio(ev, evok, ne, neok),
-				num(p, pok), ratio(p, pok, np, npok), num(c, cok), ratio(c, cok, ec, ecok), ratio(c, cok, nc, ncok), ratio(xp, xpok, nxp, nxpok), num(rs.sum(name, "msg-timeouts")))
+		bench := func(setup string) string { return "BenchmarkPerf/" + w + "/" + setup }
+		// cpu is Envoy's plus the ext_proc process's CPU per event, one value per round.
+		cpu := func(setup string) []float64 {
+			e, x := rs[bench(setup)]["envoy-cpu-us/ev"], rs[bench(setup)]["xp-cpu-us/ev"]
+			out := slices.Clone(e)
+			for i := range min(len(e), len(x)) {
+				out[i] += x[i]
+			}
+			return out
+		}
+		for _, s := range []string{"envoy", "envoy-noop", "envoy-noop-journal", "envoy-ssetrack", "envoy-ssetrack-nojournal"} {
+			name := bench(s)
+			of := func(unit string) []float64 { return rs[name][unit] }
+			ev, p99, c := of("events/s"), of("p99-us"), cpu(s)
+			fmt.Fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, s,
+				num(median(ev)), times(pairedRatio(ev, rs[bench("envoy")]["events/s"])), times(pairedRatio(ev, rs[bench("envoy-noop")]["events/s"])),
+				num(median(p99)), times(pairedRatio(p99, rs[bench("envoy-noop")]["p99-us"])),
+				num(median(c)), times(pairedRatio(c, cpu("envoy"))), times(pairedRatio(c, cpu("envoy-noop"))), times(pairedRatio(c, cpu("envoy-noop-journal"))),
+				times(pairedRatio(of("xp-cpu-us/ev"), rs[bench("envoy-noop")]["xp-cpu-us/ev"])), num(rs.sum(name, "msg-timeouts")))
 		}
 	}
 	fmt.Fprintf(md, "\nEnvoy's CPU is sampled from /proc in 10 ms ticks: at small event counts the CPU columns are coarse.\n\n")
+}
+
+// median returns the median of vs (the lower middle one of an even count), and whether
+// there is one.
+func median(vs []float64) (float64, bool) {
+	if len(vs) == 0 {
+		return 0, false
+	}
+	vs = slices.Clone(vs)
+	slices.Sort(vs)
+	return vs[(len(vs)-1)/2], true
+}
+
+// pairedRatio returns the median over rounds of a[i]/b[i] (the rounds both have), and
+// whether there is one: with setups taking turns, each round's ratio compares two
+// measurements made minutes apart at most.
+func pairedRatio(a, b []float64) (float64, bool) {
+	var rs []float64
+	for i := range min(len(a), len(b)) {
+		if b[i] != 0 {
+			rs = append(rs, a[i]/b[i])
+		}
+	}
+	return median(rs)
 }
 
 func replayTable(md *strings.Builder, rs results) {

@@ -1,0 +1,114 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// perfNoopJournalEnv, set with perfNoopEnv, names a directory: the do-nothing server then
+// also persists every response body chunk through JetStream (noopJournal). It is the floor
+// of any ext_proc that keeps an SSE stream in JetStream, what ssetrack's journal is
+// measured against: the bytes go to an embedded nats-server's file store as they come,
+// with none of ssetrack's parsing, batching, ids, headers or session state.
+const perfNoopJournalEnv = "SSETRACK_PERF_NOOP_JOURNAL_DIR"
+
+// noopJournal publishes response body chunks, as received, to a JetStream stream of an
+// embedded nats-server, the way ssetrack's embedded journal reaches its server: the same
+// server options that matter here (file storage, 8 MiB max_payload), an in-process
+// connection (nats.InProcessServer) and asynchronous publishes. It adds nothing of its
+// own: one message per chunk (Envoy's chunks of a flat-out stream are tens of KiB, much
+// like ssetrack's batches), one subject per HTTP stream, no message id (so no duplicate
+// tracking), no headers, and nothing waits for an ack: only failures are counted.
+type noopJournal struct {
+	ns     *server.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	next   atomic.Uint64 // names the next HTTP stream's subject
+	failed atomic.Int64  // publishes refused or not acknowledged
+
+	once sync.Once
+}
+
+// startNoopJournal starts the server with its store in dir and creates the stream.
+func startNoopJournal(dir string) (*noopJournal, error) {
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "noop-journal",
+		JetStream:  true,
+		StoreDir:   dir,
+		MaxPayload: 8 << 20, // as extproc/journal's embedded server
+		DontListen: true,
+		NoLog:      true,
+		NoSigs:     true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("nats-server not ready")
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(ns))
+	if err != nil {
+		ns.Shutdown()
+		return nil, err
+	}
+	// ssetrack's journal allows its MaxInFlight (256) unacknowledged batches, plus 16.
+	j := &noopJournal{ns: ns, nc: nc}
+	j.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(272),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) { j.fail(err) }))
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = j.js.CreateStream(ctx, jetstream.StreamConfig{
+			Name: "FLOOR", Subjects: []string{"floor.>"}, Storage: jetstream.FileStorage,
+			MaxBytes: -1, MaxMsgs: -1, AllowDirect: true,
+		})
+		cancel()
+	}
+	if err != nil {
+		nc.Close()
+		ns.Shutdown()
+		return nil, err
+	}
+	return j, nil
+}
+
+// subject returns a new HTTP stream's subject.
+func (j *noopJournal) subject() string {
+	return "floor." + strconv.FormatUint(j.next.Add(1), 10)
+}
+
+// publish persists one chunk asynchronously. A failure, refused here or reported later by
+// the JetStream context's error handler, is counted and the first one printed to stderr
+// (the benchmark's output shows it), never returned: the stream goes on.
+func (j *noopJournal) publish(subject string, body []byte) {
+	if len(body) == 0 {
+		return
+	}
+	if _, err := j.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: body}); err != nil {
+		j.fail(err)
+	}
+}
+
+func (j *noopJournal) fail(err error) {
+	j.failed.Add(1)
+	j.once.Do(func() { fmt.Fprintf(os.Stderr, "noop journal: publish: %v\n", err) })
+}
+
+// close drains the connection and stops the server.
+func (j *noopJournal) close() {
+	_ = j.nc.Drain()
+	j.ns.Shutdown()
+	if n := j.failed.Load(); n > 0 {
+		fmt.Fprintf(os.Stderr, "noop journal: %d publishes failed\n", n)
+	}
+}
