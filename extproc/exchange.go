@@ -47,6 +47,7 @@ type exchange struct {
 	sseBody bool // the response body is SSE and streamed to us
 	gotBody bool // a response body chunk arrived
 	ended   bool // the response body's end_of_stream was seen
+	cut     bool // ssetrack ended the response itself (Server.EndStreams)
 	parser  sse.Parser
 	rw      rewriter
 	replay  []byte     // events to send before the upstream's first event
@@ -162,6 +163,18 @@ func (x *exchange) endBody() {
 	if x.stream != nil && x.journal.recorded {
 		x.record(session.Record{Session: x.sessionID, Stream: x.stream.ID(), End: true}, nil)
 	}
+}
+
+// awaiting reports whether Envoy, were the stream to end now, would leave
+// the response unfinished for ssetrack: its request headers were answered
+// and its response headers have not come, or its SSE body streams to
+// ssetrack and has not ended. Never in observability mode, where Envoy
+// waits for no answer, nor after ssetrack ended the response itself.
+func (x *exchange) awaiting() bool {
+	if x.observe || x.cut {
+		return false
+	}
+	return x.gotRequest && !x.gotResponse || x.sseBody && !x.ended
 }
 
 // close releases what the exchange holds; the gRPC stream is over (the

@@ -213,9 +213,13 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Process(stream procv3.ExternalProcessor_ProcessServer) error {
 	x := newExchange(s, stream.Context())
 	defer x.close()
+	answered := time.Now() // when ssetrack last answered, or the stream began
 	for {
 		req, err := stream.Recv()
 		if err != nil {
+			if x.awaiting() {
+				s.metrics.abandoned.Observe(time.Since(answered).Seconds())
+			}
 			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
 				return nil
 			}
@@ -234,7 +238,8 @@ func (s *Server) Process(stream procv3.ExternalProcessor_ProcessServer) error {
 			continue
 		}
 		err = stream.Send(resp)
-		s.metrics.answer[phase].Observe(time.Since(start).Seconds())
+		answered = time.Now()
+		s.metrics.answer[phase].Observe(answered.Sub(start).Seconds())
 		if err != nil {
 			s.metrics.errors.WithLabelValues("send").Inc()
 			return err

@@ -34,7 +34,11 @@ package e2e
 // has events/s, p50-us and p99-us (upstream write to client read, microseconds), and for the
 // ext_proc setups chunks/ev (body chunks Envoy sent to the ext_proc server per event) and
 // failopen (Envoy's fail-open counters; anything but 0 means the numbers are not ssetrack's)
-// and msg-timeouts (Envoy's ext_proc message_timeouts alone, one of the fail-open counters).
+// and msg-timeouts (Envoy's ext_proc message_timeouts alone, one of the fail-open counters);
+// the ssetrack setups also report abandoned (ssetrack_responses_abandoned_seconds: streams
+// Envoy ended while ssetrack waited for their next message; the client here never leaves
+// early) and abandoned-idle-200ms+ (those where ssetrack had waited longer than
+// message_timeout: the message Envoy gave up on had not reached ssetrack).
 // The ext_proc setups also report xenvoy (their events/s over envoy's), and the two ssetrack
 // setups xnoop (their events/s over envoy-noop's). CPU time per event (user +
 // system, microseconds) is reported for Envoy (envoy-cpu-us/ev), the ext_proc server
@@ -325,6 +329,12 @@ func (e *perfEnv) round(b *testing.B, w perfWorkload, s *perfSetup) perfResult {
 	}
 	if s.metricsURL != "" {
 		after := harness.Scrape(b, s.metricsURL+"/metrics")
+		// Responses Envoy gave up while ssetrack waited for their next message, and of
+		// those, the ones where ssetrack had been waiting over message_timeout (0.2 s in
+		// envoy.yaml): Envoy timed out on a message ssetrack had not received.
+		abandoned := after.Sub(ssetrackBefore, "ssetrack_responses_abandoned_seconds_count")
+		b.ReportMetric(abandoned, "abandoned")
+		b.ReportMetric(abandoned-after.Sub(ssetrackBefore, `ssetrack_responses_abandoned_seconds_bucket{le="0.2"}`), "abandoned-idle-200ms+")
 		if chunks := after.Sub(ssetrackBefore, "ssetrack_response_chunks_total"); chunks > 0 {
 			b.ReportMetric(after.Sub(ssetrackBefore, "ssetrack_response_chunks_rewritten_total")/chunks, "rewritten/chunk")
 		}

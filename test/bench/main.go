@@ -325,8 +325,8 @@ func perfTable(md *strings.Builder, rs results) {
 	fmt.Fprintf(md, "**envoy** has no ext_proc filter; **envoy-noop** runs the do-nothing ext_proc server (its own process, same mode_override as ssetrack); **envoy-noop-journal** the do-nothing server that also publishes each body chunk to a JetStream stream of its own embedded nats-server, the floor of persisting the stream through JetStream (see the table above); **envoy-ssetrack** runs the built ssetrack with its embedded JetStream journal; **envoy-ssetrack-nojournal** the same with `--journal=false`. ")
 	fmt.Fprintf(md, "Workloads: **tokens** one stream of 100 B events flat out; **tokens-paced** the same at one event per ms; **mcp** 64 streams of 256 B events flat out; **large** one stream of 64 KiB events. ")
 	fmt.Fprintf(md, "CPU µs/ev is Envoy's plus the ext_proc process's (a journal's NATS server included) per event; p99 is an event's upstream write to client read. ")
-	fmt.Fprintf(md, "The setups take turns in every round; a figure is the median over the rounds, a ratio the median of each round's ratio. Timeouts are Envoy's ext_proc `message_timeouts`, summed over the rounds.\n\n")
-	fmt.Fprintf(md, "| workload | setup | events/s | events/s / envoy | events/s / envoy-noop | p99 µs | p99 / envoy-noop | CPU µs/ev | CPU / envoy | CPU / envoy-noop | CPU / envoy-noop-journal | ext_proc CPU / noop's | timeouts |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	fmt.Fprintf(md, "The setups take turns in every round; a figure is the median over the rounds, a ratio the median of each round's ratio. Timeouts are Envoy's ext_proc `message_timeouts`, summed over the rounds; **abandoned** counts, for ssetrack, the streams Envoy ended while ssetrack waited for their next message (`ssetrack_responses_abandoned_seconds`; the client never leaves early), and in parentheses those where ssetrack had waited longer than the filter's `message_timeout` (200 ms): the message Envoy gave up on had not reached ssetrack.\n\n")
+	fmt.Fprintf(md, "| workload | setup | events/s | events/s / envoy | events/s / envoy-noop | p99 µs | p99 / envoy-noop | CPU µs/ev | CPU / envoy | CPU / envoy-noop | CPU / envoy-noop-journal | ext_proc CPU / noop's | timeouts | abandoned |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, w := range []string{"tokens", "tokens-paced", "mcp", "large"} {
 		bench := func(setup string) string { return "BenchmarkPerf/" + w + "/" + setup }
 		// cpu is Envoy's plus the ext_proc process's CPU per event, one value per round.
@@ -342,11 +342,16 @@ func perfTable(md *strings.Builder, rs results) {
 			name := bench(s)
 			of := func(unit string) []float64 { return rs[name][unit] }
 			ev, p99, c := of("events/s"), of("p99-us"), cpu(s)
-			fmt.Fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, s,
+			abandoned := "-"
+			if a, ok := rs.sum(name, "abandoned"); ok {
+				late, _ := rs.sum(name, "abandoned-idle-200ms+")
+				abandoned = fmt.Sprintf("%s (%s)", num(a, true), num(late, true))
+			}
+			fmt.Fprintf(md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, s,
 				num(median(ev)), times(pairedRatio(ev, rs[bench("envoy")]["events/s"])), times(pairedRatio(ev, rs[bench("envoy-noop")]["events/s"])),
 				num(median(p99)), times(pairedRatio(p99, rs[bench("envoy-noop")]["p99-us"])),
 				num(median(c)), times(pairedRatio(c, cpu("envoy"))), times(pairedRatio(c, cpu("envoy-noop"))), times(pairedRatio(c, cpu("envoy-noop-journal"))),
-				times(pairedRatio(of("xp-cpu-us/ev"), rs[bench("envoy-noop")]["xp-cpu-us/ev"])), num(rs.sum(name, "msg-timeouts")))
+				times(pairedRatio(of("xp-cpu-us/ev"), rs[bench("envoy-noop")]["xp-cpu-us/ev"])), num(rs.sum(name, "msg-timeouts")), abandoned)
 		}
 	}
 	fmt.Fprintf(md, "\nEnvoy's CPU is sampled from /proc in 10 ms ticks: at small event counts the CPU columns are coarse.\n\n")
