@@ -172,8 +172,6 @@ test-browser:
 	echo "test-browser: CHROMIUM_BIN=$$CHROMIUM_BIN"; \
 	cd test/browser && $(GO) vet ./... && $(GO) test -count=1 ./...
 
-# test/bench/main.go runs the benchmarks (parser, gRPC round trip, journal, replay, Envoy)
-# and writes the ratios against their baselines to BENCHMARKS.md; about 5 minutes at 1s.
 # test/mcp is a module of its own too (it keeps the MCP SDK out of ssetrack's).
 .PHONY: test-mcp
 test-mcp:
@@ -181,6 +179,8 @@ test-mcp:
 	export ENVOY_BIN; \
 	cd test/mcp && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
+# test/bench/main.go runs the benchmarks (parser, gRPC round trip, journal, replay, Envoy)
+# and writes the ratios against their baselines to BENCHMARKS.md; about 4 minutes at 1s.
 bench:
 	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
 	export ENVOY_BIN; \
