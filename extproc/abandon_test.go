@@ -97,7 +97,9 @@ func TestAbandonedResponses(t *testing.T) {
 
 	const idle = 30 * time.Millisecond
 	end(false, idle, reqHeaders, respHeaders(sseHeaders()...), chunk("id: 1\ndata: a\n\n"))
-	if sum := waitFor(1); sum < idle.Seconds() {
+	// The server notes its answer once Send returns, which may be after the client
+	// has it: half the client's wait is a bound that holds.
+	if sum := waitFor(1); sum < idle.Seconds()/2 {
 		t.Errorf("abandoned mid-body after %v idle: observed %vs", idle, sum)
 	}
 	end(false, idle, reqHeaders)
@@ -117,6 +119,53 @@ func TestAbandonedResponses(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 		if n, _ := abandonedSamples(t, h); n != 3 {
 			t.Fatalf("ssetrack_responses_abandoned_seconds has %d samples, want 3: a response not awaited counted", n)
+		}
+	}
+}
+
+// TestEndedStreamsNotAbandoned: a response ssetrack itself ends as it stops
+// (Server.EndStreams, an immediate response) is not counted as abandoned by Envoy.
+func TestEndedStreamsNotAbandoned(t *testing.T) {
+	rep := &replayer{}
+	h := newHarness(t, func(c *Config) { c.Recorder, c.Replayer = rep, rep })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := h.client.Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exchange := func(r *procv3.ProcessingRequest) *procv3.ProcessingResponse {
+		t.Helper()
+		if err := stream.Send(r); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	exchange(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: &procv3.HttpHeaders{Headers: headerMap(":method", "GET", ":path", "/mcp", "mcp-session-id", "E"), EndOfStream: true}}})
+	exchange(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: &procv3.HttpHeaders{Headers: headerMap(sseHeaders()...)}}})
+	body := func(s string) *procv3.ProcessingRequest {
+		return &procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_ResponseBody{ResponseBody: &procv3.HttpBody{Body: []byte(s)}}}
+	}
+	exchange(body("id: 1\ndata: a\n\n"))
+	h.srv.EndStreams()
+	if exchange(body("id: 2\ndata: b\n\n")).GetImmediateResponse() == nil {
+		t.Fatal("after EndStreams, a chunk was not answered with an immediate response")
+	}
+	if n := testutil.ToFloat64(h.srv.metrics.streamsEnded); n != 1 {
+		t.Fatalf("ssetrack_streams_ended_total = %v, want 1", n)
+	}
+	// Envoy ends the stream after an immediate response.
+	cancel()
+	for range 20 {
+		time.Sleep(10 * time.Millisecond)
+		if n, _ := abandonedSamples(t, h); n != 0 {
+			t.Fatalf("a response ssetrack ended counted as abandoned (%d)", n)
 		}
 	}
 }

@@ -27,7 +27,6 @@ func (x *exchange) responseBody(b *procv3.HttpBody) *procv3.ProcessingResponse {
 		// Server.EndStreams: the chunk's events are recorded, and the
 		// client, cut here, gets them by replay when it resumes.
 		x.m.streamsEnded.Inc()
-		x.cut = true
 		return &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_ImmediateResponse{
 			ImmediateResponse: &procv3.ImmediateResponse{
 				Status:  &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},

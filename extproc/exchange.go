@@ -47,7 +47,6 @@ type exchange struct {
 	sseBody bool // the response body is SSE and streamed to us
 	gotBody bool // a response body chunk arrived
 	ended   bool // the response body's end_of_stream was seen
-	cut     bool // ssetrack ended the response itself (Server.EndStreams)
 	parser  sse.Parser
 	rw      rewriter
 	replay  []byte     // events to send before the upstream's first event
@@ -169,9 +168,9 @@ func (x *exchange) endBody() {
 // the response unfinished for ssetrack: its request headers were answered
 // and its response headers have not come, or its SSE body streams to
 // ssetrack and has not ended. Never in observability mode, where Envoy
-// waits for no answer, nor after ssetrack ended the response itself.
+// waits for no answer.
 func (x *exchange) awaiting() bool {
-	if x.observe || x.cut {
+	if x.observe {
 		return false
 	}
 	return x.gotRequest && !x.gotResponse || x.sseBody && !x.ended

@@ -217,10 +217,12 @@ func (s *Server) Process(stream procv3.ExternalProcessor_ProcessServer) error {
 	for {
 		req, err := stream.Recv()
 		if err != nil {
-			if x.awaiting() {
-				s.metrics.abandoned.Observe(time.Since(answered).Seconds())
-			}
 			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
+				// Envoy ended the stream (not a transport error, nor ssetrack
+				// ending its streams as it stops).
+				if x.awaiting() && !s.ending.Load() {
+					s.metrics.abandoned.Observe(time.Since(answered).Seconds())
+				}
 				return nil
 			}
 			return err

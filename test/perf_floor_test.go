@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"sync"
@@ -62,9 +63,12 @@ func startNoopJournal(dir string) (*noopJournal, error) {
 		ns.Shutdown()
 		return nil, err
 	}
-	// ssetrack's journal allows its MaxInFlight (256) unacknowledged batches, plus 16.
+	// ssetrack's journal never holds up an answer: it queues records and publishes them
+	// on a goroutine of its own. So that this one does not either, publishes may wait for
+	// their acks without bound (PublishMsgAsync would otherwise stall the stream's
+	// goroutine, and drop the chunk, once its limit of unacknowledged ones is reached).
 	j := &noopJournal{ns: ns, nc: nc}
-	j.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(272),
+	j.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(math.MaxInt32),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) { j.fail(err) }))
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -104,9 +108,15 @@ func (j *noopJournal) fail(err error) {
 	j.once.Do(func() { fmt.Fprintf(os.Stderr, "noop journal: publish: %v\n", err) })
 }
 
-// close drains the connection and stops the server.
+// close waits (a while) for the acks of the publishes in flight, then closes the
+// connection and stops the server.
 func (j *noopJournal) close() {
-	_ = j.nc.Drain()
+	select {
+	case <-j.js.PublishAsyncComplete():
+	case <-time.After(10 * time.Second):
+		fmt.Fprintf(os.Stderr, "noop journal: %d publishes not acknowledged at exit\n", j.js.PublishAsyncPending())
+	}
+	j.nc.Close()
 	j.ns.Shutdown()
 	if n := j.failed.Load(); n > 0 {
 		fmt.Fprintf(os.Stderr, "noop journal: %d publishes failed\n", n)
