@@ -10,9 +10,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ssetrack/ssetrack/extproc/journal"
 )
 
 // perfNoopJournalEnv, set with perfNoopEnv, names a directory: the do-nothing server then
@@ -24,13 +25,13 @@ const perfNoopJournalEnv = "SSETRACK_PERF_NOOP_JOURNAL_DIR"
 
 // noopJournal publishes response body chunks, as received, to a JetStream stream of an
 // embedded nats-server, the way ssetrack's embedded journal reaches its server: the same
-// server options that matter here (file storage, 8 MiB max_payload), an in-process
-// connection (nats.InProcessServer) and asynchronous publishes. It adds nothing of its
-// own: one message per chunk (Envoy's chunks of a flat-out stream are tens of KiB, much
-// like ssetrack's batches), one subject per HTTP stream, no message id (so no duplicate
-// tracking), no headers, and nothing waits for an ack: only failures are counted.
+// server (journal.StartServer), an in-process connection (journal.Server.InProcess) and
+// asynchronous publishes. It adds nothing of its own: one message per chunk (Envoy's
+// chunks of a flat-out stream are tens of KiB, much like ssetrack's batches), one subject
+// per HTTP stream, no message id (so no duplicate tracking), no headers, and nothing waits
+// for an ack: only failures are counted.
 type noopJournal struct {
-	ns     *server.Server
+	srv    *journal.Server
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	next   atomic.Uint64 // names the next HTTP stream's subject
@@ -41,33 +42,21 @@ type noopJournal struct {
 
 // startNoopJournal starts the server with its store in dir and creates the stream.
 func startNoopJournal(dir string) (*noopJournal, error) {
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "noop-journal",
-		JetStream:  true,
-		StoreDir:   dir,
-		MaxPayload: 8 << 20, // as extproc/journal's embedded server
-		DontListen: true,
-		NoLog:      true,
-		NoSigs:     true,
-	})
+	srv, err := journal.StartServer(journal.ServerConfig{Listen: "127.0.0.1:0", DataDir: dir, Name: "noop-journal"})
 	if err != nil {
 		return nil, err
 	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		ns.Shutdown()
-		return nil, fmt.Errorf("nats-server not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
+	stop := func() { _ = srv.Shutdown(context.Background()) }
+	nc, err := nats.Connect("", srv.InProcess())
 	if err != nil {
-		ns.Shutdown()
+		stop()
 		return nil, err
 	}
 	// ssetrack's journal never holds up an answer: it queues records and publishes them
 	// on a goroutine of its own. So that this one does not either, publishes may wait for
 	// their acks without bound (PublishMsgAsync would otherwise stall the stream's
 	// goroutine, and drop the chunk, once its limit of unacknowledged ones is reached).
-	j := &noopJournal{ns: ns, nc: nc}
+	j := &noopJournal{srv: srv, nc: nc}
 	j.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(math.MaxInt32),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) { j.fail(err) }))
 	if err == nil {
@@ -80,7 +69,7 @@ func startNoopJournal(dir string) (*noopJournal, error) {
 	}
 	if err != nil {
 		nc.Close()
-		ns.Shutdown()
+		stop()
 		return nil, err
 	}
 	return j, nil
@@ -117,7 +106,7 @@ func (j *noopJournal) close() {
 		fmt.Fprintf(os.Stderr, "noop journal: %d publishes not acknowledged at exit\n", j.js.PublishAsyncPending())
 	}
 	j.nc.Close()
-	j.ns.Shutdown()
+	_ = j.srv.Shutdown(context.Background())
 	if n := j.failed.Load(); n > 0 {
 		fmt.Fprintf(os.Stderr, "noop journal: %d publishes failed\n", n)
 	}

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -170,15 +168,9 @@ func driveProcessor(client procv3.ExternalProcessorClient, session string, n, pe
 // peakRSS returns p's peak resident set size (VmHWM) in MiB, from /proc (Linux); 0 where
 // /proc cannot tell.
 func peakRSS(p *harness.Process) float64 {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
+	kib, err := procStatusKiB(p.Pid(), "VmHWM")
 	if err != nil {
 		return 0
 	}
-	for line := range strings.Lines(string(status)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	return float64(kib) / 1024
 }

@@ -164,16 +164,11 @@ func (s sample) String() string {
 // goroutines and active streams from /metrics.
 func procSample(t *testing.T, fx *fixture, pid int) sample {
 	t.Helper()
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	rss, err := procStatusKiB(pid, "VmRSS")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s sample
-	for line := range strings.Lines(string(status)) {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			s.rssKiB, _ = strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
+	s := sample{rssKiB: rss}
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
 		t.Fatal(err)
@@ -183,6 +178,21 @@ func procSample(t *testing.T, fx *fixture, pid int) sample {
 	s.goroutines = int(met.Sum("go_goroutines"))
 	s.streamsActive = int(met.Sum("ssetrack_streams_active"))
 	return s
+}
+
+// procStatusKiB reads a size field of /proc/<pid>/status (Linux), such as VmRSS or
+// VmHWM, in KiB.
+func procStatusKiB(pid int, field string) (int64, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, field)
 }
 
 // raiseFileLimit raises the soft limit on open files of this process (and so of the

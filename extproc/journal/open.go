@@ -432,5 +432,5 @@ func (j *Journal) inProcess() []nats.Option {
 	if j.srv == nil {
 		return nil
 	}
-	return []nats.Option{nats.InProcessServer(j.srv.ns)}
+	return []nats.Option{j.srv.InProcess()}
 }

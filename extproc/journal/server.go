@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // ServerConfig configures the embedded nats-server.
@@ -147,6 +148,10 @@ func (l *serverLog) Fatalf(format string, v ...any) {
 	default:
 	}
 }
+
+// InProcess is the nats.Connect option that connects to the server in
+// memory (nats.InProcessServer), without its TCP listener.
+func (s *Server) InProcess() nats.Option { return nats.InProcessServer(s.ns) }
 
 // ClientURL is the URL clients connect to, with the real port.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
