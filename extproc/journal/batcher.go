@@ -90,15 +90,15 @@ type batcher struct {
 	inflight int
 	gen      uint64
 	closing  bool
-	// buffers are batch buffers of capacity Batch.MaxBytes that no batch
-	// holds: a batch of more than one record is assembled in one, and it
-	// comes back when the batch is acknowledged, so steady publishing
-	// allocates none.
+	// buffers are batch buffers that no batch holds: a batch of more than
+	// one record is assembled in one, and it comes back when the batch is
+	// acknowledged, grown to what the batch needed, so steady publishing
+	// neither allocates nor grows one.
 	buffers [][]byte
 }
 
-// maxSpareBuffers bounds the batch buffers kept for reuse (at 60 KiB each,
-// 15 MiB).
+// maxSpareBuffers bounds the batch buffers kept for reuse (at most twice
+// Batch.MaxBytes each: 30 MiB at the default).
 const maxSpareBuffers = 256
 
 // maxBytes is the most payload bytes of a batch of several records
@@ -106,8 +106,9 @@ const maxSpareBuffers = 256
 func (b *batcher) maxBytes() int { return b.p.batchBytes() }
 
 // buffer returns an empty buffer for a batch that holds n bytes so far: a
-// spare one, or a new one of twice that (appends grow it). New buffers are
-// sized by need, so small batches held through an outage hold little.
+// spare one, or a new one of twice that; appends grow either. New buffers
+// are sized by need, so that small batches held through an outage, beyond
+// the spares, hold little.
 func (b *batcher) buffer(n int) []byte {
 	if k := len(b.buffers); k > 0 {
 		buf := b.buffers[k-1]
@@ -118,10 +119,13 @@ func (b *batcher) buffer(n int) []byte {
 	return make([]byte, 0, min(max(2*n, 4<<10), b.maxBytes()))
 }
 
-// recycle takes back pb's buffer, if it is the batcher's and large: the
-// buffers of full batches are the ones steady publishing needs again.
+// recycle takes back pb's buffer, if it is the batcher's: steady
+// publishing needs it again, at the size it grew to. Small batches are the
+// common case when events come one per chunk (a paced stream), and a
+// buffer of theirs not kept would be allocated and grown again by the
+// next.
 func (b *batcher) recycle(pb *pending) {
-	if c := cap(pb.Data); pb.owned && c >= b.maxBytes()/2 && c <= 2*b.maxBytes() && len(b.buffers) < maxSpareBuffers {
+	if c := cap(pb.Data); pb.owned && c <= 2*b.maxBytes() && len(b.buffers) < maxSpareBuffers {
 		b.buffers = append(b.buffers, pb.Data[:0])
 	}
 	pb.Data, pb.owned, pb.msg = nil, false, nil
