@@ -69,6 +69,16 @@ package e2e
 //	                         allocs-<workload>-{0,1}.pprof before and after it (compare with
 //	                         go tool pprof -diff_base). Give the setup enough load, e.g.
 //	                         -bench 'Perf/^(tokens|mcp)$/envoy-ssetrack$' -benchtime 8s.
+//	PERF_TRACE_DIR           if set, fetch a Go execution trace of ssetrack during the first
+//	                         round of each envoy-ssetrack setup: trace-<workload>.out,
+//	                         PERF_TRACE_SECONDS (default 5) from the start of that setup
+//	                         (test/bench summarizes it: where the messages Envoy timed out
+//	                         on had waited); and run every Envoy with
+//	                         enable_dispatcher_stats, each Envoy setup reporting
+//	                         envoy-loop-max-ms and envoy-poll-delay-max-ms (the longest
+//	                         event-loop iteration and poll delay of its workers since it
+//	                         started). Both cost CPU: a traced run's CPU figures are not
+//	                         comparable with an untraced run's.
 //	E2E_LOGS=1               print the processes' output at the end
 
 import (
@@ -84,6 +94,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -156,6 +167,9 @@ type perfEnv struct {
 	profDir  string
 	profSecs int
 	profWG   sync.WaitGroup
+
+	traceDir  string
+	traceSecs int
 }
 
 func BenchmarkPerf(b *testing.B) {
@@ -194,6 +208,9 @@ func BenchmarkPerf(b *testing.B) {
 								label += "-" + strings.TrimPrefix(s.name, "envoy-ssetrack-")
 							}
 							env.startProfile(b, s, label)
+						}
+						if s.name == "envoy-ssetrack" && env.traceDir != "" && round == 0 {
+							env.startTrace(b, s, w.name)
 						}
 						r := env.round(b, w, s)
 						results[s.name] = r
@@ -306,6 +323,12 @@ func (e *perfEnv) round(b *testing.B, w perfWorkload, s *perfSetup) perfResult {
 	b.ReportMetric(r.evPerSec, "events/s")
 	b.ReportMetric(float64(r.p50)/1e3, "p50-us")
 	b.ReportMetric(float64(r.p99)/1e3, "p99-us")
+	if s.envoy != nil && e.traceDir != "" {
+		time.Sleep(600 * time.Millisecond) // two stats flushes: the round's iterations are merged
+		loop, poll := envoyDispatcherMax(b, s.envoy)
+		b.ReportMetric(loop, "envoy-loop-max-ms")
+		b.ReportMetric(poll, "envoy-poll-delay-max-ms")
+	}
 	if s.extProc {
 		after := s.envoy.ExtProcStats(b)
 		// Two header messages per request; the rest are response body chunks.
@@ -532,6 +555,13 @@ func startPerfEnv(b *testing.B) *perfEnv {
 		e.profDir = dir
 		e.profSecs = perfEnvInt(b, "PERF_CPUPROFILE_SECONDS", 10)
 	}
+	if dir := os.Getenv("PERF_TRACE_DIR"); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		e.traceDir = dir
+		e.traceSecs = perfEnvInt(b, "PERF_TRACE_SECONDS", 5)
+	}
 
 	noopPort, noopProc := startNoopProcess(b, false)
 	floorPort, floorProc := startNoopProcess(b, true)
@@ -547,6 +577,11 @@ func startPerfEnv(b *testing.B) *perfEnv {
 	})
 
 	src := harness.ShippedEnvoyConfig(b, "envoy.yaml")
+	if e.traceDir != "" {
+		// Top-level bootstrap fields: the shipped config ends in a top-level block. Envoy
+		// merges its workers' histograms at each stats flush (5 s by default).
+		src = strings.TrimRight(src, "\n") + "\nenable_dispatcher_stats: true\nstats_flush_interval: 0.25s\n"
+	}
 	envoy := func(name, cfg string, extProcPort int) *harness.Envoy {
 		return harness.StartEnvoy(b, harness.EnvoyOptions{Name: name, Source: cfg, UpstreamPort: e.up.port, ExtProcPort: extProcPort})
 	}
@@ -601,6 +636,62 @@ func (e *perfEnv) startProfile(b *testing.B, s *perfSetup, workload string) {
 		fetch(fmt.Sprintf("/debug/pprof/profile?seconds=%d", e.profSecs), "cpu-"+workload+".pprof", time.Duration(e.profSecs+30)*time.Second)
 		fetch("/debug/pprof/allocs", "allocs-"+workload+"-1.pprof", 30*time.Second)
 	}()
+}
+
+// startTrace fetches, in the background, a Go execution trace of e.traceSecs seconds of
+// ssetrack (see PERF_TRACE_DIR). One fetch at a time, shared with startProfile.
+func (e *perfEnv) startTrace(b *testing.B, s *perfSetup, workload string) {
+	b.StopTimer()
+	e.profWG.Wait()
+	b.StartTimer()
+	e.profWG.Add(1)
+	go func() {
+		defer e.profWG.Done()
+		path := fmt.Sprintf("/debug/pprof/trace?seconds=%d", e.traceSecs)
+		c := &http.Client{Timeout: time.Duration(e.traceSecs+30) * time.Second}
+		resp, err := c.Get(s.metricsURL + path)
+		if err == nil {
+			var body []byte
+			body, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("%s: %.200s", resp.Status, body)
+			}
+			if err == nil {
+				err = os.WriteFile(filepath.Join(e.traceDir, "trace-"+workload+".out"), body, 0o644)
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "perf: trace %s: %v\n", path, err)
+		}
+	}()
+}
+
+// envoyP100 matches the cumulative maximum of an Envoy histogram on its admin /stats page:
+// "P100(interval,cumulative)".
+var envoyP100 = regexp.MustCompile(`P100\(([^,]*),([^)]*)\)`)
+
+// envoyDispatcherMax returns, from Envoy's dispatcher stats (enable_dispatcher_stats), the
+// longest event-loop iteration and the longest poll delay of its worker threads since it
+// started, in milliseconds; 0 when none was recorded.
+func envoyDispatcherMax(b *testing.B, en *harness.Envoy) (loopMs, pollMs float64) {
+	for line := range strings.Lines(string(en.Admin(b, "/stats?filter=dispatcher"))) {
+		m := envoyP100.FindStringSubmatch(line)
+		if m == nil || !strings.Contains(line, ".worker_") {
+			continue // the main thread's, or none recorded
+		}
+		us, err := strconv.ParseFloat(m[2], 64)
+		if err != nil {
+			b.Fatalf("envoy dispatcher stats: %q: %v", line, err)
+		}
+		switch {
+		case strings.Contains(line, ".loop_duration_us:"):
+			loopMs = max(loopMs, us/1e3)
+		case strings.Contains(line, ".poll_delay_us:"):
+			pollMs = max(pollMs, us/1e3)
+		}
+	}
+	return loopMs, pollMs
 }
 
 // perfWithoutExtProc returns the Envoy config with the ext_proc filter removed: the filter

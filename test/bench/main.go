@@ -14,6 +14,10 @@
 //	BenchmarkReplay          (./extproc/journal)  replay against 100 .. 1,000,000 stored events
 //	BenchmarkPerf            (./test)             through a real Envoy ($ENVOY_BIN)
 //
+// and then BenchmarkPerf's mcp workload once more, envoy-noop and envoy-ssetrack only, with
+// a Go execution trace of ssetrack and Envoy's dispatcher stats (PERF_TRACE_DIR), to show
+// where the messages Envoy timed out on had waited (trace.go).
+//
 // -benchtime goes to every benchmark except BenchmarkPersist, whose op is a fixed 100,000
 // events each way and which runs -persist-rounds ops, and BenchmarkPerf, which gets at least
 // 1s: its first round of one event per setup, connections included, would otherwise end a
@@ -87,22 +91,16 @@ func run(benchtime string, persistRounds int, out string) error {
 		if r.rounds > 0 {
 			env = []string{"PERF_ROUNDS=" + strconv.Itoa(r.rounds)}
 		}
-		fmt.Fprintf(os.Stderr, "bench: %s go %s\n", strings.Join(env, " "), strings.Join(args, " "))
-		var buf bytes.Buffer
-		cmd := exec.Command("go", args...)
-		cmd.Env = append(os.Environ(), env...)
-		cmd.Dir = r.dir
-		cmd.Stdout = io.MultiWriter(os.Stderr, &buf)
-		cmd.Stderr = os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("go %s: %w", strings.Join(args, " "), err)
+		out, err := goTest(r.dir, args, env)
+		if err != nil {
+			return err
 		}
-		maps.Copy(all, parse(buf.Bytes()))
-		for line := range strings.Lines(buf.String()) {
-			if strings.HasPrefix(line, "Benchmark") {
-				raw.WriteString(line)
-			}
-		}
+		maps.Copy(all, parse(out))
+		raw.WriteString(benchLines(out))
+	}
+	traced, err := tracedRun(root, benchtime)
+	if err != nil {
+		return err
 	}
 	load1 := loadAvg()
 
@@ -125,8 +123,36 @@ func run(benchtime string, persistRounds int, out string) error {
 	processorTable(&md, all)
 	perfTable(&md, all)
 	replayTable(&md, all)
+	traceSection(&md, traced)
 	fmt.Fprintf(&md, "## Raw results\n\n<details><summary>go test -bench output</summary>\n\n```\n%s```\n\n</details>\n", raw.String())
 	return os.WriteFile(out, []byte(md.String()), 0o644)
+}
+
+// goTest runs `go args...` in dir with env added, its output echoed to stderr, and
+// returns its standard output.
+func goTest(dir string, args, env []string) ([]byte, error) {
+	fmt.Fprintf(os.Stderr, "bench: %s go %s\n", strings.Join(env, " "), strings.Join(args, " "))
+	var buf bytes.Buffer
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir = dir
+	cmd.Stdout = io.MultiWriter(os.Stderr, &buf)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("go %s: %w", strings.Join(args, " "), err)
+	}
+	return buf.Bytes(), nil
+}
+
+// benchLines returns the benchmark result lines of go test's output out.
+func benchLines(out []byte) string {
+	var sb strings.Builder
+	for line := range strings.Lines(string(out)) {
+		if strings.HasPrefix(line, "Benchmark") {
+			sb.WriteString(line)
+		}
+	}
+	return sb.String()
 }
 
 // perfTime is benchtime for BenchmarkPerf: at least 1s, if benchtime is a duration.
