@@ -63,11 +63,11 @@ package e2e
 //	                         to back, so what drifts during a run weighs on all setups alike
 //	PERF_PACE                interval of tokens-paced (default 1ms)
 //	PERF_SSETRACK_ARGS       extra `ssetrack serve` flags, for both ssetrack setups
-//	PERF_CPUPROFILE_DIR      if set, profile ssetrack (served with --pprof) during each
-//	                         envoy-ssetrack setup: cpu-<workload>.pprof, PERF_CPUPROFILE_SECONDS
-//	                         (default 10) from the start of that setup, and
-//	                         allocs-<workload>-{0,1}.pprof before and after it (compare with
-//	                         go tool pprof -diff_base). Give the setup enough load, e.g.
+//	PERF_CPUPROFILE_DIR      if set, profile ssetrack (served with --pprof --pprof-sync) during
+//	                         each envoy-ssetrack setup: cpu-<workload>.pprof,
+//	                         PERF_CPUPROFILE_SECONDS (default 10) from the start of that setup,
+//	                         and {allocs,mutex,block}-<workload>-{0,1}.pprof before and after
+//	                         it (compare with go tool pprof -diff_base). Give the setup enough load, e.g.
 //	                         -bench 'Perf/^(tokens|mcp)$/envoy-ssetrack$' -benchtime 8s.
 //	PERF_TRACE_DIR           if set, fetch a Go execution trace of ssetrack during the first
 //	                         round of each envoy-ssetrack setup: trace-<workload>.out,
@@ -566,6 +566,9 @@ func startPerfEnv(b *testing.B) *perfEnv {
 	noopPort, noopProc := startNoopProcess(b, false)
 	floorPort, floorProc := startNoopProcess(b, true)
 	extra := strings.Fields(os.Getenv("PERF_SSETRACK_ARGS"))
+	if e.profDir != "" {
+		extra = append(extra, "--pprof-sync") // mutex and block profiles
+	}
 	sse := harness.StartSsetrack(b, harness.SsetrackOptions{
 		LogLevel: "info",
 		Args:     append([]string{"--pprof"}, extra...),
@@ -629,12 +632,18 @@ func (e *perfEnv) startProfile(b *testing.B, s *perfSetup, workload string) {
 			fmt.Fprintf(os.Stderr, "perf: profile %s: %v\n", path, err)
 		}
 	}
-	fetch("/debug/pprof/allocs", "allocs-"+workload+"-0.pprof", 30*time.Second)
+	// Cumulative profiles, before and after: compare with go tool pprof -diff_base.
+	cumulative := []string{"allocs", "mutex", "block"}
+	for _, p := range cumulative {
+		fetch("/debug/pprof/"+p, p+"-"+workload+"-0.pprof", 30*time.Second)
+	}
 	e.profWG.Add(1)
 	go func() {
 		defer e.profWG.Done()
 		fetch(fmt.Sprintf("/debug/pprof/profile?seconds=%d", e.profSecs), "cpu-"+workload+".pprof", time.Duration(e.profSecs+30)*time.Second)
-		fetch("/debug/pprof/allocs", "allocs-"+workload+"-1.pprof", 30*time.Second)
+		for _, p := range cumulative {
+			fetch("/debug/pprof/"+p, p+"-"+workload+"-1.pprof", 30*time.Second)
+		}
 	}()
 }
 

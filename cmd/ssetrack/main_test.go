@@ -75,11 +75,11 @@ func TestServeHelpListsEveryFlag(t *testing.T) {
 func TestInvalidConfigListsEveryProblem(t *testing.T) {
 	t.Setenv("SSETRACK_LOG_FORMAT", "xml")
 	var out syncBuffer
-	err := Main(context.Background(), []string{"serve", "--dedup-window", "0", "--replicas", "5", "--tls-cert", "x.pem"}, &out, &out)
+	err := Main(context.Background(), []string{"serve", "--dedup-window", "0", "--replicas", "5", "--tls-cert", "x.pem", "--pprof-sync"}, &out, &out)
 	if err == nil {
 		t.Fatal("invalid configuration accepted")
 	}
-	for _, want := range []string{"--dedup-window 0", "--replicas 5", "--log-format \"xml\"", "--tls-cert and --tls-key"} {
+	for _, want := range []string{"--dedup-window 0", "--replicas 5", "--log-format \"xml\"", "--tls-cert and --tls-key", "--pprof-sync needs --pprof"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,7 @@ type serveConfig struct {
 	tlsKey         string
 	tlsClientCA    string
 	pprof          bool
+	pprofSync      bool
 	shutdown       time.Duration
 	drainDelay     time.Duration
 	gcHeadroom     int64
@@ -89,6 +91,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key `file` for --tls-cert")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "PEM CA `file`: require and verify client certificates (mTLS)")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof/ on the metrics listener")
+	fs.BoolVar(&c.pprofSync, "pprof-sync", false, "with --pprof, also record where goroutines wait on locks and block (/debug/pprof/mutex: 1 contended lock in 10; /debug/pprof/block: one sample per 10 µs blocked); costs CPU on every contended lock and every block")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", 15*time.Second, "on SIGTERM, how long open streams and the journal get to finish")
 	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "on SIGTERM, keep taking new streams this long first, with /readyz and gRPC health saying not serving, so load balancers move new streams to other replicas; then end the SSE streams still open at their next chunk, so their clients resume (with replay) on another replica")
 	fs.Int64Var(&c.gcHeadroom, "gc-headroom", DefaultGCHeadroom, "`bytes` the Go heap may grow past its live size before a garbage collection, at least (GOGC = max(100, 100*headroom/live)); 0, or GOGC in the environment, leaves the runtime's own setting")
@@ -117,6 +120,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.maxSessionID < 1 {
 		errs = append(errs, fmt.Errorf("--max-session-id %d: want >= 1", c.maxSessionID))
+	}
+	if c.pprofSync && !c.pprof {
+		errs = append(errs, errors.New("--pprof-sync needs --pprof"))
 	}
 	if c.principalKey != "" && c.principalHdr == "" {
 		errs = append(errs, errors.New("--principal-key-file needs --principal-header"))
@@ -186,6 +192,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if c.gcHeadroom > 0 && os.Getenv("GOGC") == "" {
 		defer startGCTuner(gcHeadroom(uint64(c.gcHeadroom)))()
 	}
+	if c.pprofSync {
+		runtime.SetMutexProfileFraction(pprofMutexFraction)
+		runtime.SetBlockProfileRate(int(pprofBlockRate))
+		defer func() {
+			runtime.SetMutexProfileFraction(0)
+			runtime.SetBlockProfileRate(0)
+		}()
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -216,6 +230,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var tableRef atomic.Pointer[session.Table]
 	if c.journal.enabled {
 		opts := c.journal.options(c.dedupWindow, log, reg)
+		if c.pprofSync {
+			// The embedded server sets the process's block profile rate as it starts.
+			opts.Server.ProfBlockRate = int(pprofBlockRate)
+		}
 		opts.Config.Lost = func(sessionID, stream string) {
 			if t := tableRef.Load(); t != nil {
 				t.Lost(sessionID, stream)
@@ -446,6 +464,14 @@ func newGRPCServer(c *serveConfig) (*grpc.Server, error) {
 	}
 	return grpc.NewServer(opts...), nil
 }
+
+// --pprof-sync's sampling: runtime.SetMutexProfileFraction records one contended lock in
+// pprofMutexFraction, runtime.SetBlockProfileRate a blocking event with probability
+// (time blocked / pprofBlockRate), so about one sample per pprofBlockRate blocked.
+const (
+	pprofMutexFraction = 10
+	pprofBlockRate     = 10 * time.Microsecond
+)
 
 // opsHandler serves metrics, liveness, readiness and optionally pprof.
 // /readyz answers 503 with ready's error while it returns one.

@@ -31,6 +31,11 @@ type ServerConfig struct {
 	// Logger receives the server's errors (its notices are dropped); nil
 	// discards them.
 	Logger *slog.Logger
+	// ProfBlockRate is nats-server's option of that name: as it starts, the
+	// server sets the whole process's block profile rate to it
+	// (runtime.SetBlockProfileRate, nanoseconds blocked per sample), so the
+	// default 0 turns block profiling off for the process.
+	ProfBlockRate int
 }
 
 // DefaultServerListen is the embedded server's default client address.
@@ -92,9 +97,10 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		// A batch carries at least one whole event, up to ssetrack's
 		// --max-event-size (1 MiB by default) plus headers: the server's
 		// 1 MB default could refuse it.
-		MaxPayload: embeddedMaxPayload,
-		NoLog:      true,
-		NoSigs:     true,
+		MaxPayload:    embeddedMaxPayload,
+		NoLog:         true,
+		NoSigs:        true,
+		ProfBlockRate: cfg.ProfBlockRate,
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

@@ -2,6 +2,9 @@ package journal
 
 import (
 	"bytes"
+	"context"
+	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -22,4 +25,40 @@ func TestEmbeddedServerTakesLargestEvent(t *testing.T) {
 	if got := readAll(t, jsOf(t, nc), Config{}, "S")[0].Data; !bytes.Equal(got, data) {
 		t.Errorf("stored %d bytes, want %d", len(got), len(data))
 	}
+}
+
+// TestEmbeddedServerSetsBlockProfileRate checks ServerConfig.ProfBlockRate: the
+// embedded server sets the process's block profile rate as it starts, so a
+// rate set before it (as --pprof-sync did at first) is lost unless passed
+// through. A blocking event after the start is recorded with a rate and not
+// without one.
+func TestEmbeddedServerSetsBlockProfileRate(t *testing.T) {
+	t.Cleanup(func() { runtime.SetBlockProfileRate(0) })
+	recorded := func(rate int) bool {
+		runtime.SetBlockProfileRate(1) // what the server's start must override
+		s, err := StartServer(ServerConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), ProfBlockRate: rate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Shutdown(context.Background())
+		before := pprof.Lookup("block").Count()
+		blockOnce()
+		return pprof.Lookup("block").Count() > before
+	}
+	if recorded(0) {
+		t.Error("with ProfBlockRate 0 a blocking event was recorded: the server did not set the rate")
+	}
+	if !recorded(1) {
+		t.Error("with ProfBlockRate 1 a blocking event was not recorded")
+	}
+}
+
+// blockOnce blocks on a channel receive: a block profile that records it gets
+// a stack no other test blocks with.
+//
+//go:noinline
+func blockOnce() {
+	c := make(chan struct{})
+	go func() { time.Sleep(time.Millisecond); close(c) }()
+	<-c
 }
