@@ -69,8 +69,8 @@ package e2e
 //	                         and {allocs,mutex,block}-<workload>-{0,1}.pprof before and after
 //	                         it (compare with go tool pprof -diff_base). Give the setup enough load, e.g.
 //	                         -bench 'Perf/^(tokens|mcp)$/envoy-ssetrack$' -benchtime 8s.
-//	PERF_TRACE_DIR           if set, fetch a Go execution trace of ssetrack during the first
-//	                         round of each envoy-ssetrack setup: trace-<workload>.out,
+//	PERF_TRACE_DIR           if set, fetch a Go execution trace of ssetrack during each
+//	                         round of each envoy-ssetrack setup: trace-<workload>-<round>.out,
 //	                         PERF_TRACE_SECONDS (default 5) from the start of that setup
 //	                         (test/bench summarizes it: where the messages Envoy timed out
 //	                         on had waited); and run every Envoy with
@@ -209,8 +209,8 @@ func BenchmarkPerf(b *testing.B) {
 							}
 							env.startProfile(b, s, label)
 						}
-						if s.name == "envoy-ssetrack" && env.traceDir != "" && round == 0 {
-							env.startTrace(b, s, w.name)
+						if s.name == "envoy-ssetrack" && env.traceDir != "" {
+							env.startTrace(b, s, fmt.Sprintf("%s-%d", w.name, round))
 						}
 						r := env.round(b, w, s)
 						results[s.name] = r

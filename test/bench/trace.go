@@ -35,9 +35,9 @@ type transportWaits struct {
 	// Readers, Writers and Handlers count the goroutines of each kind the trace shows
 	// blocking at least once.
 	Readers, Writers, Handlers int
-	// ReaderIdle is the share of the readers' traced time spent blocked on an empty
-	// socket, 0..1.
-	ReaderIdle float64
+	// ReaderTime is the readers' traced time, ReaderIdleTime the part of it they spent
+	// blocked on an empty socket.
+	ReaderTime, ReaderIdleTime time.Duration
 	// ReaderRunnableMax, WriterRunnableMax and HandlerRunnableMax are the longest a
 	// reader, a writer or a handler was ready to run and waited for a CPU.
 	ReaderRunnableMax, WriterRunnableMax, HandlerRunnableMax time.Duration
@@ -50,6 +50,23 @@ type transportWaits struct {
 	// its reading the reset (the whole wait if it never blocked).
 	Abandoned       int
 	AbandonedGapMax time.Duration
+}
+
+// add merges o, another trace's, into w: counts and times add up, longest waits are
+// the longest of both.
+func (w *transportWaits) add(o transportWaits) {
+	w.Span += o.Span
+	w.Readers += o.Readers
+	w.Writers += o.Writers
+	w.Handlers += o.Handlers
+	w.ReaderTime += o.ReaderTime
+	w.ReaderIdleTime += o.ReaderIdleTime
+	w.ReaderRunnableMax = max(w.ReaderRunnableMax, o.ReaderRunnableMax)
+	w.WriterRunnableMax = max(w.WriterRunnableMax, o.WriterRunnableMax)
+	w.HandlerRunnableMax = max(w.HandlerRunnableMax, o.HandlerRunnableMax)
+	w.HandlerIdleMax = max(w.HandlerIdleMax, o.HandlerIdleMax)
+	w.Abandoned += o.Abandoned
+	w.AbandonedGapMax = max(w.AbandonedGapMax, o.AbandonedGapMax)
 }
 
 // Goroutine kinds, told apart by the functions on the stack a goroutine blocks with.
@@ -181,7 +198,6 @@ func readTransportWaits(r io.Reader) (transportWaits, error) {
 		}
 	}
 	w := transportWaits{Span: last.Sub(first)}
-	var readerIdle, readerAll time.Duration
 	for g, k := range kinds {
 		for _, s := range spans[g] {
 			if s.state == trace.GoRunnable {
@@ -196,9 +212,9 @@ func readTransportWaits(r io.Reader) (transportWaits, error) {
 			}
 			switch k {
 			case kindReader:
-				readerAll += s.dur
+				w.ReaderTime += s.dur
 				if s.state == trace.GoWaiting && s.network {
-					readerIdle += s.dur
+					w.ReaderIdleTime += s.dur
 				}
 			case kindHandler:
 				if s.state == trace.GoWaiting && s.recvWait {
@@ -214,9 +230,6 @@ func readTransportWaits(r io.Reader) (transportWaits, error) {
 		case kindHandler:
 			w.Handlers++
 		}
-	}
-	if readerAll > 0 {
-		w.ReaderIdle = float64(readerIdle) / float64(readerAll)
 	}
 	for _, a := range abandons {
 		if kinds[a.waker] != kindReader {
@@ -239,39 +252,57 @@ func readTransportWaits(r io.Reader) (transportWaits, error) {
 // BenchmarkPerf runs.
 const messageTimeout = 200 * time.Millisecond
 
-// traceSeconds is how much of the traced envoy-ssetrack setup the trace covers: all of it
-// at -benchtime 1s (about 3 s).
-const traceSeconds = 6
+// traceRounds and traceSeconds: the traced run has traceRounds rounds, each setup in turn
+// in each, and traces all of each round's envoy-ssetrack setup (its sizing runs included,
+// at -benchtime 1s): Envoy's timeouts come in bursts, some rounds have none.
+const (
+	traceRounds  = 3
+	traceSeconds = 12
+)
 
 // traced is what tracedRun measured.
 type traced struct {
-	rs    results // the run's benchmark lines, parsed
-	raw   string  // and as printed
-	waits transportWaits
+	rs     results // the run's benchmark lines, parsed
+	raw    string  // and as printed
+	traces int
+	waits  transportWaits // over all traces
 }
 
-// tracedRun runs BenchmarkPerf's mcp workload, envoy-noop then envoy-ssetrack, with a trace
-// of ssetrack's process and Envoy's dispatcher stats (PERF_TRACE_DIR), and reads the trace.
+// tracedRun runs BenchmarkPerf's mcp workload, envoy-noop and envoy-ssetrack taking turns,
+// with traces of ssetrack's process and Envoy's dispatcher stats (PERF_TRACE_DIR), and
+// reads the traces.
 func tracedRun(root, benchtime string) (traced, error) {
 	dir, err := os.MkdirTemp("", "ssetrack-bench-trace-")
 	if err != nil {
 		return traced{}, err
 	}
 	defer os.RemoveAll(dir)
-	args := []string{"test", "-run", "^$", "-bench", "^BenchmarkPerf$/^mcp$/^envoy-(noop|ssetrack)$",
+	args := []string{"test", "-run", "^$", "-bench", "^BenchmarkPerf$/^mcp$/^envoy-(noop|ssetrack)(#[0-9]+)?$",
 		"-benchtime", perfTime(benchtime), "-timeout", "30m", "./test/"}
-	out, err := goTest(root, args, []string{"PERF_TRACE_DIR=" + dir, "PERF_TRACE_SECONDS=" + strconv.Itoa(traceSeconds)})
+	out, err := goTest(root, args, []string{"PERF_TRACE_DIR=" + dir, "PERF_TRACE_SECONDS=" + strconv.Itoa(traceSeconds),
+		"PERF_ROUNDS=" + strconv.Itoa(traceRounds)})
 	if err != nil {
 		return traced{}, err
 	}
 	t := traced{rs: parse(out), raw: benchLines(out)}
-	f, err := os.Open(filepath.Join(dir, "trace-mcp.out"))
-	if err != nil {
-		return traced{}, fmt.Errorf("the traced run wrote no trace: %w", err)
+	files, _ := filepath.Glob(filepath.Join(dir, "trace-mcp-*.out"))
+	if len(files) == 0 {
+		return traced{}, errors.New("the traced run wrote no trace")
 	}
-	defer f.Close()
-	t.waits, err = readTransportWaits(f)
-	return t, err
+	for _, name := range files {
+		f, err := os.Open(name)
+		if err != nil {
+			return traced{}, err
+		}
+		w, err := readTransportWaits(f)
+		f.Close()
+		if err != nil {
+			return traced{}, fmt.Errorf("%s: %w", filepath.Base(name), err)
+		}
+		t.waits.add(w)
+		t.traces++
+	}
+	return t, nil
 }
 
 // traceSection writes BENCHMARKS.md's section on the traced run.
@@ -286,18 +317,22 @@ func traceSection(md *strings.Builder, t traced) {
 		return strconv.FormatFloat(v, 'f', 0, 64)
 	}
 	fmt.Fprintf(md, "## Where Envoy's message timeouts wait\n\n")
-	fmt.Fprintf(md, "`BenchmarkPerf`'s mcp workload once more, envoy-noop then envoy-ssetrack, with a Go execution trace of ssetrack's process over the first %d s of its setup (`PERF_TRACE_DIR`; test/bench/trace.go reads it) and Envoy's dispatcher stats on (`enable_dispatcher_stats`). Both cost CPU, so this run's figures are not in the tables above. ", traceSeconds)
+	fmt.Fprintf(md, "`BenchmarkPerf`'s mcp workload once more, %d rounds of envoy-noop and envoy-ssetrack in turn, with a Go execution trace of ssetrack's process over each round's envoy-ssetrack setup (%d s from its start; `PERF_TRACE_DIR`; test/bench/trace.go reads them) and Envoy's dispatcher stats on (`enable_dispatcher_stats`). Both cost CPU, so this run's figures are not in the tables above. ", traceRounds, traceSeconds)
 	fmt.Fprintf(md, "Envoy's message timer runs from a message's send to its answer (`message_timeout`, %v here); when it fires, Envoy resets the ext_proc stream. gRPC-Go's server reads each HTTP/2 connection with one goroutine, which hands every stream its data as it reads it and blocks on the network only once its socket is empty; HTTP/2 keeps a connection's frames in order, so a reset comes after any of the awaited message Envoy had written. ", messageTimeout)
 	fmt.Fprintf(md, "For a stream reset after its handler had waited longer than `message_timeout` for its next message, the trace gives the time from its reader's last block on an empty socket during that wait to its reading the reset: the awaited message had not reached ssetrack's socket by then.\n\n")
 	fmt.Fprintf(md, "| | envoy-noop | envoy-ssetrack |\n|---|--:|--:|\n")
-	fmt.Fprintf(md, "| Envoy's ext_proc `message_timeouts` (the last, reported run of the setup) | %s | %s |\n", count(t.rs.sum(noop, "msg-timeouts")), count(t.rs.sum(sse, "msg-timeouts")))
-	fmt.Fprintf(md, "| streams ssetrack saw end while it had waited longer than `message_timeout` for their next message (same run) | - | %s |\n", count(t.rs.sum(sse, "abandoned-idle-200ms+")))
+	fmt.Fprintf(md, "| Envoy's ext_proc `message_timeouts` (the rounds' reported runs) | %s | %s |\n", count(t.rs.sum(noop, "msg-timeouts")), count(t.rs.sum(sse, "msg-timeouts")))
+	fmt.Fprintf(md, "| streams ssetrack saw end while it had waited longer than `message_timeout` for their next message (same runs) | - | %s |\n", count(t.rs.sum(sse, "abandoned-idle-200ms+")))
 	fmt.Fprintf(md, "| longest event-loop iteration of an Envoy worker, ms | %s | %s |\n", num(t.rs.max(noop, "envoy-loop-max-ms")), num(t.rs.max(sse, "envoy-loop-max-ms")))
 	fmt.Fprintf(md, "| longest poll delay of an Envoy worker, ms | %s | %s |\n\n", num(t.rs.max(noop, "envoy-poll-delay-max-ms")), num(t.rs.max(sse, "envoy-poll-delay-max-ms")))
-	fmt.Fprintf(md, "| ssetrack's process, from the trace | |\n|---|--:|\n")
-	fmt.Fprintf(md, "| traced, ms | %s |\n", ms(w.Span))
-	fmt.Fprintf(md, "| gRPC connections (a reader and a writer goroutine each), stream handlers | %d, %d |\n", w.Readers, w.Handlers)
-	fmt.Fprintf(md, "| share of the readers' time blocked on an empty socket | %.0f%% |\n", 100*w.ReaderIdle)
+	idle := 0.0
+	if w.ReaderTime > 0 {
+		idle = float64(w.ReaderIdleTime) / float64(w.ReaderTime)
+	}
+	fmt.Fprintf(md, "| ssetrack's process, from the traces | |\n|---|--:|\n")
+	fmt.Fprintf(md, "| traces, s traced in all | %d, %s |\n", t.traces, num(w.Span.Seconds(), true))
+	fmt.Fprintf(md, "| gRPC connections (a reader and a writer goroutine each), stream handlers, in all | %d, %d |\n", w.Readers, w.Handlers)
+	fmt.Fprintf(md, "| share of the readers' time blocked on an empty socket | %.0f%% |\n", 100*idle)
 	fmt.Fprintf(md, "| longest a reader, a writer, a handler waited for a CPU, ms | %s, %s, %s |\n", ms(w.ReaderRunnableMax), ms(w.WriterRunnableMax), ms(w.HandlerRunnableMax))
 	fmt.Fprintf(md, "| longest a handler waited for its stream's next message, ms | %s |\n", ms(w.HandlerIdleMax))
 	fmt.Fprintf(md, "| streams reset after their handler had waited longer than `message_timeout` for their next message | %d |\n", w.Abandoned)
@@ -307,8 +342,12 @@ func traceSection(md *strings.Builder, t traced) {
 	case w.Abandoned == 0:
 		fmt.Fprintf(md, "No stream of ssetrack's was reset after its handler had waited longer than `message_timeout` while traced.\n\n")
 	case w.AbandonedGapMax < messageTimeout/2:
-		fmt.Fprintf(md, "So each of the %d messages those streams awaited spent at least %s ms of its %v in Envoy before it reached ssetrack's socket, if it ever did; Envoy's workers meanwhile never stalled longer than %s ms (their longest event-loop iteration).\n\n",
-			w.Abandoned, ms(messageTimeout-w.AbandonedGapMax), messageTimeout, num(loop, true))
+		which := fmt.Sprintf("each of the %d messages those streams awaited", w.Abandoned)
+		if w.Abandoned == 1 {
+			which = "the message that stream awaited"
+		}
+		fmt.Fprintf(md, "So %s spent at least %s ms of its %v in Envoy before it reached ssetrack's socket, if it ever did; Envoy's workers meanwhile never stalled longer than %s ms (their longest event-loop iteration).\n\n",
+			which, ms(messageTimeout-w.AbandonedGapMax), messageTimeout, num(loop, true))
 	default:
 		fmt.Fprintf(md, "This run does not place the waits: a reader's last empty socket during a handler's wait came up to %s ms before the reset, against a `message_timeout` of %v.\n\n",
 			ms(w.AbandonedGapMax), messageTimeout)
