@@ -179,8 +179,9 @@ test-mcp:
 	export ENVOY_BIN; \
 	cd test/mcp && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
-# test/bench/main.go runs the benchmarks (parser, gRPC round trip, journal, replay, Envoy)
-# and writes the ratios against their baselines to BENCHMARKS.md; about 4 minutes at 1s.
+# test/bench/main.go runs the benchmarks (parser, gRPC round trip, journal, replay, Envoy),
+# then three traced rounds of the Envoy flood, and writes the ratios against their
+# baselines to BENCHMARKS.md; about 7 minutes at 1s.
 bench:
 	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
 	export ENVOY_BIN; \
