@@ -67,18 +67,19 @@ package e2e
 //	                         each envoy-ssetrack setup: cpu-<workload>.pprof,
 //	                         PERF_CPUPROFILE_SECONDS (default 10) from the start of that setup,
 //	                         and {allocs,mutex,block}-<workload>-{0,1}.pprof before and after
-//	                         it (compare with go tool pprof -diff_base). Give the setup enough load, e.g.
+//	                         it (compare with go tool pprof -diff_base). Give the setup
+//	                         enough load, e.g.
 //	                         -bench 'Perf/^(tokens|mcp)$/envoy-ssetrack$' -benchtime 8s.
 //	PERF_TRACE_DIR           if set, fetch a Go execution trace of ssetrack during each
-//	                         round of each envoy-ssetrack setup: trace-<workload>-<round>.out,
-//	                         PERF_TRACE_SECONDS (default 5) from the start of that setup
-//	                         (test/bench summarizes it: where the messages Envoy timed out
-//	                         on had waited); and run every Envoy with
-//	                         enable_dispatcher_stats, each Envoy setup reporting
-//	                         envoy-loop-max-ms and envoy-poll-delay-max-ms (the longest
-//	                         event-loop iteration and poll delay of its workers since it
-//	                         started). Both cost CPU: a traced run's CPU figures are not
-//	                         comparable with an untraced run's.
+//	                         round of each envoy-ssetrack setup, PERF_TRACE_SECONDS (default
+//	                         5) from the setup's first (sizing) run on, all of the setup if
+//	                         that is long enough: trace-<workload>-<round>.out (test/bench
+//	                         reads them: where the messages Envoy timed out on had waited);
+//	                         and run every Envoy with enable_dispatcher_stats, each Envoy
+//	                         setup reporting envoy-loop-max-ms and envoy-poll-delay-max-ms
+//	                         (the longest event-loop iteration and poll delay of its workers
+//	                         since it started). Both cost CPU: a traced run's CPU figures
+//	                         are not comparable with an untraced run's.
 //	E2E_LOGS=1               print the processes' output at the end
 
 import (
@@ -200,6 +201,7 @@ func BenchmarkPerf(b *testing.B) {
 			for round := range rounds {
 				for _, s := range env.setups {
 					profiled := round > 0
+					traced := false
 					b.Run(s.name, func(b *testing.B) {
 						if s.metricsURL != "" && env.profDir != "" && !profiled {
 							profiled = true
@@ -209,7 +211,9 @@ func BenchmarkPerf(b *testing.B) {
 							}
 							env.startProfile(b, s, label)
 						}
-						if s.name == "envoy-ssetrack" && env.traceDir != "" {
+						if s.name == "envoy-ssetrack" && env.traceDir != "" && !traced {
+							// Once a round, from the setup's first (sizing) run on.
+							traced = true
 							env.startTrace(b, s, fmt.Sprintf("%s-%d", w.name, round))
 						}
 						r := env.round(b, w, s)
@@ -658,18 +662,23 @@ func (e *perfEnv) startTrace(b *testing.B, s *perfSetup, workload string) {
 		defer e.profWG.Done()
 		path := fmt.Sprintf("/debug/pprof/trace?seconds=%d", e.traceSecs)
 		c := &http.Client{Timeout: time.Duration(e.traceSecs+30) * time.Second}
-		resp, err := c.Get(s.metricsURL + path)
-		if err == nil {
-			var body []byte
-			body, err = io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err == nil && resp.StatusCode != http.StatusOK {
-				err = fmt.Errorf("%s: %.200s", resp.Status, body)
+		err := func() error {
+			resp, err := c.Get(s.metricsURL + path)
+			if err != nil {
+				return err
 			}
-			if err == nil {
-				err = os.WriteFile(filepath.Join(e.traceDir, "trace-"+workload+".out"), body, 0o644)
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+				return fmt.Errorf("%s: %s", resp.Status, body)
 			}
-		}
+			f, err := os.Create(filepath.Join(e.traceDir, "trace-"+workload+".out"))
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(f, resp.Body) // streamed: a trace of a flood is large
+			return errors.Join(err, f.Close())
+		}()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "perf: trace %s: %v\n", path, err)
 		}
@@ -682,13 +691,15 @@ var envoyP100 = regexp.MustCompile(`P100\(([^,]*),([^)]*)\)`)
 
 // envoyDispatcherMax returns, from Envoy's dispatcher stats (enable_dispatcher_stats), the
 // longest event-loop iteration and the longest poll delay of its worker threads since it
-// started, in milliseconds; 0 when none was recorded.
+// started, in milliseconds. It fails b when Envoy shows no worker's.
 func envoyDispatcherMax(b *testing.B, en *harness.Envoy) (loopMs, pollMs float64) {
+	found := false
 	for line := range strings.Lines(string(en.Admin(b, "/stats?filter=dispatcher"))) {
 		m := envoyP100.FindStringSubmatch(line)
 		if m == nil || !strings.Contains(line, ".worker_") {
 			continue // the main thread's, or none recorded
 		}
+		found = true
 		us, err := strconv.ParseFloat(m[2], 64)
 		if err != nil {
 			b.Fatalf("envoy dispatcher stats: %q: %v", line, err)
@@ -699,6 +710,9 @@ func envoyDispatcherMax(b *testing.B, en *harness.Envoy) (loopMs, pollMs float64
 		case strings.Contains(line, ".poll_delay_us:"):
 			pollMs = max(pollMs, us/1e3)
 		}
+	}
+	if !found {
+		b.Fatal("envoy: no worker dispatcher histogram on /stats (enable_dispatcher_stats)")
 	}
 	return loopMs, pollMs
 }

@@ -93,7 +93,7 @@ type batcher struct {
 	// buffers are batch buffers that no batch holds: a batch of more than
 	// one record is assembled in one, and it comes back when the batch is
 	// acknowledged, grown to what the batch needed, so steady publishing
-	// neither allocates nor grows one.
+	// allocates none (a spare smaller than its new batch grows again).
 	buffers [][]byte
 }
 

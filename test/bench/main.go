@@ -91,12 +91,12 @@ func run(benchtime string, persistRounds int, out string) error {
 		if r.rounds > 0 {
 			env = []string{"PERF_ROUNDS=" + strconv.Itoa(r.rounds)}
 		}
-		out, err := goTest(r.dir, args, env)
+		stdout, err := goTest(r.dir, args, env)
 		if err != nil {
 			return err
 		}
-		maps.Copy(all, parse(out))
-		raw.WriteString(benchLines(out))
+		maps.Copy(all, parse(stdout))
+		raw.WriteString(benchLines(stdout))
 	}
 	traced, err := tracedRun(root, benchtime)
 	if err != nil {
