@@ -181,7 +181,7 @@ test-mcp:
 
 # test/bench/main.go runs the benchmarks (parser, gRPC round trip, journal, replay, Envoy),
 # then three traced rounds of the Envoy flood, and writes the ratios against their
-# baselines to BENCHMARKS.md; about 7 minutes at 1s.
+# baselines to BENCHMARKS.md; about 5 minutes at 1s.
 bench:
 	@ENVOY_BIN="$$(envoy/install.sh $(ENVOY_VERSION))"; \
 	export ENVOY_BIN; \

@@ -13,15 +13,23 @@ import (
 // replica answers in under a millisecond on loopback, a loaded one in a few.
 const minAttempt = 10 * time.Millisecond
 
+// noResponderPause is how long DirectGet waits before it tries again a
+// direct get that found no responder.
+const noResponderPause = 5 * time.Millisecond
+
 // DirectGet runs get, one direct get (which any replica of a stream with
 // AllowDirect answers), with a quarter of ctx's remaining budget, at least
 // minAttempt, and runs it again while ctx has time left when a try ran out
-// of its share. A replica that stopped without closing its connections (a
-// frozen process, a partition) still takes its share of direct gets and
-// answers none until the cluster drops it, minutes later; a new try most
-// likely reaches another replica. Against a 3-node nats-server 2.15
-// cluster with one node stopped by SIGSTOP, 20 to 60% of single tries
-// timed out. Without a deadline on ctx, get runs once. It returns get's
+// of its share or found no responder. A replica that stopped without
+// closing its connections (a frozen process, a partition) still takes its
+// share of direct gets and answers none until the cluster drops it,
+// minutes later; a new try most likely reaches another replica. Against a
+// 3-node nats-server 2.15 cluster with one node stopped by SIGSTOP, 20 to
+// 60% of single tries timed out. No responder (nats.ErrNoResponders) means
+// no replica's direct-get subscription has reached the server the client
+// is on yet: just after the stream is created, it soon does (seen once in
+// CI, on a node of a new R3 stream); DirectGet waits noResponderPause and
+// tries again. Without a deadline on ctx, get runs once. It returns get's
 // last result.
 func DirectGet[T any](ctx context.Context, get func(context.Context) (T, error)) (T, error) {
 	deadline, ok := ctx.Deadline()
@@ -34,8 +42,20 @@ func DirectGet[T any](ctx context.Context, get func(context.Context) (T, error))
 		v, err := get(tctx)
 		tried := tctx.Err() != nil
 		cancel()
-		if err == nil || ctx.Err() != nil || !tried ||
-			!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+		switch {
+		case err == nil || ctx.Err() != nil:
+			return v, err
+		case errors.Is(err, nats.ErrNoResponders):
+			t := time.NewTimer(noResponderPause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return v, err
+			case <-t.C:
+			}
+		case tried && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
+			// The try ran out of its share: another goes on.
+		default:
 			return v, err
 		}
 	}
