@@ -147,7 +147,7 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 		Name: "ssetrack_responses_abandoned_seconds",
 		Help: "Responses whose ext_proc stream Envoy ended while ssetrack waited for the response's headers or for more of its SSE body: " +
 			"the client went away, or Envoy gave up on a message (message_timeout, then failure_mode_allow), by the time from ssetrack's last answer on the stream to that end. " +
-			"With clients that stay, and no stream_idle_timeout, route timeout or upstream reset ending streams, a count near Envoy's message_timeouts with times above the filter's message_timeout means Envoy timed out on messages ssetrack had not received yet.",
+			"With clients that stay, and no stream_idle_timeout, route timeout or upstream reset ending streams, a count near Envoy's message_timeouts with times above the filter's message_timeout means Envoy gave up on streams ssetrack had answered in full: what it waited for (a message not yet sent, or an answer not yet read) was on its side.",
 		// 1 ms to 60 s, with Envoy's default message_timeout (200 ms) a bound.
 		Buckets: []float64{.001, .005, .01, .025, .05, .1, .2, .5, 1, 2.5, 5, 10, 30, 60},
 	})

@@ -37,8 +37,8 @@ package e2e
 // and msg-timeouts (Envoy's ext_proc message_timeouts alone, one of the fail-open counters);
 // the ssetrack setups also report abandoned (ssetrack_responses_abandoned_seconds: streams
 // Envoy ended while ssetrack waited for their next message; the client here never leaves
-// early) and abandoned-idle-200ms+ (those where ssetrack had waited longer than
-// message_timeout: the message Envoy gave up on had not reached ssetrack).
+// early) and abandoned-idle-200ms+ (those where ssetrack had received nothing on the
+// stream for longer than message_timeout: what Envoy gave up waiting for was on its side).
 // The ext_proc setups also report xenvoy (their events/s over envoy's), and the two ssetrack
 // setups xnoop (their events/s over envoy-noop's). CPU time per event (user +
 // system, microseconds) is reported for Envoy (envoy-cpu-us/ev), the ext_proc server
@@ -618,23 +618,7 @@ func (e *perfEnv) startProfile(b *testing.B, s *perfSetup, workload string) {
 	e.profWG.Wait()
 	b.StartTimer()
 	fetch := func(path, file string, timeout time.Duration) {
-		c := &http.Client{Timeout: timeout}
-		resp, err := c.Get(s.metricsURL + path)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "perf: profile %s: %v\n", path, err)
-			return
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("%s: %.200s", resp.Status, body)
-		}
-		if err == nil {
-			err = os.WriteFile(filepath.Join(e.profDir, file), body, 0o644)
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "perf: profile %s: %v\n", path, err)
-		}
+		fetchToFile(s.metricsURL+path, filepath.Join(e.profDir, file), timeout)
 	}
 	// Cumulative profiles, before and after: compare with go tool pprof -diff_base.
 	cumulative := []string{"allocs", "mutex", "block"}
@@ -660,29 +644,34 @@ func (e *perfEnv) startTrace(b *testing.B, s *perfSetup, workload string) {
 	e.profWG.Add(1)
 	go func() {
 		defer e.profWG.Done()
-		path := fmt.Sprintf("/debug/pprof/trace?seconds=%d", e.traceSecs)
-		c := &http.Client{Timeout: time.Duration(e.traceSecs+30) * time.Second}
-		err := func() error {
-			resp, err := c.Get(s.metricsURL + path)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-				return fmt.Errorf("%s: %s", resp.Status, body)
-			}
-			f, err := os.Create(filepath.Join(e.traceDir, "trace-"+workload+".out"))
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(f, resp.Body) // streamed: a trace of a flood is large
-			return errors.Join(err, f.Close())
-		}()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "perf: trace %s: %v\n", path, err)
-		}
+		fetchToFile(fmt.Sprintf("%s/debug/pprof/trace?seconds=%d", s.metricsURL, e.traceSecs),
+			filepath.Join(e.traceDir, "trace-"+workload+".out"), time.Duration(e.traceSecs+30)*time.Second)
 	}()
+}
+
+// fetchToFile GETs url into file, streamed (a trace of a flood is large), within timeout;
+// a failure is printed, not fatal: a profile is an extra of the benchmark.
+func fetchToFile(url, file string, timeout time.Duration) {
+	err := func() error {
+		resp, err := (&http.Client{Timeout: timeout}).Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+			return fmt.Errorf("%s: %s", resp.Status, body)
+		}
+		f, err := os.Create(file)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(f, resp.Body)
+		return errors.Join(err, f.Close())
+	}()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "perf: fetch %s: %v\n", url, err)
+	}
 }
 
 // envoyP100 matches the cumulative maximum of an Envoy histogram on its admin /stats page:

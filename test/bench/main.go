@@ -109,7 +109,7 @@ func run(benchtime string, persistRounds int, out string) error {
 	fmt.Fprintf(&md, "Written by `make bench BENCHTIME=%s` (test/bench/main.go) on %s, in %s.\n",
 		benchtime, start.UTC().Format("2006-01-02 15:04 MST"), time.Since(start).Round(time.Second))
 	fmt.Fprintf(&md, "Every ratio compares two rows of this one run; timings are reported, never checked. ")
-	fmt.Fprintf(&md, "`BenchmarkProcessor` and `BenchmarkPerf` run three rounds (`PERF_ROUNDS=3`), every setup in turn in each: their figures are the median of the three, and their ratios ratios of medians.\n\n")
+	fmt.Fprintf(&md, "`BenchmarkProcessor` and `BenchmarkPerf` run three rounds (`PERF_ROUNDS=3`), every setup in turn in each: their figures are the median of the three, and their ratios the median of each round's ratio.\n\n")
 	fmt.Fprintf(&md, "| machine | |\n|---|---|\n")
 	fmt.Fprintf(&md, "| CPU | %s |\n", cpuModel())
 	fmt.Fprintf(&md, "| cores | %d |\n", runtime.NumCPU())
@@ -351,7 +351,7 @@ func perfTable(md *strings.Builder, rs results) {
 	fmt.Fprintf(md, "**envoy** has no ext_proc filter; **envoy-noop** runs the do-nothing ext_proc server (its own process, same mode_override as ssetrack); **envoy-noop-journal** the do-nothing server that also publishes each body chunk to a JetStream stream of its own embedded nats-server, the floor of persisting the stream through JetStream (see the table above); **envoy-ssetrack** runs the built ssetrack with its embedded JetStream journal; **envoy-ssetrack-nojournal** the same with `--journal=false`. ")
 	fmt.Fprintf(md, "Workloads: **tokens** one stream of 100 B events flat out; **tokens-paced** the same at one event per ms; **mcp** 64 streams of 256 B events flat out; **large** one stream of 64 KiB events. ")
 	fmt.Fprintf(md, "CPU µs/ev is Envoy's plus the ext_proc process's (a journal's NATS server included) per event; p99 is an event's upstream write to client read. ")
-	fmt.Fprintf(md, "The setups take turns in every round; a figure is the median over the rounds, a ratio the median of each round's ratio. Timeouts are Envoy's ext_proc `message_timeouts`, summed over the rounds; **abandoned** counts, for ssetrack, the streams Envoy ended while ssetrack waited for their next message (`ssetrack_responses_abandoned_seconds`; the client never leaves early), and in parentheses those where ssetrack had waited longer than the filter's `message_timeout` (200 ms): the message Envoy gave up on had not reached ssetrack.\n\n")
+	fmt.Fprintf(md, "The setups take turns in every round; a figure is the median over the rounds, a ratio the median of each round's ratio. Timeouts are Envoy's ext_proc `message_timeouts`, summed over the rounds; **abandoned** counts, for ssetrack, the streams Envoy ended while ssetrack waited for their next message (`ssetrack_responses_abandoned_seconds`; the client never leaves early), and in parentheses those where ssetrack had received nothing on the stream for longer than the filter's `message_timeout` (200 ms): what Envoy gave up waiting for was on its side.\n\n")
 	fmt.Fprintf(md, "| workload | setup | events/s | events/s / envoy | events/s / envoy-noop | p99 µs | p99 / envoy-noop | CPU µs/ev | CPU / envoy | CPU / envoy-noop | CPU / envoy-noop-journal | ext_proc CPU / noop's | timeouts | abandoned |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, w := range []string{"tokens", "tokens-paced", "mcp", "large"} {
 		bench := func(setup string) string { return "BenchmarkPerf/" + w + "/" + setup }
