@@ -273,6 +273,7 @@ func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64
 	if rec.Count == 0 {
 		*rec = session.Record{
 			Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.principal,
+			Base: c.delivery.SeqBase(),
 		}
 		x.journal.recorded = true
 		c.ref = at >= 0 && !x.journal.lfOwed

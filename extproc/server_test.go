@@ -749,6 +749,21 @@ func TestReplayWhenHistoryDidNotLoad(t *testing.T) {
 			t.Errorf("%v: forwarded %q, want %q", tc.headers, res.body, body)
 		}
 	}
+	// Numbered without knowing the sessions' stored numbers: the records
+	// say so (session.Record.Base), so the journal adds them before it
+	// stores the events.
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	events := 0
+	for _, rec := range rp.recs {
+		if rec.Count > 0 && (rec.Base == nil || rec.FirstSeq != 1) {
+			t.Errorf("record of %s numbered %d..%d, base %v; want from 1, with a base", rec.Session, rec.FirstSeq, rec.LastSeq, rec.Base)
+		}
+		events += rec.Count
+	}
+	if events != 4 {
+		t.Errorf("%d events recorded, want 4", events)
+	}
 }
 
 // peerHistory is the journal as another replica fills it: its history of

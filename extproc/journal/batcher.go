@@ -2,7 +2,9 @@ package journal
 
 import (
 	"container/heap"
+	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,6 +29,10 @@ type pending struct {
 	msg     *nats.Msg   // built when first published
 	tries   int
 	firstTx time.Time
+	// base is set while FirstSeq and LastSeq are provisional
+	// (session.Record.Base): the batch is not published before it is
+	// resolved and added.
+	base *session.SeqBase
 }
 
 // lane is one session's publishing state. A lane exists while the session
@@ -39,20 +45,25 @@ type lane struct {
 	inflight *pending
 	waiting  bool   // queued for a global in-flight slot
 	retryGen uint64 // non-zero while a retry timer is armed
+	// resolving is set while a goroutine reads the session's last stored
+	// number for the provisional numbers of its next batch (resolve).
+	resolving bool
 	// principal is the session's principal hash from its records, kept in
 	// the session's KV state.
 	principal string
 }
 
 func (l *lane) idle() bool {
-	return l.open == nil && len(l.ready) == 0 && l.inflight == nil && l.retryGen == 0
+	return l.open == nil && len(l.ready) == 0 && l.inflight == nil && l.retryGen == 0 && !l.resolving
 }
 
-// result is the outcome of one publish attempt.
+// result is the outcome of one publish attempt (on Publisher.results), or,
+// with base set, of one resolve (on Publisher.resolved).
 type result struct {
 	lane *lane
 	ack  *jetstream.PubAck
 	err  error
+	base *session.SeqBase
 }
 
 // timer kinds in the batcher's heap.
@@ -175,6 +186,8 @@ func (p *Publisher) run() {
 		case <-p.wake:
 		case r := <-p.results:
 			b.done(r)
+		case r := <-p.resolved:
+			b.resolved(r)
 		case <-timer.C:
 		case <-p.abort:
 			b.dropAll()
@@ -244,6 +257,12 @@ func (b *batcher) add(q queued) {
 func (b *batcher) addRecord(q queued) {
 	cfg := &b.p.cfg
 	rec := q.rec
+	if rec.Base != nil {
+		if v, ok := rec.Base.Value(); ok { // resolved since Append
+			rebaseRecord(&rec, v)
+			b.p.unstoredAt(rec.Session, rec.LastSeq)
+		}
+	}
 	l := b.lanes[rec.Session]
 	if rec.Count == 0 && len(rec.Data) == 0 {
 		// Nothing to persist; End still flushes the stream's batch.
@@ -270,6 +289,9 @@ func (b *batcher) addRecord(q queued) {
 	}
 	if o := l.open; o != nil {
 		contiguous := rec.FirstSeq == 0 || o.LastSeq == 0 || rec.FirstSeq == o.LastSeq+1
+		if rec.Count > 0 && rec.Base != o.base {
+			contiguous = false // counted from different bases
+		}
 		if o.Stream != rec.Stream || !contiguous ||
 			o.Count+rec.Count > cfg.Batch.MaxEvents || len(o.Data)+len(rec.Data) > b.maxBytes() {
 			b.seal(l)
@@ -284,8 +306,9 @@ func (b *batcher) addRecord(q queued) {
 				FirstSeq: rec.FirstSeq, LastSeq: rec.LastSeq,
 				Data: rec.Data,
 			},
-			at:  []time.Time{q.at},
-			gen: b.gen,
+			at:   []time.Time{q.at},
+			gen:  b.gen,
+			base: rec.Base,
 		}
 		// The delay runs from the record's enqueue time: the batcher takes
 		// the inbox whole and seals due batches only after adding all of
@@ -339,8 +362,17 @@ func (b *batcher) sealAll() {
 // trySend publishes the lane's next ready batch if the session has none in
 // flight and a global slot is free.
 func (b *batcher) trySend(l *lane) {
-	if l.inflight != nil || len(l.ready) == 0 || l.retryGen != 0 {
+	if l.inflight != nil || len(l.ready) == 0 || l.retryGen != 0 || l.resolving {
 		return
+	}
+	if head := l.ready[0]; head.base != nil {
+		v, ok := head.base.Value()
+		if !ok {
+			l.resolving = true
+			go b.p.resolve(l, head.base)
+			return
+		}
+		b.rebase(head, v)
 	}
 	if b.inflight >= b.p.cfg.MaxInFlight {
 		if !l.waiting {
@@ -440,6 +472,87 @@ func (b *batcher) done(r result) {
 		b.forget(w) // idle if its batch was given up
 	}
 	b.forget(l)
+}
+
+// rebase makes pb's provisional numbers final: v is their base, resolved.
+// From here on they count as unstored (Flush waits for them).
+func (b *batcher) rebase(pb *pending, v uint64) {
+	if pb.FirstSeq != 0 {
+		pb.FirstSeq += v
+	}
+	if pb.LastSeq != 0 {
+		pb.LastSeq += v
+	}
+	pb.base = nil
+	b.p.unstoredAt(pb.Session, pb.LastSeq)
+}
+
+// resolved handles the outcome of resolve. When the session's last number
+// could not be read within the retry budget, the session's batches
+// numbered from that base are given up: stored under made-up numbers they
+// could share numbers with stored events.
+func (b *batcher) resolved(r result) {
+	l := r.lane
+	l.resolving = false
+	if _, ok := r.base.Value(); r.err != nil && !ok { // (resolved meanwhile by a Load: not lost)
+		b.p.forgetProvisional(l.session, r.base)
+		if l.open != nil && l.open.base == r.base {
+			l.ready = append(l.ready, l.open)
+			l.open = nil
+		}
+		kept := l.ready[:0]
+		for _, pb := range l.ready {
+			if pb.base == r.base {
+				b.giveUp(pb, fmt.Errorf("read the session's last sequence number: %w", r.err))
+			} else {
+				kept = append(kept, pb)
+			}
+		}
+		clear(l.ready[len(kept):])
+		l.ready = kept
+	}
+	b.trySend(l)
+	b.forget(l)
+}
+
+// resolve runs on its own goroutine: it reads the last sequence number
+// stored for l's session (lastStoredSeq, which resolves base with it) and
+// reports on Publisher.resolved; it tries again, backing off, until the
+// publish retry budget is spent. A Load of the session may resolve base
+// first: that value stands.
+func (p *Publisher) resolve(l *lane, base *session.SeqBase) {
+	start := time.Now()
+	var err error
+	for tries := 0; ; tries++ {
+		if _, ok := base.Value(); ok {
+			err = nil
+			break
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.PublishTimeout)
+		var n uint64
+		n, err = p.lastStoredSeq(ctx, l.session)
+		cancel()
+		if err == nil {
+			base.Resolve(n) // a no-op: lastStoredSeq did, or a Load before it
+			break
+		}
+		if time.Since(start) >= p.retryBudget() {
+			break
+		}
+		p.log.Debug("journal: reading a session's last number failed, retrying",
+			"session", session.ShortID(l.session), "tries", tries+1, "err", err)
+		t := time.NewTimer(min(50*time.Millisecond<<min(tries, 6), 2*time.Second))
+		select {
+		case <-t.C:
+		case <-p.abort:
+			t.Stop()
+			return // the batcher is gone; it counted the lane's batches lost
+		}
+	}
+	select {
+	case p.resolved <- result{lane: l, base: base, err: err}:
+	case <-p.done:
+	}
 }
 
 // errRetryTooLate is why a batch whose retry came too late was given up.

@@ -19,7 +19,9 @@ import (
 // subject. It returns (nil, nil) when neither exists. When the read fails
 // after the session's last sequence number was learnt (the events' read is
 // the long part), the error comes with a History holding that number alone
-// (session.Loader).
+// (session.Loader); when it fails before, with none, and the session then
+// numbers provisionally (session.SeqBase), its records held until the base
+// is read (lastStoredSeq).
 //
 // How it reads: the last message on the session's subject gives the
 // newest per-session sequence number S. A binary search over stream
@@ -38,22 +40,32 @@ import (
 // batch's, and the read goes forward from there to the end.
 func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.History, error) {
 	start := time.Now()
+	beyond := p.beyondStore(sessionID)
 	h, st, err := loadHistory(ctx, p.stream, p.kv, p.cfg, sessionID)
 	p.m.loadTimer.Observe(time.Since(start).Seconds())
 	if err == nil && h != nil {
 		p.state.seed(sessionID, st)
 	}
-	if u := p.unstoredSeq(sessionID); u > 0 {
+	if err != nil {
+		err = fmt.Errorf("load session %s: %w", session.ShortID(sessionID), err)
+		if h == nil {
+			// The stored number is unknown: what this process has on its
+			// way says nothing of what another stored.
+			return nil, err
+		}
+		h = &session.History{Seq: h.Seq}
+	}
+	// What this process has on its way counts, and so does what it holds
+	// numbered provisionally, which follows it.
+	var n uint64
+	if h != nil {
+		n = h.Seq
+	}
+	if n = p.settle(sessionID, n, beyond); n > 0 {
 		if h == nil {
 			h = &session.History{}
 		}
-		h.Seq = max(h.Seq, u)
-	}
-	if err != nil {
-		err = fmt.Errorf("load session %s: %w", session.ShortID(sessionID), err)
-		if h != nil {
-			h = &session.History{Seq: h.Seq}
-		}
+		h.Seq = n
 	}
 	return h, err
 }
@@ -80,6 +92,31 @@ func (p *Publisher) LoadLast(ctx context.Context, sessionID string) (*session.Hi
 		}
 	}
 	return h, nil
+}
+
+// lastStoredSeq returns the last sequence number the journal holds for a
+// session or has on its way from this process: the larger of its KV
+// state's and its last batch's (a last message that is not a batch is
+// passed over, as in Load), settled with what this process has on its way
+// (settle, which resolves the session's provisional runs held). Two direct
+// gets, any replica answers.
+func (p *Publisher) lastStoredSeq(ctx context.Context, sessionID string) (uint64, error) {
+	beyond := p.beyondStore(sessionID)
+	st, err := getState(ctx, p.kv, sessionID)
+	if err != nil {
+		return 0, err
+	}
+	last, err := history.LastMessage(ctx, p.stream, Subject(p.cfg.SubjectPrefix, sessionID))
+	if err != nil {
+		return 0, err
+	}
+	n := st.Seq
+	if last != nil {
+		if b, err := history.Decode(last.Header, last.Data); err == nil {
+			n = max(n, b.LastSeq)
+		}
+	}
+	return p.settle(sessionID, n, beyond), nil
 }
 
 // loadHistory is Load without the publisher. st is the merged state.

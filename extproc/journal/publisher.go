@@ -47,7 +47,7 @@ type Publisher struct {
 	m      *metrics
 	state  *stateWriter
 
-	mu         sync.Mutex // guards closed, inbox, inboxBytes, unstored and flushes
+	mu         sync.Mutex // guards closed, inbox, inboxBytes, unstored, provisional and flushes
 	closed     bool
 	inbox      []queued // records from Append the batcher has not taken yet
 	inboxBytes int      // their payload bytes
@@ -56,6 +56,12 @@ type Publisher struct {
 	// session reloaded (evicted from memory, say) while its last events are
 	// on their way never numbers new events with their numbers.
 	unstored map[string]uint64
+	// provisional lists, by session, the bases of the records appended with
+	// provisional numbers (session.Record.Base) that are not resolved yet,
+	// in the order they came, each with the highest number counted from
+	// it: whoever learns the session's last stored number resolves them
+	// all, one after the other (resolveHeld).
+	provisional map[string][]provisionalRun
 	// flushes are the Flush calls waiting, by session.
 	flushes map[string][]flushWait
 	// wake (capacity 1) tells the batcher to take the inbox now.
@@ -74,9 +80,10 @@ type Publisher struct {
 	// dropsToLog counts queue-full drops since the last log line.
 	dropsToLog atomic.Int64
 
-	results chan result
-	abort   chan struct{} // closed when Shutdown's context expires
-	done    chan struct{} // closed when the batcher returns
+	results  chan result
+	resolved chan result   // resolve's outcomes (unbuffered)
+	abort    chan struct{} // closed when Shutdown's context expires
+	done     chan struct{} // closed when the batcher returns
 
 	// ackHook, set by tests before any Append, sees each record's
 	// enqueue-to-ack latency on the batcher goroutine.
@@ -146,21 +153,23 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
 	p := &Publisher{
-		cfg:      cfg,
-		js:       js,
-		stream:   stream,
-		kv:       kv,
-		log:      log,
-		m:        m,
-		state:    newStateWriter(kvjs, kv, cfg, log, m),
-		wake:     make(chan struct{}, 1),
-		unstored: make(map[string]uint64),
-		flushes:  make(map[string][]flushWait),
-		epoch:    time.Now(),
-		results:  make(chan result, cfg.MaxInFlight),
-		abort:    make(chan struct{}),
-		done:     make(chan struct{}),
-		writer:   newWriterID(),
+		cfg:         cfg,
+		js:          js,
+		stream:      stream,
+		kv:          kv,
+		log:         log,
+		m:           m,
+		state:       newStateWriter(kvjs, kv, cfg, log, m),
+		wake:        make(chan struct{}, 1),
+		unstored:    make(map[string]uint64),
+		provisional: make(map[string][]provisionalRun),
+		flushes:     make(map[string][]flushWait),
+		epoch:       time.Now(),
+		results:     make(chan result, cfg.MaxInFlight),
+		resolved:    make(chan result),
+		abort:       make(chan struct{}),
+		done:        make(chan struct{}),
+		writer:      newWriterID(),
 		// The server's limit as of this connection (its INFO); a cluster
 		// whose servers differ should be configured alike.
 		maxRecord: max(int(nc.MaxPayload())-headerRoom, 1<<10),
@@ -232,8 +241,16 @@ func (p *Publisher) batchBytes() int { return min(p.cfg.Batch.MaxBytes, p.maxRec
 // q brought the inbox's bytes to a batch's worth (batchBytes). p.mu must be
 // held.
 func (p *Publisher) push(q queued) (n int, full bool) {
+	if q.rec.Base != nil {
+		if v, ok := q.rec.Base.Value(); ok {
+			rebaseRecord(&q.rec, v)
+		}
+	}
 	p.inbox = append(p.inbox, q)
-	if s := q.rec.LastSeq; s > p.unstored[q.rec.Session] {
+	if q.rec.Base != nil {
+		// Counted as unstored once final (resolveHeld, batcher.rebase).
+		p.holdProvisional(q.rec)
+	} else if s := q.rec.LastSeq; s > p.unstored[q.rec.Session] {
 		p.unstored[q.rec.Session] = s
 	}
 	before := p.inboxBytes
@@ -310,8 +327,13 @@ func logDrop(log *slog.Logger, last, count *atomic.Int64, sessionID string, queu
 
 // stored forgets pb's sequence numbers as unstored (acknowledged or given
 // up) unless later records of the session are still on their way, and
-// ends the Flush calls it satisfies.
-func (p *Publisher) stored(pb *pending) { p.storedThrough(pb.Session, pb.LastSeq) }
+// ends the Flush calls it satisfies. Provisional numbers were never
+// counted as unstored.
+func (p *Publisher) stored(pb *pending) {
+	if pb.base == nil {
+		p.storedThrough(pb.Session, pb.LastSeq)
+	}
+}
 
 // storedThrough is stored for the records of session sessionID through
 // sequence number seq.
@@ -368,6 +390,118 @@ func (p *Publisher) Flush(ctx context.Context, sessionID string) error {
 		p.mu.Unlock()
 		return ctx.Err()
 	}
+}
+
+// rebaseRecord makes rec's provisional numbers final: v is their base.
+func rebaseRecord(rec *session.Record, v uint64) {
+	if rec.FirstSeq != 0 {
+		rec.FirstSeq += v
+	}
+	if rec.LastSeq != 0 {
+		rec.LastSeq += v
+	}
+	rec.Base = nil
+}
+
+// provisionalRun is one base of a session's provisional numbers and the
+// highest number appended counted from it.
+type provisionalRun struct {
+	base *session.SeqBase
+	last uint64
+}
+
+// holdProvisional notes rec's provisional numbers. p.mu must be held.
+func (p *Publisher) holdProvisional(rec session.Record) {
+	runs := p.provisional[rec.Session]
+	for i := range runs {
+		if runs[i].base == rec.Base {
+			runs[i].last = max(runs[i].last, rec.LastSeq)
+			return
+		}
+	}
+	p.provisional[rec.Session] = append(runs, provisionalRun{base: rec.Base, last: rec.LastSeq})
+}
+
+// resolveHeld resolves the bases of the session's provisional numbers not
+// resolved yet, given n, the last number the journal holds for the session
+// (stored or on its way): the first run counts from n, the next from the
+// first's last, and so on, as their records wait in the batcher, one after
+// the other. A base resolved already keeps its value. It returns the
+// session's last number with all of them counted, and counts the numbers
+// it made final as unstored (their records cannot have been published
+// before: the batcher holds them until their base is known). p.mu must be
+// held.
+func (p *Publisher) resolveHeld(sessionID string, n uint64) uint64 {
+	runs := p.provisional[sessionID]
+	if len(runs) == 0 {
+		return n
+	}
+	var through uint64 // the last number made final here
+	for _, r := range runs {
+		_, was := r.base.Value()
+		n = max(n, r.base.Resolve(n)+r.last)
+		if !was {
+			through = n
+		}
+	}
+	delete(p.provisional, sessionID)
+	if through > p.unstored[sessionID] {
+		p.unstored[sessionID] = through
+	}
+	return n
+}
+
+// beyondStore is what this process knows of a session's numbers that the
+// store may not show yet, taken before a read of the store: the numbers on
+// their way, and the runs of provisional numbers held.
+type beyondStore struct {
+	unstored uint64
+	runs     []provisionalRun
+}
+
+func (p *Publisher) beyondStore(sessionID string) beyondStore {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return beyondStore{unstored: p.unstored[sessionID], runs: slices.Clone(p.provisional[sessionID])}
+}
+
+// settle returns the session's last number given stored, the last number a
+// read of the store found, and b, taken before that read: records on their
+// way may have been stored and forgotten as unstored while the read went
+// on, too late for it to see them, and runs held then may have been
+// resolved meanwhile. It resolves the runs still held (resolveHeld).
+func (p *Publisher) settle(sessionID string, stored uint64, b beyondStore) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := max(stored, b.unstored, p.unstored[sessionID])
+	for _, r := range b.runs {
+		if v, ok := r.base.Value(); ok {
+			n = max(n, v+r.last)
+		}
+	}
+	return p.resolveHeld(sessionID, n)
+}
+
+// forgetProvisional drops base from the session's runs (its records were
+// given up).
+func (p *Publisher) forgetProvisional(sessionID string, base *session.SeqBase) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	runs := slices.DeleteFunc(p.provisional[sessionID], func(r provisionalRun) bool { return r.base == base })
+	if len(runs) == 0 {
+		delete(p.provisional, sessionID)
+	} else {
+		p.provisional[sessionID] = runs
+	}
+}
+
+// unstoredAt counts the session's numbers through seq as unstored.
+func (p *Publisher) unstoredAt(sessionID string, seq uint64) {
+	p.mu.Lock()
+	if seq > p.unstored[sessionID] {
+		p.unstored[sessionID] = seq
+	}
+	p.mu.Unlock()
 }
 
 // unstoredSeq is the session's highest sequence number not yet stored, or 0.

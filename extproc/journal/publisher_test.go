@@ -688,3 +688,47 @@ func TestFullBatchFitsServerReadBuffer(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadCountsProvisional: a Load of a session whose records with
+// provisional numbers are still held (a copy of the session that numbered
+// them was evicted, say) resolves their base and reports the session's last
+// number after them, so the new copy numbers after them too, whether the
+// batcher or the Load read the stored number first.
+func TestLoadCountsProvisional(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{}
+	p := newPublisher(t, nc, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const sid = "held"
+	p.Append(record(sid, "s", 1, 10, true))
+	if err := p.Flush(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{3, 2} { // two copies' runs, one after the other
+		rec := record(sid, "t", 1, n, true)
+		rec.Base = new(session.SeqBase)
+		if !p.Append(rec) {
+			t.Fatal("append refused")
+		}
+	}
+	h, err := p.Load(ctx, sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Seq != 15 {
+		t.Errorf("Load reports %d as the last number, want 15 (10 stored, then 3 and 2 held)", h.Seq)
+	}
+	var got []string
+	waitFor(t, 10*time.Second, "the held records stored", func() bool {
+		got = got[:0]
+		for _, b := range readAll(t, jsOf(t, nc), cfg, sid) {
+			got = append(got, fmt.Sprintf("%d-%d", b.FirstSeq, b.LastSeq))
+		}
+		return len(got) == 3
+	})
+	if want := "[1-10 11-13 14-15]"; fmt.Sprint(got) != want {
+		t.Errorf("stored batches numbered %v, want %s", got, want)
+	}
+}

@@ -26,7 +26,7 @@ const headerRoom = 16 << 10
 // the processor numbers a chunk's events while it holds the session.
 func splitRecord(rec session.Record, limit int) (parts []session.Record, tooLarge int) {
 	part := func() session.Record {
-		return session.Record{Session: rec.Session, Stream: rec.Stream, Principal: rec.Principal}
+		return session.Record{Session: rec.Session, Stream: rec.Stream, Principal: rec.Principal, Base: rec.Base}
 	}
 	cur := part()      // the part being built; its Data is set when it is closed
 	start, off := 0, 0 // offsets in rec.Data: cur's first byte, the segment at hand
@@ -83,7 +83,7 @@ func splitRecord(rec session.Record, limit int) (parts []session.Record, tooLarg
 	if len(parts) > 0 {
 		parts[len(parts)-1].End = rec.End
 	} else if rec.End {
-		parts = append(parts, session.Record{Session: rec.Session, Stream: rec.Stream, Principal: rec.Principal, End: true})
+		parts = append(parts, session.Record{Session: rec.Session, Stream: rec.Stream, Principal: rec.Principal, Base: rec.Base, End: true})
 	}
 	return parts, tooLarge
 }

@@ -1,6 +1,9 @@
 package session
 
-import "errors"
+import (
+	"errors"
+	"sync/atomic"
+)
 
 // Record is a run of consecutive delivered events of one stream of one
 // session, handed to a journal to persist. The processor builds one Record
@@ -25,6 +28,13 @@ type Record struct {
 	// delivered event across all streams of the session, and survive
 	// restarts through the journal (History.Seq).
 	FirstSeq, LastSeq uint64
+	// Base, when not nil, says that FirstSeq and LastSeq are provisional:
+	// the session could not read its last stored number when it began
+	// numbering (its history did not load: NATS away, a timeout), so it
+	// numbered from 1, and the journal must add Base's value, once known,
+	// before it stores the record, and hold the record until then (see
+	// SeqBase).
+	Base *SeqBase
 	// Data is the events' SSE bytes exactly as received, each event ending in
 	// its blank line: itself a valid SSE stream. The receiver owns it.
 	Data []byte
@@ -34,6 +44,31 @@ type Record struct {
 	// Principal is the keyed hash of the principal the session is bound to,
 	// empty when none is; the journal keeps the first one it sees.
 	Principal string
+}
+
+// SeqBase is the number a session's provisional sequence numbers count
+// from: the last number the journal stored for the session before them. A
+// session whose history did not load numbers its events 1, 2, ... with a
+// SeqBase not yet known; whichever learns the stored number first, the
+// session's next successful load or the journal about to store such a
+// record, resolves it, and both then add the same value: no two events of
+// a session share a number, and the numbers stay consecutive (a gap still
+// means lost events). Safe for concurrent use.
+type SeqBase struct {
+	v atomic.Uint64 // the base + 1; 0 while unknown
+}
+
+// Resolve sets the base to n unless it is set already, and returns the
+// base in effect.
+func (b *SeqBase) Resolve(n uint64) uint64 {
+	b.v.CompareAndSwap(0, n+1)
+	return b.v.Load() - 1
+}
+
+// Value returns the base and true once it is resolved.
+func (b *SeqBase) Value() (uint64, bool) {
+	v := b.v.Load()
+	return v - 1, v != 0
 }
 
 // History is a session's persisted state.

@@ -36,9 +36,13 @@ type Session struct {
 	// absent); until then no stream may use it.
 	ready chan struct{}
 
-	mu        sync.Mutex
-	win       window
-	seq       uint64 // last sequence number assigned
+	mu  sync.Mutex
+	win window
+	seq uint64 // last sequence number assigned (counted from base while base is set)
+	// base is set while the session numbers provisionally: its history did
+	// not load, so seq counts from a stored number not yet known (SeqBase).
+	// Cleared, and added to seq, once it is known.
+	base      *SeqBase
 	principal string // keyed hash of the owner, "" until one is seen
 	streams   []streamInfo
 	notStored string // the last Last-Event-ID the journal did not hold
@@ -284,7 +288,9 @@ func (s *Session) NeedsLocate(lastEventID string) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if max(s.seq, s.win.next) <= uint64(len(s.win.slots)) || lastEventID == s.notStored {
+	if s.base == nil && max(s.seq, s.win.next) <= uint64(len(s.win.slots)) || lastEventID == s.notStored {
+		// (A session numbering provisionally does not know its history:
+		// an id it does not hold may be stored.)
 		return false
 	}
 	return !s.holds(lastEventID)
@@ -379,10 +385,21 @@ type Delivery struct {
 // Begin starts a delivery to the stream, locking its session until End.
 func (st *Stream) Begin() Delivery {
 	st.sess.mu.Lock()
+	if b := st.sess.base; b != nil {
+		// The journal may have learnt the base meanwhile: number on from it.
+		if v, ok := b.Value(); ok {
+			st.sess.rebase(v)
+		}
+	}
 	// The session's stream list changes only under the lock: info stays
 	// valid until End.
 	return Delivery{st: st, info: st.sess.stream(st.num)}
 }
+
+// SeqBase is the base the sequence numbers this delivery assigns count
+// from, nil when they are final (see Record.Base). It stays the same until
+// End.
+func (d *Delivery) SeqBase() *SeqBase { return d.st.sess.base }
 
 // End ends the delivery and unlocks the session.
 func (d *Delivery) End() { d.st.sess.mu.Unlock() }
@@ -576,6 +593,12 @@ func (s *Session) LatestLastID() string {
 func (s *Session) restore(h *History, newer bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.base != nil {
+		// The first load failed: what the session numbered since counts
+		// from what the journal holds, unless the journal, storing those
+		// numbers, learnt it first.
+		s.rebase(s.base.Resolve(h.Seq))
+	}
 	// With newer, the history's last ids replace the session's when the
 	// journal numbered more events than the session did: another writer
 	// delivered after it (Table.Reload).
@@ -616,6 +639,13 @@ func (s *Session) restore(h *History, newer bool) {
 			s.seq = e.Seq
 		}
 	}
+}
+
+// rebase ends provisional numbering: the numbers assigned so far count from
+// v (Record.Base). s.mu must be held.
+func (s *Session) rebase(v uint64) {
+	s.seq += v
+	s.base = nil
 }
 
 // footprint reports the session's approximate heap bytes.

@@ -24,8 +24,8 @@ func TestWindowMatchesModel(t *testing.T) {
 	for _, size := range []int{1, 2, 3, 7, 64, 100, 127, 128, 300} {
 		t.Run(strconv.Itoa(size), func(t *testing.T) {
 			w := newWindow(size)
-			if w.wide != (size > 127) {
-				t.Fatalf("wide index = %v for size %d", w.wide, size)
+			if w.wide() != (size > 127) {
+				t.Fatalf("wide index = %v for size %d", w.wide(), size)
 			}
 			var records []uint64
 			rng := rand.New(rand.NewPCG(1, uint64(size)))
@@ -627,6 +627,83 @@ func TestFailedLoadKeepsNumbering(t *testing.T) {
 	if seq != 42 {
 		t.Errorf("first event numbered %d after a failed load that read 41, want 42", seq)
 	}
+}
+
+// TestProvisionalNumbering: a session whose first load failed before it
+// learnt the session's last number numbers from 1 against a base not yet
+// known, which its records carry; the next load resolves the base, and
+// numbering goes on after the base plus what was numbered meanwhile. When
+// the journal resolves the base first (storing those records), the next
+// delivery goes on from it.
+func TestProvisionalNumbering(t *testing.T) {
+	deliverSeqs := func(s *Session, ids ...string) (seqs []uint64, base *SeqBase) {
+		d := s.OpenStream(Resume{}).Begin()
+		defer d.End()
+		base = d.SeqBase()
+		for _, id := range ids {
+			seq, _ := d.Deliver([]byte(id), true)
+			seqs = append(seqs, seq)
+		}
+		return seqs, base
+	}
+	loadS := func(t *testing.T, tb *Table) *Session {
+		t.Helper()
+		s, err := tb.Acquire(context.Background(), "S")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	t.Run("the next load resolves", func(t *testing.T) {
+		tb := newTestTable(t, Config{Loader: &flakyHistory{h: &History{Seq: 100}}})
+		s := loadS(t, tb)
+		seqs, base := deliverSeqs(s, "a", "b")
+		if base == nil || fmt.Sprint(seqs) != "[1 2]" {
+			t.Fatalf("after a failed load: seqs %v, base %v; want [1 2] counted from a base", seqs, base)
+		}
+		if _, ok := base.Value(); ok {
+			t.Fatal("base resolved before anything read the journal")
+		}
+		tb.Release(s)
+		s = loadS(t, tb) // loads again
+		if v, ok := base.Value(); !ok || v != 100 {
+			t.Errorf("base after the second load = %d, %v; want 100", v, ok)
+		}
+		seqs, base = deliverSeqs(s, "c")
+		if base != nil || fmt.Sprint(seqs) != "[103]" {
+			t.Errorf("after the load: seqs %v, base %v; want [103] and final numbers", seqs, base)
+		}
+	})
+
+	t.Run("the journal resolves", func(t *testing.T) {
+		tb := newTestTable(t, Config{Loader: &flakyHistory{h: &History{Seq: 100}}})
+		s := loadS(t, tb)
+		_, base := deliverSeqs(s, "a", "b")
+		if got := base.Resolve(40); got != 40 {
+			t.Fatalf("Resolve(40) = %d", got)
+		}
+		if got := base.Resolve(7); got != 40 {
+			t.Errorf("a second Resolve changed the base to %d", got)
+		}
+		seqs, base := deliverSeqs(s, "c")
+		if base != nil || fmt.Sprint(seqs) != "[43]" {
+			t.Errorf("seqs %v, base %v; want [43] and final numbers", seqs, base)
+		}
+		tb.Release(s)
+		s = loadS(t, tb) // the retried load knows 100
+		if seqs, _ := deliverSeqs(s, "d"); fmt.Sprint(seqs) != "[101]" {
+			t.Errorf("after the load: seqs %v, want [101]", seqs)
+		}
+	})
+
+	t.Run("a load that learnt the number is final", func(t *testing.T) {
+		tb := newTestTable(t, Config{Loader: partialHistory{seq: 41}})
+		s := loadS(t, tb)
+		if seqs, base := deliverSeqs(s, "a"); base != nil || fmt.Sprint(seqs) != "[42]" {
+			t.Errorf("seqs %v, base %v; want [42] and final numbers", seqs, base)
+		}
+	})
 }
 
 // TestLostEventsAgainNotRenumbered: events a resuming client says it lost go

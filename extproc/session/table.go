@@ -179,7 +179,13 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 	sh.mu.Unlock()
 
 	if loading {
-		t.load(ctx, s, false)
+		if !t.load(ctx, s, false) {
+			// Nothing learnt of the session's history, not even its last
+			// number: number provisionally until the journal knows it.
+			s.mu.Lock()
+			s.seq, s.base = 0, new(SeqBase)
+			s.mu.Unlock()
+		}
 		close(s.ready)
 	}
 	if !ok {
@@ -223,8 +229,13 @@ func (t *Table) revalidate(ctx context.Context, sh *shard, id string) uint64 {
 		return 0
 	}
 	s.mu.Lock()
-	seq := s.seq
+	seq, provisional := s.seq, s.base != nil
 	s.mu.Unlock()
+	if provisional {
+		// Its numbers count from a base not yet known: nothing to compare.
+		// Its history never loaded, so Acquire loads it again anyway.
+		return 0
+	}
 	stale, err := t.cfg.Loader.Stale(ctx, id, seq)
 	if err != nil {
 		// Keep the copy: at worst it lets a duplicate through.
@@ -244,8 +255,9 @@ func (t *Table) revalidate(ctx context.Context, sh *shard, id string) uint64 {
 }
 
 // load reads the history of s and merges it in (Session.restore, newer
-// as there).
-func (t *Table) load(ctx context.Context, s *Session, newer bool) {
+// as there). It reports whether the session's last stored number is known
+// now: false only when the load failed before the journal read it.
+func (t *Table) load(ctx context.Context, s *Session, newer bool) (numbered bool) {
 	h, err := t.cfg.Loader.Load(ctx, s.id)
 	if err != nil {
 		// The session goes on without history: dedup starts empty, which can
@@ -253,16 +265,27 @@ func (t *Table) load(ctx context.Context, s *Session, newer bool) {
 		// that names the session tries the load again.
 		s.unloaded.Store(true)
 		t.cfg.Logger.Warn("load session history", "session", ShortID(s.id), "err", err)
-		if h != nil {
-			s.mu.Lock()
-			s.seq = max(s.seq, h.Seq)
-			s.mu.Unlock()
+		if h == nil {
+			return false
 		}
-		return
+		s.mu.Lock()
+		if s.base != nil {
+			s.rebase(s.base.Resolve(h.Seq))
+		}
+		s.seq = max(s.seq, h.Seq)
+		s.mu.Unlock()
+		return true
 	}
 	if h != nil {
 		s.restore(h, newer)
+		return true
 	}
+	s.mu.Lock()
+	if s.base != nil {
+		s.rebase(s.base.Resolve(0)) // nothing stored: numbers count from 0
+	}
+	s.mu.Unlock()
+	return true
 }
 
 // Cached reports whether the table holds session id, loaded or not.
@@ -283,7 +306,12 @@ func (t *Table) lookup(id string) *Session {
 // cheap read; what another writer delivered moments ago is there), else the
 // whole history again. Bounded by ctx; a failed read leaves s as it was.
 func (t *Table) Reload(ctx context.Context, s *Session) {
-	if ll, ok := t.cfg.Loader.(LastLoader); ok {
+	s.mu.Lock()
+	provisional := s.base != nil
+	s.mu.Unlock()
+	if ll, ok := t.cfg.Loader.(LastLoader); ok && !provisional {
+		// (A session numbering provisionally needs the whole load: the
+		// last batch alone may not carry the session's last number.)
 		if h, err := ll.LoadLast(ctx, s.id); err != nil {
 			t.cfg.Logger.Warn("reload session history", "session", ShortID(s.id), "err", err)
 		} else if h != nil {

@@ -21,9 +21,13 @@ import "math/bits"
 type window struct {
 	slots []uint64 // ring: hash56<<8 | tag
 	index []byte   // open addressing, linear probing: slot+1, 0 = empty
-	wide  bool     // index cells are two bytes (little endian)
 	next  uint64   // absolute position of the next record
 }
+
+// wide reports that the index cells are two bytes (little endian): slot+1
+// does not fit in one. Derived, not stored: a flag would cost every
+// session eight bytes of padding.
+func (w *window) wide() bool { return len(w.slots) > 0xff/2 }
 
 // maxWindow bounds a window: index cells must hold slot+1.
 const maxWindow = 1 << 15
@@ -31,8 +35,8 @@ const maxWindow = 1 << 15
 func newWindow(size int) window {
 	size = min(max(size, 1), maxWindow)
 	cells := 1 << bits.Len(uint(2*size-1)) // power of two >= 2*size
-	w := window{slots: make([]uint64, size), wide: size > 0xff/2}
-	if w.wide {
+	w := window{slots: make([]uint64, size)}
+	if w.wide() {
 		w.index = make([]byte, 2*cells)
 	} else {
 		w.index = make([]byte, cells)
@@ -48,21 +52,21 @@ func tagOf(stream uint32) uint64 { return uint64(stream%255) + 1 }
 func (w *window) bytes() int { return cap(w.slots)*8 + cap(w.index) }
 
 func (w *window) cells() uint64 {
-	if w.wide {
+	if w.wide() {
 		return uint64(len(w.index) / 2)
 	}
 	return uint64(len(w.index))
 }
 
 func (w *window) cell(i uint64) int {
-	if w.wide {
+	if w.wide() {
 		return int(w.index[2*i]) | int(w.index[2*i+1])<<8
 	}
 	return int(w.index[i])
 }
 
 func (w *window) setCell(i uint64, c int) {
-	if w.wide {
+	if w.wide() {
 		w.index[2*i], w.index[2*i+1] = byte(c), byte(c>>8)
 		return
 	}
