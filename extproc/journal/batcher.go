@@ -31,8 +31,10 @@ type pending struct {
 	firstTx time.Time
 	// base is set while FirstSeq and LastSeq are provisional
 	// (session.Record.Base): the batch is not published before it is
-	// resolved and added.
-	base *session.SeqBase
+	// resolved and added. provisional counts the batch's records with that
+	// base (provisionalRun.held).
+	base        *session.SeqBase
+	provisional int
 }
 
 // lane is one session's publishing state. A lane exists while the session
@@ -178,6 +180,8 @@ func (p *Publisher) run() {
 			select {
 			case r := <-p.results:
 				b.done(r)
+			case r := <-p.resolved:
+				b.resolved(r)
 			default:
 			}
 			continue
@@ -227,10 +231,14 @@ func (b *batcher) add(q queued) {
 	}
 	if lim := b.p.maxRecord; len(q.rec.Data) > lim {
 		parts, tooLarge := splitRecord(q.rec, lim)
+		if base := q.rec.Base; base != nil {
+			// Each part is counted in the run (none: the record left it).
+			b.p.releaseProvisional(q.rec.Session, base, 0, 1-len(parts))
+		}
 		if tooLarge > 0 {
 			b.p.m.drop(dropTooLarge, tooLarge)
 			b.p.lost(q.rec.Session, q.rec.Stream)
-			if last := q.rec.LastSeq; len(parts) == 0 || parts[len(parts)-1].LastSeq < last {
+			if last := q.rec.LastSeq; q.rec.Base == nil && (len(parts) == 0 || parts[len(parts)-1].LastSeq < last) {
 				// No batch will carry the record's last number: it is
 				// given up here, or a Flush would wait for it in vain.
 				b.p.storedThrough(q.rec.Session, last)
@@ -257,10 +265,10 @@ func (b *batcher) add(q queued) {
 func (b *batcher) addRecord(q queued) {
 	cfg := &b.p.cfg
 	rec := q.rec
-	if rec.Base != nil {
-		if v, ok := rec.Base.Value(); ok { // resolved since Append
+	if base := rec.Base; base != nil {
+		if v, ok := base.Value(); ok { // resolved since Append
 			rebaseRecord(&rec, v)
-			b.p.unstoredAt(rec.Session, rec.LastSeq)
+			b.p.releaseProvisional(rec.Session, base, rec.LastSeq, 1)
 		}
 	}
 	l := b.lanes[rec.Session]
@@ -269,7 +277,7 @@ func (b *batcher) addRecord(q queued) {
 		if rec.End && l != nil && l.open != nil && l.open.Stream == rec.Stream {
 			b.seal(l)
 		}
-		b.p.release(1)
+		b.dropRecord(rec)
 		return
 	}
 	if rec.Count == 0 && !rec.End && (l == nil || l.open == nil || l.open.Stream != rec.Stream) {
@@ -277,7 +285,7 @@ func (b *batcher) addRecord(q queued) {
 		// a later chunk) whose batch is already sealed: a batch of no
 		// events is never published, and the event's bytes end in a CR,
 		// a complete line ending. Not counted as a loss.
-		b.p.release(1)
+		b.dropRecord(rec)
 		return
 	}
 	if l == nil {
@@ -310,6 +318,9 @@ func (b *batcher) addRecord(q queued) {
 			gen:  b.gen,
 			base: rec.Base,
 		}
+		if rec.Base != nil {
+			l.open.provisional = 1
+		}
 		// The delay runs from the record's enqueue time: the batcher takes
 		// the inbox whole and seals due batches only after adding all of
 		// it, so a batcher that lags behind a burst still fills batches.
@@ -337,10 +348,21 @@ func (b *batcher) addRecord(q queued) {
 		}
 		o.Data = append(o.Data, rec.Data...)
 		o.at = append(o.at, q.at)
+		if rec.Base != nil {
+			o.provisional++
+		}
 	}
 	if o := l.open; rec.End || o.Count >= cfg.Batch.MaxEvents || len(o.Data) >= b.maxBytes() {
 		b.seal(l)
 	}
+}
+
+// dropRecord lets go of a record with nothing to publish.
+func (b *batcher) dropRecord(rec session.Record) {
+	if rec.Base != nil {
+		b.p.releaseProvisional(rec.Session, rec.Base, 0, 1)
+	}
+	b.p.release(1)
 }
 
 // seal moves the lane's open batch to its ready queue.
@@ -483,8 +505,10 @@ func (b *batcher) rebase(pb *pending, v uint64) {
 	if pb.LastSeq != 0 {
 		pb.LastSeq += v
 	}
+	base := pb.base
 	pb.base = nil
-	b.p.unstoredAt(pb.Session, pb.LastSeq)
+	b.p.releaseProvisional(pb.Session, base, pb.LastSeq, pb.provisional)
+	pb.provisional = 0
 }
 
 // resolved handles the outcome of resolve. When the session's last number
@@ -495,7 +519,6 @@ func (b *batcher) resolved(r result) {
 	l := r.lane
 	l.resolving = false
 	if _, ok := r.base.Value(); r.err != nil && !ok { // (resolved meanwhile by a Load: not lost)
-		b.p.forgetProvisional(l.session, r.base)
 		if l.open != nil && l.open.base == r.base {
 			l.ready = append(l.ready, l.open)
 			l.open = nil
@@ -528,12 +551,18 @@ func (p *Publisher) resolve(l *lane, base *session.SeqBase) {
 			err = nil
 			break
 		}
+		select { // a slot: an outage's end does not set off every session's reads at once
+		case p.resolveSlots <- struct{}{}:
+		case <-p.abort:
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.PublishTimeout)
 		var n uint64
 		n, err = p.lastStoredSeq(ctx, l.session)
 		cancel()
+		<-p.resolveSlots
 		if err == nil {
-			base.Resolve(n) // a no-op: lastStoredSeq did, or a Load before it
+			base.Resolve(n) // lastStoredSeq did, unless its run was given up meanwhile
 			break
 		}
 		if time.Since(start) >= p.retryBudget() {
@@ -568,6 +597,9 @@ func (p *Publisher) retryBudget() time.Duration {
 // giveUp counts a batch as lost.
 func (b *batcher) giveUp(pb *pending, err error) {
 	p := b.p
+	if pb.base != nil {
+		p.releaseProvisional(pb.Session, pb.base, 0, pb.provisional)
+	}
 	p.log.Error("journal batch lost", "session", session.ShortID(pb.Session),
 		"first_seq", pb.FirstSeq, "events", pb.Count, "tries", pb.tries, "err", err)
 	p.m.drop(dropGaveUp, len(pb.at))

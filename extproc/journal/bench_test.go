@@ -244,3 +244,59 @@ func benchReplay(b *testing.B, p *Publisher, after, through string, missed int) 
 		replay()
 	}
 }
+
+// BenchmarkLoad times Publisher.Load, the read a session's first request
+// waits for (on Envoy's response-headers message), of a session with 100,
+// 2,000 and 100,000 stored events: Load reads the ids of the last
+// Config.HistoryEvents (1,024) of them. The store is filled as in
+// BenchmarkReplay. It reports, never asserts.
+func BenchmarkLoad(b *testing.B) {
+	s := startTestServer(b)
+	nc := connect(b, s.ClientURL())
+	const perBatch = 64
+	for _, stored := range []int{100, 2_000, 100_000} {
+		b.Run(fmt.Sprintf("stored=%d", stored), func(b *testing.B) {
+			name := fmt.Sprintf("L%d", stored)
+			cfg := Config{Stream: name, SubjectPrefix: "l" + name, Bucket: name}
+			p := newPublisher(b, nc, cfg)
+			js := jsOf(b, nc)
+			subj := Subject(cfg.SubjectPrefix, "bench")
+			for first := 1; first <= stored; first += perBatch {
+				n := min(perBatch, stored-first+1)
+				data, ids := events("s", first, n)
+				bt := Batch{Session: "bench", Stream: "s", FirstID: ids[0], LastID: ids[n-1], Count: n, FirstSeq: uint64(first), LastSeq: uint64(first + n - 1), Writer: "bench"}
+				msg := &nats.Msg{Subject: subj, Data: data, Header: header(&bt, MsgID("bench", "s", "bench", bt.FirstSeq, 1))}
+				if _, err := js.PublishMsgAsync(msg); err != nil {
+					b.Fatal(err)
+				}
+				// Other sessions' batches between this one's, as on a
+				// busy stream.
+				if _, err := js.PublishAsync(Subject(cfg.SubjectPrefix, fmt.Sprintf("other-%d", first%7)), data); err != nil {
+					b.Fatal(err)
+				}
+			}
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(5 * time.Minute):
+				b.Fatal("fill not acked")
+			}
+			want := min(stored, DefaultHistoryEvents)
+			load := func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				h, err := p.Load(ctx, "bench")
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(h.Events) != want || h.Seq != uint64(stored) {
+					b.Fatalf("loaded %d events, seq %d; want %d, %d", len(h.Events), h.Seq, want, stored)
+				}
+			}
+			load() // warm-up
+			b.ReportAllocs()
+			for b.Loop() {
+				load()
+			}
+		})
+	}
+}

@@ -267,8 +267,8 @@ func TestProvisionalGivenUp(t *testing.T) {
 		t.Fatal("append refused")
 	}
 	waitFor(t, 20*time.Second, "the record given up", func() bool { return statsOf(t, p).Dropped == 1 })
-	if st := statsOf(t, p); st.QueueDepth != 0 || st.Batches != 0 {
-		t.Errorf("after giving up: %+v", st)
+	if st := statsOf(t, p); st.QueueDepth != 0 || st.Batches != 0 || st.PublishErrors != 0 || st.PublishRetries != 0 {
+		t.Errorf("after giving up: %+v; want nothing published, nothing tried", st)
 	}
 	if _, ok := rec.Base.Value(); ok {
 		t.Error("base resolved with NATS away")

@@ -96,10 +96,10 @@ func (p *Publisher) LoadLast(ctx context.Context, sessionID string) (*session.Hi
 
 // lastStoredSeq returns the last sequence number the journal holds for a
 // session or has on its way from this process: the larger of its KV
-// state's and its last batch's (a last message that is not a batch is
-// passed over, as in Load), settled with what this process has on its way
-// (settle, which resolves the session's provisional runs held). Two direct
-// gets, any replica answers.
+// state's and its last batch's, settled with what this process has on its
+// way (settle, which resolves the session's provisional runs held). Two
+// direct gets, any replica answers; when the subject's last message is not
+// a batch, a Load's read.
 func (p *Publisher) lastStoredSeq(ctx context.Context, sessionID string) (uint64, error) {
 	beyond := p.beyondStore(sessionID)
 	st, err := getState(ctx, p.kv, sessionID)
@@ -114,6 +114,16 @@ func (p *Publisher) lastStoredSeq(ctx context.Context, sessionID string) (uint64
 	if last != nil {
 		if b, err := history.Decode(last.Header, last.Data); err == nil {
 			n = max(n, b.LastSeq)
+		} else {
+			// Not a batch: the KV state may lag the batches before it;
+			// read back to the last one, as Load does.
+			h, _, err := loadHistory(ctx, p.stream, p.kv, p.cfg, sessionID)
+			if err != nil {
+				return 0, err
+			}
+			if h != nil {
+				n = max(n, h.Seq)
+			}
 		}
 	}
 	return p.settle(sessionID, n, beyond), nil

@@ -81,9 +81,12 @@ type Publisher struct {
 	dropsToLog atomic.Int64
 
 	results  chan result
-	resolved chan result   // resolve's outcomes (unbuffered)
-	abort    chan struct{} // closed when Shutdown's context expires
-	done     chan struct{} // closed when the batcher returns
+	resolved chan result // resolve's outcomes (unbuffered)
+	// resolveSlots bounds the resolve goroutines reading at once
+	// (Config.MaxInFlight).
+	resolveSlots chan struct{}
+	abort        chan struct{} // closed when Shutdown's context expires
+	done         chan struct{} // closed when the batcher returns
 
 	// ackHook, set by tests before any Append, sees each record's
 	// enqueue-to-ack latency on the batcher goroutine.
@@ -153,23 +156,24 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
 	p := &Publisher{
-		cfg:         cfg,
-		js:          js,
-		stream:      stream,
-		kv:          kv,
-		log:         log,
-		m:           m,
-		state:       newStateWriter(kvjs, kv, cfg, log, m),
-		wake:        make(chan struct{}, 1),
-		unstored:    make(map[string]uint64),
-		provisional: make(map[string][]provisionalRun),
-		flushes:     make(map[string][]flushWait),
-		epoch:       time.Now(),
-		results:     make(chan result, cfg.MaxInFlight),
-		resolved:    make(chan result),
-		abort:       make(chan struct{}),
-		done:        make(chan struct{}),
-		writer:      newWriterID(),
+		cfg:          cfg,
+		js:           js,
+		stream:       stream,
+		kv:           kv,
+		log:          log,
+		m:            m,
+		state:        newStateWriter(kvjs, kv, cfg, log, m),
+		wake:         make(chan struct{}, 1),
+		unstored:     make(map[string]uint64),
+		provisional:  make(map[string][]provisionalRun),
+		flushes:      make(map[string][]flushWait),
+		epoch:        time.Now(),
+		results:      make(chan result, cfg.MaxInFlight),
+		resolved:     make(chan result),
+		resolveSlots: make(chan struct{}, cfg.MaxInFlight),
+		abort:        make(chan struct{}),
+		done:         make(chan struct{}),
+		writer:       newWriterID(),
 		// The server's limit as of this connection (its INFO); a cluster
 		// whose servers differ should be configured alike.
 		maxRecord: max(int(nc.MaxPayload())-headerRoom, 1<<10),
@@ -327,8 +331,8 @@ func logDrop(log *slog.Logger, last, count *atomic.Int64, sessionID string, queu
 
 // stored forgets pb's sequence numbers as unstored (acknowledged or given
 // up) unless later records of the session are still on their way, and
-// ends the Flush calls it satisfies. Provisional numbers were never
-// counted as unstored.
+// ends the Flush calls it satisfies. A batch given up with provisional
+// numbers was never counted as unstored.
 func (p *Publisher) stored(pb *pending) {
 	if pb.base == nil {
 		p.storedThrough(pb.Session, pb.LastSeq)
@@ -363,8 +367,10 @@ func (p *Publisher) storedThrough(sessionID string, seq uint64) {
 // Batch.MaxDelay, and waits until every record of the session appended
 // before the call is acknowledged, or given up: a replay reads what a
 // resuming client missed from JetStream, and a client that resumes at once
-// missed events still on their way to it. It returns ctx's error when ctx
-// ends first, nil at once when nothing of the session is on its way.
+// missed events still on their way to it. Records whose numbers are still
+// provisional (session.Record.Base) are not waited for: a replay then finds
+// the history incomplete. It returns ctx's error when ctx ends first, nil
+// at once when nothing of the session is on its way.
 func (p *Publisher) Flush(ctx context.Context, sessionID string) error {
 	p.mu.Lock()
 	through := p.unstored[sessionID]
@@ -403,50 +409,66 @@ func rebaseRecord(rec *session.Record, v uint64) {
 	rec.Base = nil
 }
 
-// provisionalRun is one base of a session's provisional numbers and the
-// highest number appended counted from it.
+// provisionalRun is one base of a session's provisional numbers: the
+// highest number appended counted from it, and how many records counted
+// from it the batcher holds with numbers not yet final (a record with a
+// Base in the batcher is counted here). The run is forgotten when it holds
+// none.
 type provisionalRun struct {
 	base *session.SeqBase
 	last uint64
+	held int
 }
 
-// holdProvisional notes rec's provisional numbers. p.mu must be held.
+// holdProvisional counts rec, appended with provisional numbers. p.mu must
+// be held.
 func (p *Publisher) holdProvisional(rec session.Record) {
 	runs := p.provisional[rec.Session]
 	for i := range runs {
 		if runs[i].base == rec.Base {
 			runs[i].last = max(runs[i].last, rec.LastSeq)
+			runs[i].held++
 			return
 		}
 	}
-	p.provisional[rec.Session] = append(runs, provisionalRun{base: rec.Base, last: rec.LastSeq})
+	p.provisional[rec.Session] = append(runs, provisionalRun{base: rec.Base, last: rec.LastSeq, held: 1})
 }
 
-// resolveHeld resolves the bases of the session's provisional numbers not
+// releaseProvisional notes that n records of base's run left the batcher's
+// hold, their numbers made final through last, which counts as unstored
+// from then on (in the same critical section: a Load never misses them),
+// or given up (last 0); n < 0 counts records more (a record split in
+// parts).
+func (p *Publisher) releaseProvisional(sessionID string, base *session.SeqBase, last uint64, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if last > p.unstored[sessionID] {
+		p.unstored[sessionID] = last
+	}
+	runs := p.provisional[sessionID]
+	i := slices.IndexFunc(runs, func(r provisionalRun) bool { return r.base == base })
+	if i < 0 {
+		return
+	}
+	if runs[i].held -= n; runs[i].held > 0 {
+		return
+	}
+	if runs = slices.Delete(runs, i, i+1); len(runs) == 0 {
+		delete(p.provisional, sessionID)
+	} else {
+		p.provisional[sessionID] = runs
+	}
+}
+
+// resolveHeld resolves the bases of the session's provisional runs not
 // resolved yet, given n, the last number the journal holds for the session
 // (stored or on its way): the first run counts from n, the next from the
 // first's last, and so on, as their records wait in the batcher, one after
 // the other. A base resolved already keeps its value. It returns the
-// session's last number with all of them counted, and counts the numbers
-// it made final as unstored (their records cannot have been published
-// before: the batcher holds them until their base is known). p.mu must be
-// held.
+// session's last number with every run counted. p.mu must be held.
 func (p *Publisher) resolveHeld(sessionID string, n uint64) uint64 {
-	runs := p.provisional[sessionID]
-	if len(runs) == 0 {
-		return n
-	}
-	var through uint64 // the last number made final here
-	for _, r := range runs {
-		_, was := r.base.Value()
+	for _, r := range p.provisional[sessionID] {
 		n = max(n, r.base.Resolve(n)+r.last)
-		if !was {
-			through = n
-		}
-	}
-	delete(p.provisional, sessionID)
-	if through > p.unstored[sessionID] {
-		p.unstored[sessionID] = through
 	}
 	return n
 }
@@ -480,28 +502,6 @@ func (p *Publisher) settle(sessionID string, stored uint64, b beyondStore) uint6
 		}
 	}
 	return p.resolveHeld(sessionID, n)
-}
-
-// forgetProvisional drops base from the session's runs (its records were
-// given up).
-func (p *Publisher) forgetProvisional(sessionID string, base *session.SeqBase) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	runs := slices.DeleteFunc(p.provisional[sessionID], func(r provisionalRun) bool { return r.base == base })
-	if len(runs) == 0 {
-		delete(p.provisional, sessionID)
-	} else {
-		p.provisional[sessionID] = runs
-	}
-}
-
-// unstoredAt counts the session's numbers through seq as unstored.
-func (p *Publisher) unstoredAt(sessionID string, seq uint64) {
-	p.mu.Lock()
-	if seq > p.unstored[sessionID] {
-		p.unstored[sessionID] = seq
-	}
-	p.mu.Unlock()
 }
 
 // unstoredSeq is the session's highest sequence number not yet stored, or 0.

@@ -732,3 +732,56 @@ func TestLoadCountsProvisional(t *testing.T) {
 		t.Errorf("stored batches numbered %v, want %s", got, want)
 	}
 }
+
+// TestProvisionalTooLarge: a record with provisional numbers whose event is
+// too large to store is given up without stranding what waits on the
+// session: its numbers become a gap (a loss), the events after it are
+// stored, a Flush ends once they are, and nothing of the session stays
+// held.
+func TestProvisionalTooLarge(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	cfg := Config{}
+	p := newPublisher(t, nc, cfg)
+	p.maxRecord = 4096 // before any Append: the batcher reads it as it adds
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const sid = "big"
+	p.Append(record(sid, "s", 1, 3, false))
+	if err := p.Flush(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	base := new(session.SeqBase)
+	big := session.Record{Session: sid, Stream: "s", Count: 1, FirstSeq: 1, LastSeq: 1, FirstID: "huge", LastID: "huge",
+		Data: []byte("id: huge\ndata: " + strings.Repeat("x", 8<<10) + "\n\n"), Base: base}
+	small := record(sid, "s", 2, 2, true)
+	small.Base = base
+	p.Append(big)
+	p.Append(small)
+	h, err := p.Load(ctx, sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Seq != 6 {
+		t.Errorf("Load reports %d, want 6 (3 stored, 3 held)", h.Seq)
+	}
+	var got []string
+	waitFor(t, 10*time.Second, "the held records stored", func() bool {
+		got = got[:0]
+		for _, b := range readAll(t, jsOf(t, nc), cfg, sid) {
+			got = append(got, fmt.Sprintf("%s-%s:%d-%d", b.FirstID, b.LastID, b.FirstSeq, b.LastSeq))
+		}
+		return len(got) == 2
+	})
+	if want := "[s-1-s-3:1-3 s-2-s-3:5-6]"; fmt.Sprint(got) != want {
+		t.Errorf("stored %v, want %s (4, the event too large, is a gap)", got, want)
+	}
+	if err := p.Flush(ctx, sid); err != nil {
+		t.Errorf("Flush after everything was stored or given up: %v", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.provisional) != 0 || len(p.unstored) != 0 {
+		t.Errorf("still held: provisional %v, unstored %v", p.provisional, p.unstored)
+	}
+}
