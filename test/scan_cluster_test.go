@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"syscall"
@@ -18,11 +19,12 @@ import (
 )
 
 // TestScanOnReplicatedStream reads a session's batches from an R3 stream of a real 3-node
-// cluster 100 times through each node, each read with a 1 s budget, as a history load or a
-// replay reads them (history.Scan up to the last batch). A pull sent before the consumer's
-// interest has reached the client's server finds no responder; a consumer iterator then
-// waits seconds for a missed heartbeat, which stalled 3 to 4 reads in 100 here. Each read
-// must end with every batch, in order.
+// cluster 100 times through each node, each read with a 1 s budget, with an ordered
+// consumer (history.Scan up to the last batch) and with batched direct gets
+// (history.ReadRange, as a history load and a long replay read them). A pull sent before
+// the consumer's interest has reached the client's server finds no responder; a consumer
+// iterator then waits seconds for a missed heartbeat, which stalled 3 to 4 reads in 100
+// here. Each read must end with every batch, in order.
 func TestScanOnReplicatedStream(t *testing.T) {
 	if !journalEnabled() {
 		t.Skip("E2E_SSETRACK_ARGS has --journal=false: this test checks JetStream")
@@ -44,11 +46,15 @@ func TestScanOnReplicatedStream(t *testing.T) {
 			t.Fatalf("%s: last batch: %v, %v", node.Name, last, err)
 		}
 		stalled := 0
-		for range 100 {
+		for i := range 200 {
 			rctx, rcancel := context.WithTimeout(ctx, time.Second)
 			var got []uint64
-			err := history.Scan(rctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}}, last.Sequence,
-				func(b history.Batch) error { got = append(got, b.FirstSeq); return nil })
+			collect := func(b history.Batch) error { got = append(got, b.FirstSeq); return nil }
+			if i%2 == 0 {
+				err = history.Scan(rctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}}, last.Sequence, collect)
+			} else {
+				err = history.ReadRange(rctx, js, stream, subj, 1, last.Sequence, collect)
+			}
 			rcancel()
 			if err != nil || len(got) != scanBatches {
 				if stalled++; stalled <= 3 {
@@ -63,7 +69,7 @@ func TestScanOnReplicatedStream(t *testing.T) {
 			}
 		}
 		if stalled > 0 {
-			t.Errorf("%s: %d of 100 reads did not end with every batch within 1 s", node.Name, stalled)
+			t.Errorf("%s: %d of 200 reads did not end with every batch within 1 s", node.Name, stalled)
 		}
 	}
 }
@@ -108,11 +114,12 @@ func writeScanSession(t *testing.T, ctx context.Context, urls string) (journal.C
 }
 
 // TestDirectGetsPastFrozenReplica stops the stream leader's node of a 3-node cluster with
-// SIGSTOP, as a frozen process or a partition would, and reads a session's last batch and
-// its first (direct gets, as a history load and a replay do) 60 times each through another node,
-// each read with a 500 ms budget, from the first read that succeeds on. Single tries
-// then still go unanswered, 11 to 24 in 30 here; every read must succeed anyway
-// (history.DirectGet tries again with what is left of the budget).
+// SIGSTOP, as a frozen process or a partition would, and reads a session's last batch, its
+// first, and all of its batches with batched direct gets (as a history load and a replay
+// do) 60 times each through another node, each read with a 500 ms budget, from the first
+// read that succeeds on. Single tries then still go unanswered, 11 to 24 in 30 here; every
+// read must succeed anyway (history.DirectGet and history.ReadRange try again with what is
+// left of the budget).
 func TestDirectGetsPastFrozenReplica(t *testing.T) {
 	if !journalEnabled() {
 		t.Skip("E2E_SSETRACK_ARGS has --journal=false: this test checks JetStream")
@@ -131,14 +138,39 @@ func TestDirectGetsPastFrozenReplica(t *testing.T) {
 	if via == frozen {
 		via = cl.Nodes[1]
 	}
-	stream, err := harness.JetStream(t, via.URL()).Stream(ctx, cfg.Stream)
+	viaJS := harness.JetStream(t, via.URL())
+	stream, err := viaJS.Stream(ctx, cfg.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
+	lastBatch, err := history.LastMessage(ctx, stream, subj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastSeq := lastBatch.Sequence
 	if err := frozen.Proc().Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = frozen.Proc().Signal(syscall.SIGCONT) })
+
+	// Just after the freeze, an ordered consumer's read (history.Scan: tail --follow, reads
+	// from a time, servers before 2.11) may fail, but returns within its budget:
+	// nats.go creates the consumer in the fetch with timeouts and retries of its own, which
+	// held a read here until the test's 10-minute timeout.
+	for range 10 {
+		returned := make(chan error, 1)
+		go func() {
+			rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			defer rcancel()
+			returned <- history.Scan(rctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}}, lastSeq,
+				func(history.Batch) error { return errors.New("stop") })
+		}()
+		select {
+		case <-returned:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("a Scan with a 500 ms budget had not returned after 5 s, with %s frozen", frozen.Name)
+		}
+	}
 
 	// For a second or two after the freeze every direct get through the other nodes goes
 	// unanswered, tried again or not; the reads count from the first that succeeds.
@@ -159,6 +191,13 @@ func TestDirectGetsPastFrozenReplica(t *testing.T) {
 		if err == nil {
 			first, err = history.GetMsg(rctx, stream, 1, subj)
 		}
+		n := 0
+		if err == nil {
+			err = history.ReadRange(rctx, viaJS, stream, subj, 1, last.Sequence, func(history.Batch) error { n++; return nil })
+		}
+		if err == nil && n != scanBatches {
+			err = fmt.Errorf("read %d of %d batches", n, scanBatches)
+		}
 		rcancel()
 		if err != nil {
 			if failed++; failed <= 3 {
@@ -173,4 +212,5 @@ func TestDirectGetsPastFrozenReplica(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("%d of 60 reads failed with %s frozen", failed, frozen.Name)
 	}
+
 }

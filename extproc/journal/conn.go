@@ -203,7 +203,7 @@ func OpenReader(ctx context.Context, c ConnConfig, cfg Config) (*history.Reader,
 		nc.Close()
 		return nil, nil, fmt.Errorf("open stream %s: %w", cfg.Stream, err)
 	}
-	return history.NewReader(stream, cfg.SubjectPrefix), nc.Close, nil
+	return history.NewReader(stream, cfg.SubjectPrefix, history.WithDirectBatches(js)), nc.Close, nil
 }
 
 // RedactURL returns u without its user information, for logs.

@@ -27,8 +27,10 @@ import (
 // newest per-session sequence number S. A binary search over stream
 // sequences (direct gets of "next message on this subject at or after n",
 // about log2(stream length) round trips) finds the batch holding event
-// S-HistoryEvents+1, and an ordered consumer reads forward from there to
-// that last message. Each payload is split into events to recover their
+// S-HistoryEvents+1, and batched direct gets read forward from there to
+// that last message (history.ReadRange: any replica answers, no consumer;
+// an ordered consumer from a server before 2.11); when the last batch
+// holds that event, it is all there is to read. Each payload is split into events to recover their
 // ids. Load is bounded by ctx (the caller's budget for one Envoy message);
 // events recorded but not yet acknowledged are not included, but the
 // History's Seq counts them: a session reloaded while they are on their way
@@ -41,7 +43,7 @@ import (
 func (p *Publisher) Load(ctx context.Context, sessionID string) (*session.History, error) {
 	start := time.Now()
 	beyond := p.beyondStore(sessionID)
-	h, st, err := loadHistory(ctx, p.stream, p.kv, p.cfg, sessionID)
+	h, st, err := loadHistory(ctx, p.js, p.stream, p.kv, p.cfg, sessionID)
 	p.m.loadTimer.Observe(time.Since(start).Seconds())
 	if err == nil && h != nil {
 		p.state.seed(sessionID, st)
@@ -117,7 +119,7 @@ func (p *Publisher) lastStoredSeq(ctx context.Context, sessionID string) (uint64
 		} else {
 			// Not a batch: the KV state may lag the batches before it;
 			// read back to the last one, as Load does.
-			h, _, err := loadHistory(ctx, p.stream, p.kv, p.cfg, sessionID)
+			h, _, err := loadHistory(ctx, p.js, p.stream, p.kv, p.cfg, sessionID)
 			if err != nil {
 				return 0, err
 			}
@@ -130,7 +132,7 @@ func (p *Publisher) lastStoredSeq(ctx context.Context, sessionID string) (uint64
 }
 
 // loadHistory is Load without the publisher. st is the merged state.
-func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyValue, cfg Config, sid string) (*session.History, State, error) {
+func loadHistory(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, kv jetstream.KeyValue, cfg Config, sid string) (*session.History, State, error) {
 	st, err := getState(ctx, kv, sid)
 	if err != nil {
 		return nil, st, err
@@ -176,13 +178,8 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 				return &session.History{Seq: h.Seq}, st, err
 			}
 		}
-		occ := jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{subj},
-			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-			OptStartSeq:    from,
-		}
 		var evs []session.EventRef
-		err = history.Scan(ctx, stream, occ, last.Sequence, func(b history.Batch) error {
+		visit := func(b history.Batch) error {
 			h.Seq = max(h.Seq, b.LastSeq)
 			for ev := range b.Events() {
 				if ev.ID != "" && ev.Seq >= target {
@@ -197,7 +194,12 @@ func loadHistory(ctx context.Context, stream jetstream.Stream, kv jetstream.KeyV
 				}
 			}
 			return nil
-		})
+		}
+		if from == last.Sequence && lastOK {
+			err = visit(lb) // the last batch, read already, is all there is to read
+		} else {
+			err = history.ReadRange(ctx, js, stream, subj, from, last.Sequence, visit)
+		}
 		if err != nil {
 			return &session.History{Seq: h.Seq}, st, fmt.Errorf("read history: %w", err)
 		}

@@ -28,7 +28,7 @@ func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, throug
 	}
 	var data []byte
 	var ids []string
-	r := history.NewReader(p.stream, p.cfg.SubjectPrefix)
+	r := history.NewReader(p.stream, p.cfg.SubjectPrefix, history.WithDirectBatches(p.js))
 	for ev, err := range r.Events(ctx, sessionID, history.ReadOptions{FromID: after, Stream: stream}) {
 		switch {
 		case errors.Is(err, history.ErrEventNotFound):
@@ -58,7 +58,7 @@ func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, throug
 // session.ErrHistoryMissing when no stored event has it. Callers bound it
 // with ctx.
 func (p *Publisher) StreamOf(ctx context.Context, sessionID, id string) (string, error) {
-	stream, err := history.NewReader(p.stream, p.cfg.SubjectPrefix).StreamOf(ctx, sessionID, id)
+	stream, err := history.NewReader(p.stream, p.cfg.SubjectPrefix, history.WithDirectBatches(p.js)).StreamOf(ctx, sessionID, id)
 	switch {
 	case errors.Is(err, history.ErrEventNotFound):
 		return "", session.ErrHistoryMissing

@@ -17,15 +17,33 @@ import (
 type Reader struct {
 	stream jetstream.Stream
 	prefix string
+	js     jetstream.JetStream // for batched direct gets; nil: none
 }
 
 // NewReader returns a Reader of the batches in stream, on subjects starting
 // with subjectPrefix ("" means DefaultSubjectPrefix).
-func NewReader(stream jetstream.Stream, subjectPrefix string) *Reader {
+func NewReader(stream jetstream.Stream, subjectPrefix string, opts ...ReaderOption) *Reader {
 	if subjectPrefix == "" {
 		subjectPrefix = DefaultSubjectPrefix
 	}
-	return &Reader{stream: stream, prefix: subjectPrefix}
+	r := &Reader{stream: stream, prefix: subjectPrefix}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+// ReaderOption configures a Reader.
+type ReaderOption func(*Reader)
+
+// WithDirectBatches makes the Reader read a range of stored batches (a
+// session's history, or what follows an id found far back) with batched
+// direct gets through js, the JetStream context stream was opened with,
+// instead of an ordered consumer (ReadRange): any replica answers, and no
+// consumer is created. Reads that follow new batches, or start at a time,
+// still use a consumer.
+func WithDirectBatches(js jetstream.JetStream) ReaderOption {
+	return func(r *Reader) { r.js = js }
 }
 
 // ReadOptions selects what a Reader delivers. FromID and Since exclude each
@@ -210,6 +228,9 @@ func (r *Reader) read(ctx context.Context, sid string, opts ReadOptions, fn func
 	} else if end == 0 {
 		return nil
 	}
+	if end > 0 && occ.OptStartTime == nil {
+		return ReadRange(ctx, r.js, r.stream, subj, occ.OptStartSeq, end, deliver)
+	}
 	return r.scan(ctx, occ, end, deliver)
 }
 
@@ -251,6 +272,30 @@ const (
 	scanRetryMax = 16 * time.Millisecond
 )
 
+// fetchNoWait is cons.FetchNoWait(scanBatch) bounded by ctx. An ordered
+// consumer creates its server-side consumer in the fetch, with a timeout
+// of its own (10 s a try, in nats.go 1.55) and tries again until
+// occ.MaxResetAttempts, not ctx: with the stream's leader frozen, the
+// fetch would hold its caller for as long. On ctx's end the fetch is left
+// to finish on its own goroutine.
+func fetchNoWait(ctx context.Context, cons jetstream.Consumer) (jetstream.MessageBatch, error) {
+	type fetched struct {
+		batch jetstream.MessageBatch
+		err   error
+	}
+	done := make(chan fetched, 1)
+	go func() {
+		b, err := cons.FetchNoWait(scanBatch)
+		done <- fetched{b, err}
+	}()
+	select {
+	case f := <-done:
+		return f.batch, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // Scan reads the batches of stream that occ selects, in stored order, with an
 // ordered consumer, and calls fn with each until fn returns an error or the
 // batch at stream sequence end has been read (end 0: until ctx ends, for
@@ -280,17 +325,23 @@ func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedCon
 	if occ.InactiveThreshold == 0 {
 		occ.InactiveThreshold = consumerIdle
 	}
+	if occ.MaxResetAttempts == 0 && end > 0 {
+		// One creation a fetch (Scan pulls again itself): a fetch left
+		// behind at ctx's end (fetchNoWait) ends after one try.
+		occ.MaxResetAttempts = 1
+	}
 	cons, err := stream.OrderedConsumer(ctx, occ)
 	if err != nil {
 		return fmt.Errorf("ordered consumer: %w", err)
 	}
+	// Off the caller's path and budget: the read is over. (CachedInfo
+	// waits for a creation still going on in a fetch left behind.)
 	defer func() {
-		info := cons.CachedInfo()
-		if info == nil {
-			return // never created on the server
-		}
-		// Off the caller's path and budget: the read is over.
 		go func() {
+			info := cons.CachedInfo()
+			if info == nil {
+				return // never created on the server
+			}
 			dctx, cancel := context.WithTimeout(context.Background(), consumerIdle)
 			defer cancel()
 			_ = stream.DeleteConsumer(dctx, info.Name)
@@ -314,7 +365,7 @@ func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedCon
 	}
 	wait := scanRetry
 	for {
-		batch, err := cons.FetchNoWait(scanBatch)
+		batch, err := fetchNoWait(ctx, cons)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

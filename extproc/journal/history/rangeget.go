@@ -1,0 +1,229 @@
+package history
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Batched direct gets. A direct get request with "batch": n is answered
+// with up to n messages, each with the stored message's headers plus
+// Nats-Stream, Nats-Subject, Nats-Sequence, Nats-Time-Stamp and
+// Nats-Num-Pending, then a status message "204 EOB" (end of batch); no
+// message at or after the start is "404 Message Not Found". nats-server
+// 2.11 and later (server/jetstream_api.go JSApiMsgGetRequest,
+// server/stream.go getDirectRequest); an older server ignores the field and
+// answers with one message without Nats-Num-Pending. Like any direct get,
+// any replica of a stream with AllowDirect answers, and no consumer is
+// created: no request to the meta leader, nothing to delete afterwards.
+
+// Bounds of one batched direct get: messages, and bytes (the server stops
+// after the message that reaches the bound).
+const (
+	rangeBatch      = 256
+	rangeBatchBytes = 4 << 20
+)
+
+// numPendingHeader is the header with which a server that answers batched
+// direct gets marks each message of a batch.
+const numPendingHeader = "Nats-Num-Pending"
+
+// errNoBatches reports a server that answered a batched direct get with one
+// plain message: it predates them.
+var errNoBatches = errors.New("history: the server answers no batched direct gets")
+
+// rangeRequest is the body of a batched direct get.
+type rangeRequest struct {
+	Seq      uint64 `json:"seq"`
+	NextFor  string `json:"next_by_subj"`
+	Batch    int    `json:"batch"`
+	MaxBytes int    `json:"max_bytes"`
+}
+
+// readRange calls take with each message on subject subj of stream from
+// stream sequence from through end, in order, read with batched direct
+// gets through nc to the API subject apiSubj ($JS.API.DIRECT.GET.<stream>),
+// until take reports done or fails. Each request gets a share of ctx's
+// budget as DirectGet's tries do, and is sent again, from where the last
+// answer ended, when it ran out, found no responder, or was answered by a
+// replica that does not hold end yet (404, or an end of batch short of
+// end). It returns errNoBatches, having called take with nothing, when the
+// server does not answer batched direct gets; take's error; or ctx's.
+func readRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from, end uint64, take func(*jetstream.RawStreamMsg) (bool, error)) error {
+	inbox := nc.NewInbox()
+	msgs := make(chan *nats.Msg, rangeBatch+1)
+	sub, err := nc.ChanSubscribe(inbox+".*", msgs)
+	if err != nil {
+		return fmt.Errorf("batched direct get: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	first := true // nothing answered yet: an answer without batches means an old server
+	wait := scanRetry
+	for n := 0; from <= end; n++ {
+		reply := inbox + "." + strconv.Itoa(n)
+		req, _ := json.Marshal(rangeRequest{Seq: from, NextFor: subj, Batch: rangeBatch, MaxBytes: rangeBatchBytes})
+		if err := nc.PublishRequest(apiSubj, reply, req); err != nil {
+			return fmt.Errorf("batched direct get: %w", err)
+		}
+		share := minAttempt
+		if deadline, ok := ctx.Deadline(); ok {
+			share = max(time.Until(deadline)/4, minAttempt)
+		}
+		try := time.NewTimer(share)
+		next, again, err := readAnswer(ctx, msgs, reply, from, try.C, &first, take)
+		try.Stop()
+		switch {
+		case err != nil:
+			return err
+		case next == 0:
+			return nil // take is done
+		}
+		from = next
+		if again && from <= end {
+			// No replica answered, or the one that did lags: ask again
+			// shortly.
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+			wait = min(2*wait, scanRetryMax)
+			continue
+		}
+		wait = scanRetry
+	}
+	return nil
+}
+
+// readAnswer reads the answer to one batched direct get from stream
+// sequence from, sent to reply, from msgs, handing its messages to take. It
+// returns the stream sequence to ask from next (0 once take is done), and
+// again when the answer ended short of the end of the read for want of an
+// answer: no responder, the try ran out (expired fires), no message (404).
+// Messages of earlier requests' replies are passed over.
+func readAnswer(ctx context.Context, msgs <-chan *nats.Msg, reply string, from uint64, expired <-chan time.Time, first *bool, take func(*jetstream.RawStreamMsg) (bool, error)) (next uint64, again bool, err error) {
+	for {
+		var m *nats.Msg
+		select {
+		case <-ctx.Done():
+			return 0, false, ctx.Err()
+		case <-expired:
+			return from, true, nil
+		case m = <-msgs:
+		}
+		if m.Subject != reply {
+			continue // a late answer to an earlier try
+		}
+		if status := m.Header.Get("Status"); status != "" {
+			switch status {
+			case "204": // end of batch
+				return from, false, nil
+			case "404", "503": // nothing at or after the start, or no responder
+				return from, true, nil
+			default:
+				return 0, false, fmt.Errorf("batched direct get: status %s %s", status, m.Header.Get("Description"))
+			}
+		}
+		if *first && m.Header.Get(numPendingHeader) == "" {
+			return 0, false, errNoBatches
+		}
+		*first = false
+		rm, err := rawMsg(m)
+		if err != nil {
+			return 0, false, err
+		}
+		done, err := take(rm)
+		if err != nil || done {
+			return 0, false, err
+		}
+		from = rm.Sequence + 1
+	}
+}
+
+// rawMsg is the stored message a direct get answered with.
+func rawMsg(m *nats.Msg) (*jetstream.RawStreamMsg, error) {
+	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("batched direct get: bad %s header: %w", jetstream.SequenceHeader, err)
+	}
+	ts, err := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+	if err != nil {
+		return nil, fmt.Errorf("batched direct get: bad %s header: %w", jetstream.TimeStampHeaer, err)
+	}
+	return &jetstream.RawStreamMsg{
+		Subject:  m.Header.Get(jetstream.SubjectHeader),
+		Sequence: seq,
+		Header:   m.Header,
+		Data:     m.Data,
+		Time:     ts,
+	}, nil
+}
+
+// directAPISubject is the subject of direct gets of stream through js: its
+// API prefix, its domain's, or the default (as jetstream.New,
+// NewWithDomain and NewWithAPIPrefix set them).
+func directAPISubject(js jetstream.JetStream, stream string) string {
+	opts := js.Options()
+	prefix := jetstream.DefaultAPIPrefix
+	switch {
+	case opts.APIPrefix != "":
+		prefix = opts.APIPrefix
+	case opts.Domain != "":
+		prefix = "$JS." + opts.Domain + ".API."
+	}
+	if !strings.HasSuffix(prefix, ".") {
+		prefix += "."
+	}
+	return prefix + "DIRECT.GET." + stream
+}
+
+// ReadRange calls fn with each batch on subject subj of stream stored from
+// stream sequence from through end, in stored order, until fn returns an
+// error or the batch at end has been read. With js it reads them with
+// batched direct gets through js's connection (readRange): any replica
+// answers and no consumer is created. Without js, or from a server that
+// answers no batched direct gets (before nats-server 2.11), it reads them
+// with Scan's ordered consumer. Messages without batch headers are
+// skipped. It returns fn's error, ctx's error, or a wrapped JetStream
+// error.
+func ReadRange(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, subj string, from, end uint64, fn func(Batch) error) error {
+	from = max(from, 1)
+	if js != nil {
+		if err := readBatches(ctx, js, stream, subj, from, end, fn); !errors.Is(err, errNoBatches) {
+			return err
+		}
+	}
+	occ := jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subj},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+	}
+	return Scan(ctx, stream, occ, end, fn)
+}
+
+// readBatches is ReadRange's read with batched direct gets; errNoBatches
+// when the server answers none.
+func readBatches(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, subj string, from, end uint64, fn func(Batch) error) error {
+	take := func(m *jetstream.RawStreamMsg) (bool, error) {
+		b, err := decodeRaw(m)
+		switch {
+		case err == nil:
+			if err := fn(b); err != nil {
+				return false, err
+			}
+		case !errors.Is(err, ErrBadBatch):
+			return false, err
+		}
+		return m.Sequence >= end, nil
+	}
+	return readRange(ctx, js.Conn(), directAPISubject(js, stream.CachedInfo().Config.Name), subj, from, end, take)
+}
