@@ -191,28 +191,12 @@ func BenchmarkLatency20k(b *testing.B) {
 func BenchmarkReplay(b *testing.B) {
 	s := startTestServer(b)
 	nc := connect(b, s.ClientURL())
-	const perBatch = 64
 	for _, stored := range []int{100, 10_000, 1_000_000} {
 		b.Run(fmt.Sprintf("stored=%d", stored), func(b *testing.B) {
 			name := fmt.Sprintf("R%d", stored)
 			cfg := Config{Stream: name, SubjectPrefix: "r" + name, Bucket: name}
 			p := newPublisher(b, nc, cfg)
-			js := jsOf(b, nc)
-			subj := Subject(cfg.SubjectPrefix, "bench")
-			for first := 1; first <= stored; first += perBatch {
-				n := min(perBatch, stored-first+1)
-				data, ids := events("s", first, n)
-				bt := Batch{Session: "bench", Stream: "s", FirstID: ids[0], LastID: ids[n-1], Count: n, FirstSeq: uint64(first), LastSeq: uint64(first + n - 1), Writer: "bench"}
-				msg := &nats.Msg{Subject: subj, Data: data, Header: header(&bt, MsgID("bench", "s", "bench", bt.FirstSeq, 1))}
-				if _, err := js.PublishMsgAsync(msg); err != nil {
-					b.Fatal(err)
-				}
-			}
-			select {
-			case <-js.PublishAsyncComplete():
-			case <-time.After(5 * time.Minute):
-				b.Fatal("fill not acked")
-			}
+			fillSession(b, nc, cfg, stored, false)
 			for _, missed := range []int{5, 200} {
 				if missed >= stored {
 					continue
@@ -246,40 +230,19 @@ func benchReplay(b *testing.B, p *Publisher, after, through string, missed int) 
 }
 
 // BenchmarkLoad times Publisher.Load, the read a session's first request
-// waits for (on Envoy's response-headers message), of a session with 100,
-// 2,000 and 100,000 stored events: Load reads the ids of the last
-// Config.HistoryEvents (1,024) of them. The store is filled as in
+// waits for (on Envoy's response-headers message), of a session with 50
+// (one batch), 100, 2,000 and 100,000 stored events: Load reads the ids of
+// the last Config.HistoryEvents (1,024) of them. The store is filled as in
 // BenchmarkReplay. It reports, never asserts.
 func BenchmarkLoad(b *testing.B) {
 	s := startTestServer(b)
 	nc := connect(b, s.ClientURL())
-	const perBatch = 64
-	for _, stored := range []int{100, 2_000, 100_000} {
+	for _, stored := range []int{50, 100, 2_000, 100_000} {
 		b.Run(fmt.Sprintf("stored=%d", stored), func(b *testing.B) {
 			name := fmt.Sprintf("L%d", stored)
 			cfg := Config{Stream: name, SubjectPrefix: "l" + name, Bucket: name}
 			p := newPublisher(b, nc, cfg)
-			js := jsOf(b, nc)
-			subj := Subject(cfg.SubjectPrefix, "bench")
-			for first := 1; first <= stored; first += perBatch {
-				n := min(perBatch, stored-first+1)
-				data, ids := events("s", first, n)
-				bt := Batch{Session: "bench", Stream: "s", FirstID: ids[0], LastID: ids[n-1], Count: n, FirstSeq: uint64(first), LastSeq: uint64(first + n - 1), Writer: "bench"}
-				msg := &nats.Msg{Subject: subj, Data: data, Header: header(&bt, MsgID("bench", "s", "bench", bt.FirstSeq, 1))}
-				if _, err := js.PublishMsgAsync(msg); err != nil {
-					b.Fatal(err)
-				}
-				// Other sessions' batches between this one's, as on a
-				// busy stream.
-				if _, err := js.PublishAsync(Subject(cfg.SubjectPrefix, fmt.Sprintf("other-%d", first%7)), data); err != nil {
-					b.Fatal(err)
-				}
-			}
-			select {
-			case <-js.PublishAsyncComplete():
-			case <-time.After(5 * time.Minute):
-				b.Fatal("fill not acked")
-			}
+			fillSession(b, nc, cfg, stored, true)
 			want := min(stored, DefaultHistoryEvents)
 			load := func() {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -298,5 +261,35 @@ func BenchmarkLoad(b *testing.B) {
 				load()
 			}
 		})
+	}
+}
+
+// fillSession stores stored events of session "bench" (stream "s", ids
+// s-1..s-<stored>) on cfg's stream in batches of 64, published straight to
+// JetStream as the batcher would have written them, with, if busy,
+// another session's message after each, as on a busy stream.
+func fillSession(b *testing.B, nc *nats.Conn, cfg Config, stored int, busy bool) {
+	b.Helper()
+	const perBatch = 64
+	js := jsOf(b, nc)
+	subj := Subject(cfg.SubjectPrefix, "bench")
+	for first := 1; first <= stored; first += perBatch {
+		n := min(perBatch, stored-first+1)
+		data, ids := events("s", first, n)
+		bt := Batch{Session: "bench", Stream: "s", FirstID: ids[0], LastID: ids[n-1], Count: n, FirstSeq: uint64(first), LastSeq: uint64(first + n - 1), Writer: "bench"}
+		msg := &nats.Msg{Subject: subj, Data: data, Header: header(&bt, MsgID("bench", "s", "bench", bt.FirstSeq, 1))}
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			b.Fatal(err)
+		}
+		if busy {
+			if _, err := js.PublishAsync(Subject(cfg.SubjectPrefix, fmt.Sprintf("other-%d", first%7)), data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(5 * time.Minute):
+		b.Fatal("fill not acked")
 	}
 }

@@ -31,6 +31,11 @@ const (
 	rangeBatchBytes = 4 << 20
 )
 
+// rangeIdle is how long an answer may go quiet, for a read without a
+// deadline, before its request is sent again (nats.go's default timeout
+// for JetStream requests).
+const rangeIdle = 5 * time.Second
+
 // numPendingHeader is the header with which a server that answers batched
 // direct gets marks each message of a batch.
 const numPendingHeader = "Nats-Num-Pending"
@@ -50,35 +55,22 @@ type rangeRequest struct {
 // readRange calls take with each message on subject subj of stream from
 // stream sequence from through end, in order, read with batched direct
 // gets through nc to the API subject apiSubj ($JS.API.DIRECT.GET.<stream>),
-// until take reports done or fails. Each request gets a share of ctx's
-// budget as DirectGet's tries do, and is sent again, from where the last
-// answer ended, when it ran out, found no responder, or was answered by a
-// replica that does not hold end yet (404, or an end of batch short of
-// end). It returns errNoBatches, having called take with nothing, when the
+// until take reports done or fails. An answer may go quiet for a share of
+// ctx's budget, as DirectGet's tries get (rangeIdle without a deadline),
+// before a request is sent again from where the answer got to; so is a
+// request that found no responder, or that reached a replica without the
+// messages up to end (404, or an end of batch short of end: a replica that
+// lags, or messages deleted since end was read; asked again until ctx
+// ends). It returns errNoBatches, having called take with nothing, when the
 // server does not answer batched direct gets; take's error; or ctx's.
 func readRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from, end uint64, take func(*jetstream.RawStreamMsg) (bool, error)) error {
-	inbox := nc.NewInbox()
-	msgs := make(chan *nats.Msg, rangeBatch+1)
-	sub, err := nc.ChanSubscribe(inbox+".*", msgs)
-	if err != nil {
-		return fmt.Errorf("batched direct get: %w", err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
 	first := true // nothing answered yet: an answer without batches means an old server
 	wait := scanRetry
-	for n := 0; from <= end; n++ {
-		reply := inbox + "." + strconv.Itoa(n)
-		req, _ := json.Marshal(rangeRequest{Seq: from, NextFor: subj, Batch: rangeBatch, MaxBytes: rangeBatchBytes})
-		if err := nc.PublishRequest(apiSubj, reply, req); err != nil {
-			return fmt.Errorf("batched direct get: %w", err)
+	for from <= end {
+		next, again, err := askRange(ctx, nc, apiSubj, subj, from, &first, take)
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
 		}
-		share := minAttempt
-		if deadline, ok := ctx.Deadline(); ok {
-			share = max(time.Until(deadline)/4, minAttempt)
-		}
-		try := time.NewTimer(share)
-		next, again, err := readAnswer(ctx, msgs, reply, from, try.C, &first, take)
-		try.Stop()
 		switch {
 		case err != nil:
 			return err
@@ -104,21 +96,60 @@ func readRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from, e
 	return nil
 }
 
+// askRange sends one batched direct get from stream sequence from and
+// reads its answer (readAnswer). Each request has an inbox of its own,
+// given up with it: a late answer to an earlier request goes nowhere, and
+// the inbox's channel holds a whole answer (rangeBatch messages and the
+// end of batch), so nats.go never drops a message of it.
+func askRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from uint64, first *bool, take func(*jetstream.RawStreamMsg) (bool, error)) (uint64, bool, error) {
+	reply := nc.NewInbox()
+	msgs := make(chan *nats.Msg, rangeBatch+1)
+	sub, err := nc.ChanSubscribe(reply, msgs)
+	if err != nil {
+		return 0, false, fmt.Errorf("batched direct get: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	req, _ := json.Marshal(rangeRequest{Seq: from, NextFor: subj, Batch: rangeBatch, MaxBytes: rangeBatchBytes})
+	if err := nc.PublishRequest(apiSubj, reply, req); err != nil {
+		return 0, false, fmt.Errorf("batched direct get: %w", err)
+	}
+	idle := rangeIdle
+	if deadline, ok := ctx.Deadline(); ok {
+		idle = max(time.Until(deadline)/4, minAttempt)
+	}
+	quiet := time.NewTimer(idle)
+	defer quiet.Stop()
+	next := func() (*nats.Msg, error) {
+		quiet.Reset(idle)
+		select {
+		case m := <-msgs:
+			return m, nil
+		case <-quiet.C:
+			return nil, context.DeadlineExceeded
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return readAnswer(next, reply, from, first, take)
+}
+
 // readAnswer reads the answer to one batched direct get from stream
-// sequence from, sent to reply, from msgs, handing its messages to take. It
+// sequence from, sent to reply, with next, handing its messages to take. It
 // returns the stream sequence to ask from next (0 once take is done), and
 // again when the answer ended short of the end of the read for want of an
-// answer: no responder, the try ran out (expired fires), no message (404).
-// Messages of earlier requests' replies are passed over.
-func readAnswer(ctx context.Context, msgs <-chan *nats.Msg, reply string, from uint64, expired <-chan time.Time, first *bool, take func(*jetstream.RawStreamMsg) (bool, error)) (next uint64, again bool, err error) {
+// answer: no responder, the answer went quiet (next's deadline), no message
+// (404). Messages of earlier requests' replies are passed over. A plain
+// message (no Nats-Num-Pending) is a whole answer from a server before
+// 2.11: errNoBatches if it is the first answer of the read, else (a
+// cluster being upgraded) taken as an answer of one.
+func readAnswer(next func() (*nats.Msg, error), reply string, from uint64, first *bool, take func(*jetstream.RawStreamMsg) (bool, error)) (uint64, bool, error) {
 	for {
-		var m *nats.Msg
-		select {
-		case <-ctx.Done():
-			return 0, false, ctx.Err()
-		case <-expired:
+		m, err := next()
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
 			return from, true, nil
-		case m = <-msgs:
+		case err != nil:
+			return 0, false, fmt.Errorf("batched direct get: %w", err)
 		}
 		if m.Subject != reply {
 			continue // a late answer to an earlier try
@@ -133,7 +164,8 @@ func readAnswer(ctx context.Context, msgs <-chan *nats.Msg, reply string, from u
 				return 0, false, fmt.Errorf("batched direct get: status %s %s", status, m.Header.Get("Description"))
 			}
 		}
-		if *first && m.Header.Get(numPendingHeader) == "" {
+		plain := m.Header.Get(numPendingHeader) == ""
+		if *first && plain {
 			return 0, false, errNoBatches
 		}
 		*first = false
@@ -146,6 +178,9 @@ func readAnswer(ctx context.Context, msgs <-chan *nats.Msg, reply string, from u
 			return 0, false, err
 		}
 		from = rm.Sequence + 1
+		if plain {
+			return from, false, nil
+		}
 	}
 }
 
@@ -215,15 +250,7 @@ func ReadRange(ctx context.Context, js jetstream.JetStream, stream jetstream.Str
 func readBatches(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, subj string, from, end uint64, fn func(Batch) error) error {
 	take := func(m *jetstream.RawStreamMsg) (bool, error) {
 		b, err := decodeRaw(m)
-		switch {
-		case err == nil:
-			if err := fn(b); err != nil {
-				return false, err
-			}
-		case !errors.Is(err, ErrBadBatch):
-			return false, err
-		}
-		return m.Sequence >= end, nil
+		return hand(b, err, fn, end)
 	}
 	return readRange(ctx, js.Conn(), directAPISubject(js, stream.CachedInfo().Config.Name), subj, from, end, take)
 }

@@ -272,6 +272,22 @@ const (
 	scanRetryMax = 16 * time.Millisecond
 )
 
+// hand gives fn the batch b a read decoded, with the decoding's err: a
+// message that is not a batch (ErrBadBatch) is passed over, any other
+// error ends the read. It reports done once b is the message at stream
+// sequence end or past it (end 0: never).
+func hand(b Batch, err error, fn func(Batch) error, end uint64) (done bool, _ error) {
+	switch {
+	case err == nil:
+		if err := fn(b); err != nil {
+			return false, err
+		}
+	case !errors.Is(err, ErrBadBatch):
+		return false, err
+	}
+	return end > 0 && b.Sequence >= end, nil
+}
+
 // fetchNoWait is cons.FetchNoWait(scanBatch) bounded by ctx. An ordered
 // consumer creates its server-side consumer in the fetch, with a timeout
 // of its own (10 s a try, in nats.go 1.55) and tries again until
@@ -325,9 +341,11 @@ func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedCon
 	if occ.InactiveThreshold == 0 {
 		occ.InactiveThreshold = consumerIdle
 	}
-	if occ.MaxResetAttempts == 0 && end > 0 {
-		// One creation a fetch (Scan pulls again itself): a fetch left
-		// behind at ctx's end (fetchNoWait) ends after one try.
+	_, bounded := ctx.Deadline()
+	if occ.MaxResetAttempts == 0 && end > 0 && bounded {
+		// One creation a fetch, and Scan pulls again while ctx has time:
+		// a fetch left behind at ctx's end (fetchNoWait) ends after one
+		// try. (Without a deadline nats.go tries until it succeeds.)
 		occ.MaxResetAttempts = 1
 	}
 	cons, err := stream.OrderedConsumer(ctx, occ)
@@ -350,15 +368,7 @@ func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedCon
 	// take hands one message to fn; done reports that end is read.
 	take := func(msg jetstream.Msg) (done bool, err error) {
 		b, err := DecodeMsg(msg)
-		switch {
-		case err == nil:
-			if err := fn(b); err != nil {
-				return false, err
-			}
-		case !errors.Is(err, ErrBadBatch):
-			return false, err
-		}
-		return end > 0 && b.Sequence >= end, nil
+		return hand(b, err, fn, end)
 	}
 	if end == 0 {
 		return follow(ctx, cons, take)
@@ -366,10 +376,20 @@ func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedCon
 	wait := scanRetry
 	for {
 		batch, err := fetchNoWait(ctx, cons)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return ctx.Err()
+		case err != nil && bounded && occ.MaxResetAttempts == 1:
+			// The consumer's creation failed (a leader election, say):
+			// pull again shortly, within ctx.
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return fmt.Errorf("%w (last pull: %v)", ctx.Err(), err)
 			}
+			wait = min(2*wait, scanRetryMax)
+			continue
+		case err != nil:
 			return fmt.Errorf("pull: %w", err)
 		}
 		n := 0
