@@ -32,8 +32,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ssetrack/ssetrack/extproc/journal"
+	"github.com/ssetrack/ssetrack/extproc/journal/history"
 	"github.com/ssetrack/ssetrack/test/harness"
 )
 
@@ -782,4 +785,58 @@ func TestReplicas(t *testing.T) {
 		}
 		r.envoy.CheckNoFailOpen(t, envoyBefore[i])
 	}
+}
+
+// ---------------------------------------------------------------------------
+// TestNumbersWhenHistoryDidNotLoad
+
+// A session streamed 50 events, stored as numbers 1..50. ssetrack is killed, and starts
+// again while NATS is away, so a new stream of the session finds no history to load: it
+// does not know the session's last stored number. The client gets the stream all the same;
+// once NATS is back, JetStream holds the new events numbered 51..100: each batch's
+// Ssetrack-First-Seq follows the previous batch's Ssetrack-Last-Seq, with no number used
+// twice.
+func TestNumbersWhenHistoryDidNotLoad(t *testing.T) {
+	requireFaultPrereqs(t)
+	ns := harness.StartNATSServer(t)
+	fx := natsFixture(t, ns.URL())
+	evs := numberedEvents(100)
+	path := func(evs []harness.Event) string {
+		return fx.up.Static(harness.Reply{Body: harness.EncodeAll(evs), Cuts: harness.EventCuts(evs)})
+	}
+	before, after := path(evs[:50]), path(evs[50:])
+	sid := newSession(t)
+	expectBody(t, "first stream", openLive(t, fx, before, sessionHeader(sid)).wait(t), harness.EncodeAll(evs[:50]))
+	waitStored(t, harness.JetStream(t, ns.URL()), sid, 50, 30*time.Second)
+
+	fx.ssetrack.Kill()
+	ns.Stop()
+	fx.ssetrack.StartAgainUnready(t)
+	expectBody(t, "second stream, NATS away", openLive(t, fx, after, sessionHeader(sid)).wait(t), harness.EncodeAll(evs[50:]))
+	ns.Start(t)
+
+	js := harness.JetStream(t, ns.URL(), nats.MaxReconnects(-1))
+	waitStored(t, js, sid, 100, 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := js.Stream(ctx, journal.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	var ranges []string
+	for b, err := range history.NewReader(stream, "").Batches(ctx, sid, history.ReadOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		ranges = append(ranges, fmt.Sprintf("%d-%d", b.FirstSeq, b.LastSeq))
+		if b.FirstSeq != last+1 {
+			t.Errorf("batch %s..%s numbered %d..%d after %d", b.FirstID, b.LastID, b.FirstSeq, b.LastSeq, last)
+		}
+		last = b.LastSeq
+	}
+	if last != 100 {
+		t.Errorf("the last batch ends at number %d, want 100 (batches %v)", last, ranges)
+	}
+	t.Logf("batches %v", ranges)
 }

@@ -153,6 +153,20 @@ func (s *Ssetrack) StartAgain(tb TB) {
 	s.Proc = p
 }
 
+// StartAgainUnready is StartAgain for a start without NATS: it waits until /healthz
+// answers 200 (serving; /readyz says 503 until the journal is set up).
+func (s *Ssetrack) StartAgainUnready(tb TB) {
+	tb.Helper()
+	if !s.Proc.Exited() {
+		tb.Fatalf("%s: StartAgainUnready while it runs", s.name)
+	}
+	p := Start(s.tb, s.name+" (started again, NATS away)", exec.Command(s.bin, s.args...))
+	if err := p.waitHTTP(s.MetricsURL+"/healthz", isOK); err != nil {
+		tb.Fatalf("%s did not start again: %v", s.name, err)
+	}
+	s.Proc = p
+}
+
 // Ready returns ssetrack's /readyz answer as "<status> <body>", or the error, for a log.
 func (s *Ssetrack) Ready() string {
 	b, err := Get(s.MetricsURL + "/readyz")
