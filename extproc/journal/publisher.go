@@ -56,11 +56,11 @@ type Publisher struct {
 	// session reloaded (evicted from memory, say) while its last events are
 	// on their way never numbers new events with their numbers.
 	unstored map[string]uint64
-	// provisional lists, by session, the bases of the records appended with
-	// provisional numbers (session.Record.Base) that are not resolved yet,
-	// in the order they came, each with the highest number counted from
-	// it: whoever learns the session's last stored number resolves them
-	// all, one after the other (resolveHeld).
+	// provisional lists, by session, the runs of records appended with
+	// provisional numbers (session.Record.Base) that the batcher still
+	// holds, in the order they came: whoever learns the session's last
+	// stored number resolves their bases, one after the other
+	// (resolveHeld).
 	provisional map[string][]provisionalRun
 	// flushes are the Flush calls waiting, by session.
 	flushes map[string][]flushWait
@@ -252,7 +252,8 @@ func (p *Publisher) push(q queued) (n int, full bool) {
 	}
 	p.inbox = append(p.inbox, q)
 	if q.rec.Base != nil {
-		// Counted as unstored once final (resolveHeld, batcher.rebase).
+		// Counted as unstored once the batcher makes them final
+		// (releaseProvisional).
 		p.holdProvisional(q.rec)
 	} else if s := q.rec.LastSeq; s > p.unstored[q.rec.Session] {
 		p.unstored[q.rec.Session] = s
