@@ -181,9 +181,10 @@ func BenchmarkLatency20k(b *testing.B) {
 	b.ReportMetric(float64(st.Events)/float64(max(st.Batches, 1)), "events/batch")
 }
 
-// BenchmarkReplay measures a resume's replay (the last 5, or the last 200,
+// BenchmarkReplay measures a resume's replay (the last 5, 200 or 5,000
 // events of a stream) against a session with 100, 10,000 and 1,000,000
-// stored events.
+// stored events. 5,000 events are 79 batches: the search for the resume's
+// id reads ranges longer than its direct gets take one by one (maxGets).
 // The store is filled before timing by publishing pre-built batch messages
 // of 64 events straight to JetStream, as the batcher would have written
 // them. It reports, never asserts: the replay's cost should not grow with
@@ -197,7 +198,7 @@ func BenchmarkReplay(b *testing.B) {
 			cfg := Config{Stream: name, SubjectPrefix: "r" + name, Bucket: name}
 			p := newPublisher(b, nc, cfg)
 			fillSession(b, nc, cfg, stored, false)
-			for _, missed := range []int{5, 200} {
+			for _, missed := range []int{5, 200, 5000} {
 				if missed >= stored {
 					continue
 				}

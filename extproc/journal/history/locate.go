@@ -55,18 +55,17 @@ type located struct {
 // end is read exactly once, plus at most one get per round that lands past
 // the range (in a stream shared with other sessions), and those batches are
 // the ones a read from the id delivers anyway, so they are kept (up to
-// keepBytes) and handed back. A range is read with direct gets (one round
-// trip per batch), or, past maxGets batches, with an ordered consumer. An
-// id that is not stored costs a read of the session's whole history, as
-// before; the caller's ctx bounds it.
+// keepBytes) and handed back. A range is read with batched direct gets (a
+// round trip per 256 batches) when the Reader has WithDirectBatches, else
+// with direct gets (one round trip per batch) and, past maxGets batches, an
+// ordered consumer. An id that is not stored costs a read of the session's
+// whole history, as before; the caller's ctx bounds it.
 //
 // Considered and not chosen: an index from per-session sequence to stream
 // sequence kept in the session's KV state would need the publisher to
 // write more per batch and still would not map an id to its sequence; a
 // start time gives no bound, since a client may resume long after the
-// events it missed; batch direct gets (nats-server 2.11, exposed by
-// orbit.go's jetstreamext.GetBatch but not by nats.go's jetstream) would
-// fold a round's gets into one request, for one more dependency.
+// events it missed.
 func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStreamMsg, id, stream string, keep bool) (located, error) {
 	holds := func(b Batch) bool { return (stream == "" || b.Stream == stream) && b.has(id) }
 	var known []Batch // the batches at stream sequences >= lo, in order
@@ -101,7 +100,7 @@ func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStr
 			return located{}, ErrEventNotFound
 		}
 		from := lo - min(span, lo-1)
-		older, err := Range(ctx, r.stream, subj, from, lo, maxGets)
+		older, err := r.olderRange(ctx, subj, from, lo)
 		if err != nil {
 			return located{}, err
 		}
@@ -121,6 +120,26 @@ func (r *Reader) locate(ctx context.Context, subj string, last *jetstream.RawStr
 		}
 		lo = from
 	}
+}
+
+// olderRange reads one round's range for locate: the batches on subj at
+// stream sequences from..to-1, with batched direct gets when the Reader has
+// them (readBatches; the read stops at the first message at or past to-1,
+// and one past it is dropped), else with Range.
+func (r *Reader) olderRange(ctx context.Context, subj string, from, to uint64) ([]Batch, error) {
+	if r.js != nil {
+		var out []Batch
+		err := readBatches(ctx, r.js, r.stream, subj, from, to-1, func(b Batch) error {
+			if b.Sequence < to {
+				out = append(out, b)
+			}
+			return nil
+		})
+		if !errors.Is(err, errNoBatches) {
+			return out, err
+		}
+	}
+	return Range(ctx, r.stream, subj, from, to, maxGets)
 }
 
 // Range returns the batches on subject subj of stream at stream sequences

@@ -67,7 +67,10 @@ func readRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from, e
 	first := true // nothing answered yet: an answer without batches means an old server
 	wait := scanRetry
 	for from <= end {
-		next, again, err := askRange(ctx, nc, apiSubj, subj, from, &first, take)
+		// No more messages than stream sequences to end: the answer
+		// carries none past what the read wants but the first one after.
+		batch := int(min(uint64(rangeBatch), end-from+1))
+		next, again, err := askRange(ctx, nc, apiSubj, subj, from, batch, &first, take)
 		if err != nil && ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -96,12 +99,12 @@ func readRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from, e
 	return nil
 }
 
-// askRange sends one batched direct get from stream sequence from and
-// reads its answer (readAnswer). Each request has an inbox of its own,
+// askRange sends one batched direct get of at most batch (<= rangeBatch)
+// messages from stream sequence from and reads its answer (readAnswer). Each request has an inbox of its own,
 // given up with it: a late answer to an earlier request goes nowhere, and
 // the inbox's channel holds a whole answer (rangeBatch messages and the
 // end of batch), so nats.go never drops a message of it.
-func askRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from uint64, first *bool, take func(*jetstream.RawStreamMsg) (bool, error)) (uint64, bool, error) {
+func askRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from uint64, batch int, first *bool, take func(*jetstream.RawStreamMsg) (bool, error)) (uint64, bool, error) {
 	reply := nc.NewInbox()
 	msgs := make(chan *nats.Msg, rangeBatch+1)
 	sub, err := nc.ChanSubscribe(reply, msgs)
@@ -109,7 +112,7 @@ func askRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from uin
 		return 0, false, fmt.Errorf("batched direct get: %w", err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	req, _ := json.Marshal(rangeRequest{Seq: from, NextFor: subj, Batch: rangeBatch, MaxBytes: rangeBatchBytes})
+	req, _ := json.Marshal(rangeRequest{Seq: from, NextFor: subj, Batch: batch, MaxBytes: rangeBatchBytes})
 	if err := nc.PublishRequest(apiSubj, reply, req); err != nil {
 		return 0, false, fmt.Errorf("batched direct get: %w", err)
 	}

@@ -136,14 +136,41 @@ func TestReaderFarBack(t *testing.T) {
 			}
 		}
 	}
-	r := NewReader(st, "")
-	for _, from := range []int{1, 2, 17, 40, 64, 100, 118, 119, 120} {
-		got, err := collect(t, r, "far", ReadOptions{FromID: fmt.Sprintf("s-%d", from)})
-		if err != nil {
-			t.Fatalf("from s-%d: %v", from, err)
+	// Consumer requests, as the API sees them: the reader with batched
+	// direct gets makes none; the plain one, past maxGets batches a round,
+	// does.
+	creates, err := js.Conn().SubscribeSync("$JS.API.CONSUMER.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*Reader{NewReader(st, "", WithDirectBatches(js)), NewReader(st, "")} {
+		for _, from := range []int{1, 2, 17, 40, 64, 100, 118, 119, 120} {
+			got, err := collect(t, r, "far", ReadOptions{FromID: fmt.Sprintf("s-%d", from)})
+			if err != nil {
+				t.Fatalf("from s-%d (direct batches %v): %v", from, r.js != nil, err)
+			}
+			if w := want("s", from+1, n, 0); fmt.Sprint(got) != fmt.Sprint(w) {
+				t.Errorf("from s-%d (direct batches %v): got %d events %.80v, want %d", from, r.js != nil, len(got), got, len(w))
+			}
 		}
-		if w := want("s", from+1, n, 0); fmt.Sprint(got) != fmt.Sprint(w) {
-			t.Errorf("from s-%d: got %d events %.80v, want %d", from, len(got), got, len(w))
+		if err := js.Conn().Flush(); err != nil {
+			t.Fatal(err)
+		}
+		n, _, err := creates.Pending()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case r.js != nil && n != 0:
+			t.Errorf("reads with batched direct gets made %d consumer requests, want none", n)
+		case r.js == nil && n == 0:
+			t.Error("the plain reader made no consumer request: the count sees nothing")
+		}
+		for n > 0 {
+			if _, err := creates.NextMsg(time.Second); err != nil {
+				t.Fatal(err)
+			}
+			n--
 		}
 	}
 }
