@@ -143,25 +143,25 @@ func (s *Ssetrack) Kill() {
 // answers 200.
 func (s *Ssetrack) StartAgain(tb TB) {
 	tb.Helper()
-	if !s.Proc.Exited() {
-		tb.Fatalf("%s: StartAgain while it runs", s.name)
-	}
-	p := Start(s.tb, s.name+" (started again)", exec.Command(s.bin, s.args...))
-	if err := p.waitHTTP(s.MetricsURL+"/readyz", isOK); err != nil {
-		tb.Fatalf("%s did not start again: %v", s.name, err)
-	}
-	s.Proc = p
+	s.startAgain(tb, "/readyz", "")
 }
 
 // StartAgainUnready is StartAgain for a start without NATS: it waits until /healthz
 // answers 200 (serving; /readyz says 503 until the journal is set up).
 func (s *Ssetrack) StartAgainUnready(tb TB) {
 	tb.Helper()
+	s.startAgain(tb, "/healthz", ", NATS away")
+}
+
+// startAgain is StartAgain waiting for path to answer 200; note goes into the process's
+// name in the logs.
+func (s *Ssetrack) startAgain(tb TB, path, note string) {
+	tb.Helper()
 	if !s.Proc.Exited() {
-		tb.Fatalf("%s: StartAgainUnready while it runs", s.name)
+		tb.Fatalf("%s: started again while it runs", s.name)
 	}
-	p := Start(s.tb, s.name+" (started again, NATS away)", exec.Command(s.bin, s.args...))
-	if err := p.waitHTTP(s.MetricsURL+"/healthz", isOK); err != nil {
+	p := Start(s.tb, s.name+" (started again"+note+")", exec.Command(s.bin, s.args...))
+	if err := p.waitHTTP(s.MetricsURL+path, isOK); err != nil {
 		tb.Fatalf("%s did not start again: %v", s.name, err)
 	}
 	s.Proc = p
