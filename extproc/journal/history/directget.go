@@ -37,8 +37,7 @@ func DirectGet[T any](ctx context.Context, get func(context.Context) (T, error))
 		return get(ctx)
 	}
 	for {
-		share := max(time.Until(deadline)/4, minAttempt)
-		tctx, cancel := context.WithTimeout(ctx, share)
+		tctx, cancel := context.WithTimeout(ctx, tryShare(deadline))
 		v, err := get(tctx)
 		tried := tctx.Err() != nil
 		cancel()
@@ -46,18 +45,32 @@ func DirectGet[T any](ctx context.Context, get func(context.Context) (T, error))
 		case err == nil || ctx.Err() != nil:
 			return v, err
 		case errors.Is(err, nats.ErrNoResponders):
-			t := time.NewTimer(noResponderPause)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if pause(ctx, noResponderPause) != nil {
 				return v, err
-			case <-t.C:
 			}
 		case tried && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
 			// The try ran out of its share: another goes on.
 		default:
 			return v, err
 		}
+	}
+}
+
+// tryShare is one try's share of a budget ending at deadline: a quarter of
+// what is left, at least minAttempt.
+func tryShare(deadline time.Time) time.Duration {
+	return max(time.Until(deadline)/4, minAttempt)
+}
+
+// pause waits d, or less when ctx ends first: then it returns ctx's error.
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 

@@ -84,12 +84,8 @@ func readRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from, e
 		if again && from <= end {
 			// No replica answered, or the one that did lags: ask again
 			// shortly.
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
+			if err := pause(ctx, wait); err != nil {
+				return err
 			}
 			wait = min(2*wait, scanRetryMax)
 			continue
@@ -100,10 +96,11 @@ func readRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from, e
 }
 
 // askRange sends one batched direct get of at most batch (<= rangeBatch)
-// messages from stream sequence from and reads its answer (readAnswer). Each request has an inbox of its own,
-// given up with it: a late answer to an earlier request goes nowhere, and
-// the inbox's channel holds a whole answer (rangeBatch messages and the
-// end of batch), so nats.go never drops a message of it.
+// messages from stream sequence from and reads its answer (readAnswer).
+// Each request has an inbox of its own, given up with it: a late answer to
+// an earlier request goes nowhere, and the inbox's channel holds a whole
+// answer (rangeBatch messages and the end of batch), so nats.go never
+// drops a message of it.
 func askRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from uint64, batch int, first *bool, take func(*jetstream.RawStreamMsg) (bool, error)) (uint64, bool, error) {
 	reply := nc.NewInbox()
 	msgs := make(chan *nats.Msg, rangeBatch+1)
@@ -118,7 +115,7 @@ func askRange(ctx context.Context, nc *nats.Conn, apiSubj, subj string, from uin
 	}
 	idle := rangeIdle
 	if deadline, ok := ctx.Deadline(); ok {
-		idle = max(time.Until(deadline)/4, minAttempt)
+		idle = tryShare(deadline)
 	}
 	quiet := time.NewTimer(idle)
 	defer quiet.Stop()

@@ -382,10 +382,8 @@ func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedCon
 		case err != nil && bounded && occ.MaxResetAttempts == 1:
 			// The consumer's creation failed (a leader election, say):
 			// pull again shortly, within ctx.
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-				return fmt.Errorf("%w (last pull: %v)", ctx.Err(), err)
+			if perr := pause(ctx, wait); perr != nil {
+				return fmt.Errorf("%w (last pull: %v)", perr, err)
 			}
 			wait = min(2*wait, scanRetryMax)
 			continue
@@ -412,10 +410,8 @@ func Scan(ctx context.Context, stream jetstream.Stream, occ jetstream.OrderedCon
 		case errors.Is(err, nats.ErrNoResponders), err == nil && n == 0:
 			// The pull reached no consumer yet, or the consumer's server
 			// has not stored up to end yet: pull again shortly.
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := pause(ctx, wait); err != nil {
+				return err
 			}
 			wait = min(2*wait, scanRetryMax)
 			continue
