@@ -492,7 +492,7 @@ func TestFootprint(t *testing.T) {
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		per := float64(after.HeapAlloc-before.HeapAlloc) / n
+		per := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / n
 		t.Logf("window %d: %.0f bytes per idle session (heap), %d by footprint()", tc.window, per, acquire(t, tb, "session-00000000").footprint())
 		if per > float64(tc.limit) {
 			t.Errorf("window %d: %.0f bytes per idle session, want at most %d", tc.window, per, tc.limit)
