@@ -179,6 +179,9 @@ func (x *exchange) openStream(ctx context.Context, assigned bool) {
 		resume.Stream = x.locateStream(ctx)
 	}
 	x.stream = x.sess.OpenStream(resume)
+	if sc, ok := x.cfg.Recorder.(Successor); ok && x.hasLastEventID && x.stream.Resumed() {
+		sc.Takeover(x.sessionID, x.stream.ID(), x.lastEventID)
+	}
 	switch {
 	case !x.hasLastEventID:
 		if x.stream.Resumed() {

@@ -117,6 +117,15 @@ type Recorder interface {
 	Append(rec session.Record) bool
 }
 
+// Successor is implemented by a Recorder shared by replicas (package
+// journal's): when a client resumes a stream here, Takeover tells the
+// other replicas, so that a response of the stream one of them still
+// serves (the client's old connection, half open) stops being recorded
+// there (session.Table.TakenOver). It must never block.
+type Successor interface {
+	Takeover(sessionID, stream, lastEventID string)
+}
+
 // Replayer gives back a stream's stored events, so a resuming client can be
 // sent what passed the gateway but never reached it. Package journal
 // implements it on NATS JetStream.

@@ -173,12 +173,7 @@ func sessionState(kv jetstream.KeyValue, sid string) (journal.State, error) {
 func TestHalfOpenResume(t *testing.T) {
 	fx := startFixture(t, "envoy.yaml")
 	sid := newSession(t)
-	evs := numberedEvents(6)
-	old := harness.EncodeAll(evs[:5])
-	var cuts []int
-	for i := range 4 {
-		cuts = append(cuts, len(harness.EncodeAll(evs[:i+1])))
-	}
+	evs, old, cuts := halfOpenEvents()
 	resumed := make(chan struct{}) // the resume's response headers passed ssetrack
 	oldSent := make(chan struct{}) // the old response sent 3 to 5 through ssetrack
 	waitMetric := func(name string, n float64) {
@@ -211,6 +206,82 @@ func TestHalfOpenResume(t *testing.T) {
 	expectBody(t, "resumed response", got, harness.EncodeAll(evs[2:]))
 	js := harness.JetStream(t, fx.ssetrack.NATSURL)
 	stored := waitStored(t, js, sid, 6, 10*time.Second)
+	if ids := allIDs(stored); fmt.Sprint(ids) != "[1 2 3 4 5 6]" {
+		t.Errorf("JetStream holds ids %v, want 1 to 6 once each", ids)
+	}
+}
+
+// halfOpenEvents are the half-open tests' events 1 to 6, the old response's body (1 to
+// 5) and its cuts after each of the first four events.
+func halfOpenEvents() (evs []harness.Event, old []byte, cuts []int) {
+	evs = numberedEvents(6)
+	old = harness.EncodeAll(evs[:5])
+	for i := range 4 {
+		cuts = append(cuts, len(harness.EncodeAll(evs[:i+1])))
+	}
+	return evs, old, cuts
+}
+
+// TestHalfOpenResumeOnOtherReplica is TestHalfOpenResume with the resume served by another
+// replica: the client's old response runs on replica A, half open, while the client resumes
+// after event 2 on replica B. B tells A (a takeover notice over NATS), and A's response,
+// which goes on carrying events 3 to 5 into the dead connection, stops storing them: the
+// resumed response delivers and stores them. JetStream must hold each event once; before
+// the notices it held 3 to 5 twice, one copy per replica, and a later replay from 2 sent
+// them twice.
+func TestHalfOpenResumeOnOtherReplica(t *testing.T) {
+	requireFaultPrereqs(t)
+	ns := harness.StartNATSServer(t)
+	up := harness.StartUpstream(t)
+	client := newClient(t)
+	var reps [2]*fixture
+	for i := range reps {
+		s := harness.StartSsetrack(t, harness.SsetrackOptions{Name: "ssetrack " + replicaNames[i], NATSURL: ns.URL(), LogLevel: "info"})
+		e := harness.StartEnvoy(t, harness.EnvoyOptions{Name: "envoy " + replicaNames[i], UpstreamPort: up.Port, ExtProcPort: s.GRPCPort})
+		reps[i] = &fixture{up: up, ssetrack: s, envoy: e, client: client}
+	}
+	a, b := reps[0], reps[1]
+	sid := newSession(t)
+	evs, old, cuts := halfOpenEvents()
+	// A's response waits before event 3 until A has superseded it, for at most 20 s: past
+	// that (no notice came), it goes on, and JetStream holds 3 to 5 twice.
+	superseded := func() bool {
+		return a.ssetrack.Metrics(t).Sum(`ssetrack_journal_takeover_notices_total{result="superseded"}`) >= 1
+	}
+	path := up.Handle(func(n int, r *http.Request) harness.Reply {
+		if n == 0 {
+			return harness.Reply{Header: sessionHeader(sid), Body: old, Cuts: cuts, Hold: true,
+				BeforeWrite: func(off int) {
+					if off != cuts[1] { // before event 3
+						return
+					}
+					for deadline := time.Now().Add(20 * time.Second); !superseded() && time.Now().Before(deadline); {
+						time.Sleep(10 * time.Millisecond)
+					}
+				}}
+		}
+		return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs[2:])}
+	})
+	first := a.openRead(t, path, sessionHeader(sid), cuts[1])
+	expectBody(t, "old response before the cut", first, harness.EncodeAll(evs[:2]))
+	js := harness.JetStream(t, ns.URL())
+	waitStored(t, js, sid, 2, 10*time.Second) // what B loads the session from
+	// The client reads no more from the old connection and resumes after 2, on B.
+	_, got := b.get(t, path, http.Header{sessionH: {sid}, "Last-Event-Id": {"2"}})
+	expectBody(t, "resumed response", got, harness.EncodeAll(evs[2:]))
+	// A's response has carried 3 to 5 once ssetrack saw 5 events there.
+	for deadline := time.Now().Add(20 * time.Second); a.ssetrack.Metrics(t).Sum("ssetrack_events_seen_total") < 5; {
+		if time.Now().After(deadline) {
+			t.Fatal("replica A's old response did not carry events 3 to 5")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !superseded() {
+		t.Error("replica A superseded no response: B's takeover notice did not reach it")
+	}
+	waitStored(t, js, sid, 6, 10*time.Second)
+	time.Sleep(200 * time.Millisecond) // a late batch of A's would be stored by now
+	stored := harness.StoredSession(t, js, sid)
 	if ids := allIDs(stored); fmt.Sprint(ids) != "[1 2 3 4 5 6]" {
 		t.Errorf("JetStream holds ids %v, want 1 to 6 once each", ids)
 	}

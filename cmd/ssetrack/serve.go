@@ -239,6 +239,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 				t.Lost(sessionID, stream)
 			}
 		}
+		opts.Config.TakenOver = func(sessionID, stream, lastEventID string) bool {
+			t := tableRef.Load()
+			return t != nil && t.TakenOver(sessionID, stream, lastEventID)
+		}
 		var err error
 		jr, err = journal.Open(ctx, opts)
 		if err != nil {

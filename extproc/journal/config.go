@@ -95,6 +95,14 @@ type Config struct {
 	// lack them is refused). It runs on the Publisher's goroutine and must
 	// not block; records Append refuses are the caller's to handle.
 	Lost func(sessionID, stream string)
+
+	// TakenOver, if set, is told of each takeover notice from another
+	// writer (Publisher.Takeover): a client resumed stream of session
+	// sessionID there, from lastEventID. It reports whether a response
+	// here was superseded (session.Table.TakenOver), for
+	// ssetrack_journal_takeover_notices_total. It runs on the notices'
+	// subscription goroutine, one notice at a time, and must not block.
+	TakenOver func(sessionID, stream, lastEventID string) bool
 }
 
 // BatchConfig bounds a batch: it is published as soon as one bound is hit,

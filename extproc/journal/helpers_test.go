@@ -168,6 +168,8 @@ type stats struct {
 	Batches, Events               uint64
 	PublishErrors, PublishRetries uint64
 	KVWrites                      uint64
+	// Takeovers counts takeover notices by result.
+	Takeovers map[string]uint64
 }
 
 // statsOf reads p's metrics from the registry newPublisher gave it.
@@ -187,7 +189,7 @@ func gatherStats(t testing.TB, g prometheus.Gatherer) stats {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st stats
+	st := stats{Takeovers: map[string]uint64{}}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
@@ -211,6 +213,10 @@ func gatherStats(t testing.TB, g prometheus.Gatherer) stats {
 				st.PublishRetries = uint64(v)
 			case "ssetrack_journal_kv_writes_total":
 				st.KVWrites = uint64(v)
+			case "ssetrack_journal_takeover_notices_total":
+				for _, l := range m.GetLabel() {
+					st.Takeovers[l.GetValue()] = uint64(v)
+				}
 			}
 		}
 	}

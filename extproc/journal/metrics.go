@@ -19,6 +19,8 @@ type metrics struct {
 	loadTimer prometheus.Histogram
 	// staleSessions counts cached sessions found written by another writer.
 	staleSessions prometheus.Counter
+	// takeovers counts takeover notices (takeover.go) by result.
+	takeovers *prometheus.CounterVec
 }
 
 // Reasons a record is dropped, the label of records_dropped_total.
@@ -81,6 +83,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ssetrack_journal_stale_sessions_total",
 			Help: "Cached sessions found last written by another ssetrack process, and so reloaded from JetStream.",
 		}),
+		takeovers: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssetrack_journal_takeover_notices_total",
+			Help: "Takeover notices (a client resumed a stream on another replica) by result: sent; received and superseded a response here; received and ignored (no response here delivered the client's Last-Event-ID); malformed.",
+		}, []string{"result"}),
 	}
 }
 

@@ -306,6 +306,14 @@ func (j *Journal) StreamOf(ctx context.Context, sessionID, id string) (string, e
 	return p.StreamOf(ctx, sessionID, id)
 }
 
+// Takeover implements extproc.Successor through the Publisher (see
+// Publisher.Takeover); before NATS is ready the notice is dropped.
+func (j *Journal) Takeover(sessionID, stream, lastEventID string) {
+	if p := j.pub.Load(); p != nil {
+		p.Takeover(sessionID, stream, lastEventID)
+	}
+}
+
 func (j *Journal) publisher() (*Publisher, error) {
 	if p := j.pub.Load(); p != nil {
 		return p, nil

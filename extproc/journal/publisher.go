@@ -95,8 +95,14 @@ type Publisher struct {
 	// goroutine right after it takes the inbox.
 	takeHook func()
 
-	// writer names this Publisher in batch headers and message ids.
+	// writer names this Publisher in batch headers, message ids and
+	// takeover notices.
 	writer string
+	// takeoverSubj is the subject of takeover notices (takeover.go);
+	// takeoverSub receives other writers' notices, nil without
+	// Config.TakenOver.
+	takeoverSubj string
+	takeoverSub  *nats.Subscription
 	// maxRecord is the most payload bytes one batch message may carry: the
 	// server's max_payload less headerRoom. Larger records are split.
 	maxRecord int
@@ -174,9 +180,13 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 		abort:        make(chan struct{}),
 		done:         make(chan struct{}),
 		writer:       newWriterID(),
+		takeoverSubj: takeoverPrefix + cfg.Stream,
 		// The server's limit as of this connection (its INFO); a cluster
 		// whose servers differ should be configured alike.
 		maxRecord: max(int(nc.MaxPayload())-headerRoom, 1<<10),
+	}
+	if err := p.subscribeTakeovers(); err != nil {
+		return nil, fmt.Errorf("takeover notices: %w", err)
 	}
 	go p.state.run()
 	go p.run()
@@ -539,6 +549,9 @@ func (p *Publisher) Shutdown(ctx context.Context) error {
 	p.closed = true
 	p.mu.Unlock()
 	p.signal()
+	if p.takeoverSub != nil {
+		_ = p.takeoverSub.Unsubscribe()
+	}
 
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc

@@ -67,9 +67,14 @@ type Session struct {
 
 type streamInfo struct {
 	num uint32
-	// gen counts the resumes of the stream: a response whose Stream.gen
-	// is older was superseded (see Delivery.superseded).
-	gen    uint32
+	// since names the stream's current response: the low 32 bits of the
+	// window position (see window) at which it opened, or took the stream
+	// over, made to differ from the previous response's (nextSince). A
+	// response whose Stream.since differs was superseded (see
+	// Delivery.superseded); what the window holds of the stream from since
+	// on, the current response delivered (Table.TakenOver). 32 bits keep
+	// streamInfo at 48 bytes; positions compare modulo 2^32.
+	since  uint32
 	id     string
 	lastID []byte // reused: updated once per chunk without allocating
 }
@@ -98,10 +103,10 @@ type Resume struct {
 // Stream is one SSE response of a session. It belongs to the goroutine
 // serving that response, which delivers events to it through a Delivery.
 type Stream struct {
-	sess *Session
-	num  uint32
-	gen  uint32 // streamInfo.gen when this response opened or took the stream over
-	id   string
+	sess  *Session
+	num   uint32
+	since uint32 // streamInfo.since when this response opened or took the stream over
+	id    string
 
 	// matched is set when the response resumes a known stream after the
 	// client's Last-Event-ID: ids of that stream (whose tag is lostTag)
@@ -169,8 +174,8 @@ func (s *Session) OpenStream(r Resume) *Stream {
 	if info := s.stream(st.num); info != nil {
 		st.id = info.id
 		st.continued = true
-		info.gen++
-		st.gen = info.gen
+		info.since = nextSince(info.since, st.start)
+		st.since = info.since
 		// lastID stays the last id delivered: the client's header may be
 		// behind it, and what lies between is what it missed. A stream
 		// whose last id is not known (loaded from a journal that could not
@@ -193,7 +198,8 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		st.id, st.continued, lastID = r.Stream, true, nil
 		st.missedAfter = r.LastEventID
 	}
-	s.remember(streamInfo{num: st.num, id: st.id, lastID: lastID})
+	st.since = uint32(st.start)
+	s.remember(streamInfo{num: st.num, id: st.id, lastID: lastID, since: st.since})
 	return st.settle(r)
 }
 
@@ -234,8 +240,8 @@ func (d *Delivery) anchor(slot int) {
 			s.touchStream(num)
 			info := s.stream(num)
 			st.num, st.id, st.continued = num, info.id, true // lostTag is its tag already
-			info.gen++
-			st.gen = info.gen
+			info.since = nextSince(info.since, st.start)
+			st.since = info.since
 			d.info = info
 			return
 		}
@@ -484,7 +490,18 @@ func (d *Delivery) Finish(claimed, id []byte, hasID, again bool) (seq uint64) {
 // numbered nor stored: those events are the newer response's to deliver,
 // and a client that still reads both gets them twice, as it would without
 // ssetrack.
-func (d *Delivery) superseded() bool { return d.info != nil && d.info.gen != d.st.gen }
+func (d *Delivery) superseded() bool { return d.info != nil && d.info.since != d.st.since }
+
+// nextSince is streamInfo.since for a response that opens at window
+// position pos, the previous response's since being prev: pos's low 32
+// bits, or prev+1 when the window has not moved past prev (a response that
+// opened before any event since the previous one), so that the two differ.
+func nextSince(prev uint32, pos uint64) uint32 {
+	if n := uint32(pos); int32(n-prev) > 0 {
+		return n
+	}
+	return prev + 1
+}
 
 // Untracked records that an event went to the client on this stream
 // without being decided, numbered or stored: one larger than the gateway

@@ -269,6 +269,79 @@ func TestSupersededResponse(t *testing.T) {
 	}
 }
 
+// TestTakenOverElsewhere: the client left a response half open and resumed
+// its stream on another replica (Table.TakenOver). The response here is
+// superseded if it delivered the client's Last-Event-ID; a notice about an
+// id that an earlier response of the stream delivered (the client has
+// resumed here since), an unknown id, or another stream leaves it alone.
+func TestTakenOverElsewhere(t *testing.T) {
+	tb := newTestTable(t, Config{Window: 64})
+	s := acquire(t, tb, "sess")
+	a := s.OpenStream(Resume{})
+	other := s.OpenStream(Resume{})
+	deliver(a, "1", "2")
+	deliver(other, "x1")
+	numbered := func(st *Stream, id string) bool {
+		d := st.Begin()
+		defer d.End()
+		seq, _ := d.Deliver([]byte(id), true)
+		return seq != 0
+	}
+	for _, n := range []struct{ stream, id string }{{other.ID(), "2"}, {a.ID(), "nope"}, {a.ID(), ""}, {a.ID(), "x1"}} {
+		if tb.TakenOver("sess", n.stream, n.id) {
+			t.Errorf("a notice for stream %q from %q superseded a response", n.stream, n.id)
+		}
+	}
+	if tb.TakenOver("no such session", a.ID(), "2") {
+		t.Error("a notice for a session the table does not hold superseded a response")
+	}
+	if !numbered(a, "3") {
+		t.Fatal("the response was superseded by a notice that does not concern it")
+	}
+	if !tb.TakenOver("sess", a.ID(), "2") {
+		t.Fatal("the response that delivered the client's Last-Event-ID was not superseded")
+	}
+	if numbered(a, "4") {
+		t.Error("the superseded response numbered an event")
+	}
+	if !numbered(other, "x2") {
+		t.Error("the session's other stream was superseded")
+	}
+	// The client comes back here from 3: a late notice about its resume
+	// from 2 elsewhere concerns the response it left, not this one.
+	b := s.OpenStream(Resume{LastEventID: "3", HasLastEventID: true})
+	if tb.TakenOver("sess", a.ID(), "2") {
+		t.Error("a late notice superseded the newer response")
+	}
+	if !numbered(b, "5") {
+		t.Error("the newer response was superseded by a late notice")
+	}
+}
+
+// TestResumesWithNothingBetween: a client resumes twice from the same id
+// with no event delivered between the two: the first resume's response is
+// superseded all the same (nextSince).
+func TestResumesWithNothingBetween(t *testing.T) {
+	tb := newTestTable(t, Config{Window: 64})
+	s := acquire(t, tb, "sess")
+	a := s.OpenStream(Resume{})
+	deliver(a, "1")
+	b := s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true})
+	c := s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true})
+	for _, st := range []*Stream{a, b} {
+		d := st.Begin()
+		if seq, _ := d.Deliver([]byte("2"), true); seq != 0 {
+			t.Errorf("a superseded response numbered an event %d", seq)
+		}
+		d.End()
+	}
+	d := c.Begin()
+	if seq, _ := d.Deliver([]byte("2"), true); seq == 0 {
+		t.Error("the last resume's response did not number its event")
+	}
+	d.End()
+}
+
 // TestAnchorTakesOverMovedStream: the stream an anchored resume takes over
 // was moved in the session's list after the response's own new stream (a
 // resume from a known id touched it): the takeover still names it, and the

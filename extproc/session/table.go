@@ -356,6 +356,39 @@ func (t *Table) Lost(sessionID, streamID string) {
 	}
 }
 
+// TakenOver is told that a client resumed stream streamID (Stream.ID) of
+// session sessionID on another replica, from lastEventID: the response of
+// the stream open here, if it delivered that id, is one the client has
+// left (a half-open last mile). It is superseded, as by a resume on this
+// replica (see Delivery.superseded): what it still carries is forwarded
+// and no longer recorded, numbered or stored, since the resumed response
+// delivers and stores it; otherwise both replicas would store it. A
+// response that did not deliver the id (the client has resumed here
+// since) is left alone, and so is a session or stream the table does not
+// hold. It reports whether it superseded a response. It takes the
+// session's lock: the caller must not hold it.
+func (t *Table) TakenOver(sessionID, streamID, lastEventID string) bool {
+	s := t.lookup(sessionID)
+	if s == nil || lastEventID == "" {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.streams {
+		info := &s.streams[i]
+		if info.id != streamID {
+			continue
+		}
+		slot := s.win.find(t.hash(lastEventID))
+		if slot < 0 || s.win.tag(slot) != tagOf(info.num) || int32(uint32(s.win.position(slot))-info.since) < 0 {
+			return false
+		}
+		info.since = nextSince(info.since, s.win.next)
+		return true
+	}
+	return false
+}
+
 // Forget removes session id from memory: the session has ended (the MCP
 // server accepted a client's DELETE). A session with responses still open
 // (an MCP client may send DELETE before its GET stream closes) is removed
