@@ -28,6 +28,17 @@ func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, throug
 	}
 	var data []byte
 	var ids []string
+	// Two replicas may both have stored an event: the client left a
+	// response half open on one and resumed on the other, and the takeover
+	// notice (takeover.go) reached the first after the event. Each copy is
+	// numbered by its writer, so the later one comes out of sequence order:
+	// an event numbered at or below one replayed already is dropped when
+	// its id was replayed (or is after). The set of ids is built only then.
+	// (A resume from an id stored twice starts after its later copy, the
+	// one locate finds first: what the other writer stored between the
+	// two copies is not replayed. The notice makes that span milliseconds.)
+	var seen map[string]struct{}
+	var last uint64 // the highest sequence number replayed
 	r := history.NewReader(p.stream, p.cfg.SubjectPrefix, history.WithDirectBatches(p.js))
 	for ev, err := range r.Events(ctx, sessionID, history.ReadOptions{FromID: after, Stream: stream}) {
 		switch {
@@ -36,12 +47,28 @@ func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, throug
 		case err != nil:
 			return nil, nil, fmt.Errorf("replay: %w", err)
 		}
+		if ev.HasID && ev.ID != "" && ev.Seq <= last {
+			if seen == nil {
+				seen = make(map[string]struct{}, len(ids)+1)
+				seen[after] = struct{}{}
+				for _, id := range ids {
+					seen[id] = struct{}{}
+				}
+			}
+			if _, dup := seen[ev.ID]; dup {
+				continue
+			}
+		}
+		last = max(last, ev.Seq)
 		if len(data)+len(ev.Data) > p.cfg.MaxReplayBytes {
 			return nil, nil, session.ErrHistoryTooLarge
 		}
 		data = append(data, ev.Data...)
 		if ev.HasID && ev.ID != "" {
 			ids = append(ids, ev.ID)
+			if seen != nil {
+				seen[ev.ID] = struct{}{}
+			}
 			if ev.ID == through {
 				return data, ids, nil
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,6 +69,44 @@ func TestReplay(t *testing.T) {
 				t.Errorf("data %q\nwant %q", data, want)
 			}
 		})
+	}
+}
+
+// TestReplayTwoWriters: two replicas stored some events of a stream both
+// (a response half open on one, the client resumed on the other, a takeover
+// notice too late), interleaved, each numbering on its own. A replay gives
+// each event once, in the order first stored.
+func TestReplayTwoWriters(t *testing.T) {
+	s := startTestServer(t)
+	cfg := Config{Batch: BatchConfig{MaxDelay: time.Millisecond}}
+	a := newPublisher(t, connect(t, s.ClientURL()), cfg)
+	b := newPublisher(t, connect(t, s.ClientURL()), cfg)
+	stored := 0
+	store := func(p *Publisher, first, n int) {
+		p.Append(record("tw", "s", first, n, false))
+		stored += n
+		waitFor(t, 5*time.Second, "acks", func() bool { return statsOf(t, a).Events+statsOf(t, b).Events == uint64(stored) })
+	}
+	store(a, 1, 3) // s-1..s-3, numbered 1-3
+	store(b, 3, 3) // s-3..s-5, numbered 3-5
+	store(a, 4, 1) // s-4 again, numbered 4
+	store(b, 6, 1)
+	for _, tc := range []struct{ after, want string }{
+		{"s-2", "[s-3 s-4 s-5 s-6]"},
+		{"s-3", "[s-4 s-5 s-6]"}, // after b's copy of s-3, the later one
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		data, ids, err := a.Replay(ctx, "tw", "s", tc.after, "")
+		cancel()
+		if err != nil {
+			t.Fatalf("replay after %s: %v", tc.after, err)
+		}
+		if fmt.Sprint(ids) != tc.want {
+			t.Errorf("replay after %s: ids %v, want %s", tc.after, ids, tc.want)
+		}
+		if n := strings.Count(string(data), "id: "); n != len(ids) {
+			t.Errorf("replay after %s: %d events in the data, %d ids", tc.after, n, len(ids))
+		}
 	}
 }
 
