@@ -686,6 +686,13 @@ func TestReplayAcrossUntrackedEvent(t *testing.T) {
 			resumed: e3, want: e3, wantHdr: "replayed",
 		},
 		{
+			// The stream's last id, 3, is before it: the client missed it
+			// all the same.
+			name: "last on the stream, after the client's id and another", first: e1 + e3 + big,
+			cuts: []int{len(e1), len(e1) + len(e3)}, last: "1",
+			resumed: e3 + big + e4, want: e3 + big + e4, wantHdr: "incomplete",
+		},
+		{
 			name: "last on the stream: nothing tracked missed", first: e1 + big,
 			cuts: []int{len(e1)}, last: "1",
 			resumed: big + e3, want: big + e3, wantHdr: "",

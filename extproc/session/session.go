@@ -355,7 +355,7 @@ func (st *Stream) MissedUnheld() bool {
 	s := st.sess
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lostAt[st.num] > st.from || s.win.untrackedAfter(st.num, st.from, st.missedThrough == "")
+	return s.lostAt[st.num] > st.from || s.win.untrackedAfter(st.num, st.from)
 }
 
 // stream returns the info of stream num, or nil. s.mu must be held.

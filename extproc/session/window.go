@@ -140,31 +140,24 @@ func (w *window) push(v uint64) int {
 // refused, nothing is lost).
 func (w *window) mark(st uint32) { w.push(tagOf(st)) }
 
-// untrackedAfter reports whether a read of stream st's events after
-// position from-1 through the stream's last id would lack one delivered
-// untracked: the window holds, at a position from from on, a mark of st
-// (see mark) that an event of st with an id follows (without one, the
-// untracked event came after the last id). open reports that the read goes
-// through the end (the stream's last id is empty): then any such mark
-// counts. It reads the window's records from from on, at most its size.
-func (w *window) untrackedAfter(st uint32, from uint64, open bool) bool {
+// untrackedAfter reports whether stream st delivered an event untracked
+// at a position from from on: the window holds a mark of st (see mark)
+// there. A client resuming from an id before it missed that event, even
+// when no event with an id followed it (the stream's last id is then
+// before it), since a stream delivers in order. It reads the window's
+// records from from on, at most its size.
+func (w *window) untrackedAfter(st uint32, from uint64) bool {
 	size := uint64(len(w.slots))
 	if w.next > size {
 		from = max(from, w.next-size)
 	}
-	tag, marked := tagOf(st), false
+	tag := tagOf(st)
 	for p := from; p < w.next; p++ {
-		v := w.slots[p%size]
-		if v&0xff != tag {
-			continue
-		}
-		if v>>8 == 0 {
-			marked = true
-		} else if marked {
+		if v := w.slots[p%size]; v&0xff == tag && v>>8 == 0 {
 			return true
 		}
 	}
-	return marked && open
+	return false
 }
 
 // unindex removes ring slot s from the index (backward-shift deletion, so
