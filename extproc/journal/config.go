@@ -98,8 +98,8 @@ type Config struct {
 
 	// TakenOver, if set, is told of each takeover notice from another
 	// writer (Publisher.Takeover): a client resumed stream of session
-	// sessionID there, from lastEventID. It reports whether a response
-	// here was superseded (session.Table.TakenOver), for
+	// sessionID there, from lastEventID. It reports whether the stream's
+	// latest response here was superseded (session.Table.TakenOver), for
 	// ssetrack_journal_takeover_notices_total. It runs on the notices'
 	// subscription goroutine, one notice at a time, and must not block.
 	TakenOver func(sessionID, stream, lastEventID string) bool

@@ -85,7 +85,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		takeovers: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_journal_takeover_notices_total",
-			Help: "Takeover notices (a client resumed a stream on another replica) by result: sent; received and superseded a response here; received and ignored (no response here delivered the client's Last-Event-ID); malformed.",
+			Help: "Takeover notices (a client resumed a stream on another replica) by result: sent; received and superseded the stream's latest response here (if still open), which delivered the client's Last-Event-ID; received and ignored (no such response here); malformed.",
 		}, []string{"result"}),
 	}
 }

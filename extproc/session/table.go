@@ -365,8 +365,10 @@ func (t *Table) Lost(sessionID, streamID string) {
 // delivers and stores it; otherwise both replicas would store it. A
 // response that did not deliver the id (the client has resumed here
 // since) is left alone, and so is a session or stream the table does not
-// hold. It reports whether it superseded a response. It takes the
-// session's lock: the caller must not hold it.
+// hold. It reports whether the stream's latest response here delivered
+// the id, and so is superseded if it is still open (the table does not
+// keep which streams have a response open). It takes the session's lock:
+// the caller must not hold it.
 func (t *Table) TakenOver(sessionID, streamID, lastEventID string) bool {
 	s := t.lookup(sessionID)
 	if s == nil || lastEventID == "" {
