@@ -179,7 +179,10 @@ func (x *exchange) openStream(ctx context.Context, assigned bool) {
 		resume.Stream = x.locateStream(ctx)
 	}
 	x.stream = x.sess.OpenStream(resume)
-	if sc, ok := x.cfg.Recorder.(Successor); ok && x.hasLastEventID && x.stream.Resumed() {
+	if sc, ok := x.cfg.Recorder.(Successor); ok && x.owner && x.hasLastEventID && x.stream.Resumed() {
+		// Only the session's owner (see Session.Bind) takes its streams
+		// over elsewhere: another caller who knows a session and an event
+		// id would otherwise stop the owner's response being stored.
 		sc.Takeover(x.sessionID, x.stream.ID(), x.lastEventID)
 	}
 	switch {

@@ -118,10 +118,15 @@ type Recorder interface {
 }
 
 // Successor is implemented by a Recorder shared by replicas (package
-// journal's): when a client resumes a stream here, Takeover tells the
-// other replicas, so that a response of the stream one of them still
-// serves (the client's old connection, half open) stops being recorded
-// there (session.Table.TakenOver). It must never block.
+// journal's): when the session's owner resumes a stream here from a
+// Last-Event-ID, Takeover tells the other replicas, so that a response of
+// the stream one of them still serves (the client's old connection, half
+// open) stops being recorded there if it delivered that id
+// (session.Table.TakenOver). Not covered: a resume from an id the session
+// does not know (anchored at the upstream's first id: no notice), an id
+// that has left the other replica's dedup window, and a resume that came
+// right after another with no event between (its response's first event
+// does not place it, see nextSince). It must never block.
 type Successor interface {
 	Takeover(sessionID, stream, lastEventID string)
 }

@@ -1267,3 +1267,39 @@ func TestEarlyEvents(t *testing.T) {
 		}
 	})
 }
+
+// successor is a recorder that takes takeover notices (Successor).
+type successor struct {
+	recorder
+	notices []string // "session Last-Event-ID"
+}
+
+func (s *successor) Takeover(sessionID, stream, lastEventID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.notices = append(s.notices, sessionID+" "+lastEventID)
+}
+
+// TestTakeoverNotice: a resume of a known stream by the session's owner,
+// and only that, tells the other replicas (Successor.Takeover).
+func TestTakeoverNotice(t *testing.T) {
+	rec := &successor{}
+	h := newHarness(t, func(c *Config) {
+		c.Recorder = rec
+		c.PrincipalHeader, c.PrincipalKey = "authorization", []byte("0123456789abcdef")
+	})
+	body := "id: 1\ndata: a\n\nid: 2\ndata: b\n\n"
+	for _, hdrs := range [][]string{
+		{"mcp-session-id", "S", "authorization", "alice"},                          // a new stream
+		{"mcp-session-id", "S", "authorization", "mallory", "last-event-id", "1"},  // not the owner
+		{"mcp-session-id", "S", "authorization", "alice", "last-event-id", "nope"}, // unknown id
+		{"mcp-session-id", "S", "authorization", "alice", "last-event-id", "1"},    // the owner resumes
+	} {
+		h.run(t, request{reqHeaders: hdrs, respHeaders: sseHeaders(), chunks: split(body)})
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if fmt.Sprint(rec.notices) != "[S 1]" {
+		t.Errorf("notices %q, want one, for the owner's resume from 1", rec.notices)
+	}
+}

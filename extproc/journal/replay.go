@@ -30,15 +30,15 @@ func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, throug
 	var ids []string
 	// Two replicas may both have stored an event: the client left a
 	// response half open on one and resumed on the other, and the takeover
-	// notice (takeover.go) reached the first after the event. Each copy is
-	// numbered by its writer, so the later one comes out of sequence order:
-	// an event numbered at or below one replayed already is dropped when
-	// its id was replayed (or is after). The set of ids is built only then.
-	// (A resume from an id stored twice starts after its later copy, the
-	// one locate finds first: what the other writer stored between the
-	// two copies is not replayed. The notice makes that span milliseconds.)
+	// notice (takeover.go) reached the first after the event. Once the
+	// replay meets a second writer (Ssetrack-Writer), an event whose id it
+	// replayed already (or is after) is dropped: the first copy stored is
+	// the one replayed. The set of ids is built only then. (A resume from
+	// an id stored twice starts after its later copy, the one locate finds
+	// first: what the other writer stored between the two copies is not
+	// replayed. The notice makes that span milliseconds.)
 	var seen map[string]struct{}
-	var last uint64 // the highest sequence number replayed
+	writer := "" // the writer of the replay's first event
 	r := history.NewReader(p.stream, p.cfg.SubjectPrefix, history.WithDirectBatches(p.js))
 	for ev, err := range r.Events(ctx, sessionID, history.ReadOptions{FromID: after, Stream: stream}) {
 		switch {
@@ -47,19 +47,21 @@ func (p *Publisher) Replay(ctx context.Context, sessionID, stream, after, throug
 		case err != nil:
 			return nil, nil, fmt.Errorf("replay: %w", err)
 		}
-		if ev.HasID && ev.ID != "" && ev.Seq <= last {
-			if seen == nil {
-				seen = make(map[string]struct{}, len(ids)+1)
-				seen[after] = struct{}{}
-				for _, id := range ids {
-					seen[id] = struct{}{}
-				}
+		if writer == "" {
+			writer = ev.Writer
+		}
+		if seen == nil && ev.Writer != writer {
+			seen = make(map[string]struct{}, len(ids)+1)
+			seen[after] = struct{}{}
+			for _, id := range ids {
+				seen[id] = struct{}{}
 			}
+		}
+		if seen != nil && ev.HasID && ev.ID != "" {
 			if _, dup := seen[ev.ID]; dup {
 				continue
 			}
 		}
-		last = max(last, ev.Seq)
 		if len(data)+len(ev.Data) > p.cfg.MaxReplayBytes {
 			return nil, nil, session.ErrHistoryTooLarge
 		}

@@ -82,21 +82,31 @@ func TestReplayTwoWriters(t *testing.T) {
 	a := newPublisher(t, connect(t, s.ClientURL()), cfg)
 	b := newPublisher(t, connect(t, s.ClientURL()), cfg)
 	stored := 0
-	store := func(p *Publisher, first, n int) {
-		p.Append(record("tw", "s", first, n, false))
+	// store stores events s-first.. of session sid, numbered from seq.
+	store := func(p *Publisher, sid string, first, n, seq int) {
+		r := record(sid, "s", first, n, false)
+		r.FirstSeq, r.LastSeq = uint64(seq), uint64(seq+n-1)
+		p.Append(r)
 		stored += n
 		waitFor(t, 5*time.Second, "acks", func() bool { return statsOf(t, a).Events+statsOf(t, b).Events == uint64(stored) })
 	}
-	store(a, 1, 3) // s-1..s-3, numbered 1-3
-	store(b, 3, 3) // s-3..s-5, numbered 3-5
-	store(a, 4, 1) // s-4 again, numbered 4
-	store(b, 6, 1)
-	for _, tc := range []struct{ after, want string }{
-		{"s-2", "[s-3 s-4 s-5 s-6]"},
-		{"s-3", "[s-4 s-5 s-6]"}, // after b's copy of s-3, the later one
+	store(a, "tw", 1, 3, 1) // s-1..s-3
+	store(b, "tw", 3, 3, 3) // s-3..s-5
+	store(a, "tw", 4, 1, 4) // s-4 again
+	store(b, "tw", 6, 1, 6)
+	// Each writer counts the session's other streams too: the later copy
+	// may carry the higher number.
+	store(a, "hi", 1, 3, 1)
+	store(b, "hi", 4, 1, 4)
+	store(a, "hi", 4, 1, 6) // a numbered 4-5 on another stream
+	store(b, "hi", 5, 1, 5)
+	for _, tc := range []struct{ sid, after, want string }{
+		{"tw", "s-2", "[s-3 s-4 s-5 s-6]"},
+		{"tw", "s-3", "[s-4 s-5 s-6]"}, // after b's copy of s-3, the later one
+		{"hi", "s-3", "[s-4 s-5]"},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		data, ids, err := a.Replay(ctx, "tw", "s", tc.after, "")
+		data, ids, err := a.Replay(ctx, tc.sid, "s", tc.after, "")
 		cancel()
 		if err != nil {
 			t.Fatalf("replay after %s: %v", tc.after, err)

@@ -341,10 +341,11 @@ func (st *Stream) Missed() (after, through string, ok bool) {
 	return st.missedAfter, st.missedThrough, st.missedAfter != ""
 }
 
-// MissedUnheld reports whether the missed events (Missed) include one the
-// journal does not hold: delivered untracked (Delivery.Untracked) or lost
-// by the journal (Delivery.Lost, Table.Lost), so a replay of them would not
-// be whole. It reads the session's marks as they are now: a loss the
+// MissedUnheld reports whether the stream delivered, after the client's
+// Last-Event-ID, an event the journal does not hold: delivered untracked
+// (Delivery.Untracked), even after the stream's last id (Missed's through),
+// or lost by the journal (Delivery.Lost, Table.Lost). A replay would then
+// not give the client all it missed. It reads the session's marks as they are now: a loss the
 // journal reports while a replay is read shows once the read is done.
 // Marks live in memory: an untracked event whose place has left the window,
 // or what a session loaded from the journal never saw, is not reported.
@@ -496,6 +497,10 @@ func (d *Delivery) superseded() bool { return d.info != nil && d.info.since != d
 // position pos, the previous response's since being prev: pos's low 32
 // bits, or prev+1 when the window has not moved past prev (a response that
 // opened before any event since the previous one), so that the two differ.
+// The second case leaves since past the response's first position, so a
+// takeover notice naming its first event (Table.TakenOver) does not
+// supersede it: pushing a slot to keep them equal would let a storm of
+// reconnects empty the dedup window.
 func nextSince(prev uint32, pos uint64) uint32 {
 	if n := uint32(pos); int32(n-prev) > 0 {
 		return n

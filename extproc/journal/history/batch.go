@@ -103,8 +103,9 @@ type Batch struct {
 
 // Event is one stored event.
 type Event struct {
-	// Session and Stream identify where it was delivered.
-	Session, Stream string
+	// Session and Stream identify where it was delivered, Writer the
+	// process that stored it (Batch.Writer).
+	Session, Stream, Writer string
 	// ID is the event's id field; valid when HasID (an event may have an
 	// empty id, which resets a browser's last event id).
 	ID    string
@@ -207,7 +208,7 @@ func (b Batch) Events() iter.Seq[Event] {
 			}
 			k++
 			ev := Event{
-				Session: b.Session, Stream: b.Stream,
+				Session: b.Session, Stream: b.Stream, Writer: b.Writer,
 				HasID: seg.HasID, Seq: seq, Data: seg.Raw,
 				Sequence: b.Sequence, Time: b.Time,
 			}
