@@ -345,8 +345,9 @@ func (st *Stream) Missed() (after, through string, ok bool) {
 // Last-Event-ID, an event the journal does not hold: delivered untracked
 // (Delivery.Untracked), even after the stream's last id (Missed's through),
 // or lost by the journal (Delivery.Lost, Table.Lost). A replay would then
-// not give the client all it missed. It reads the session's marks as they are now: a loss the
-// journal reports while a replay is read shows once the read is done.
+// not give the client all it missed. It reads the session's marks as they
+// are now: a loss the journal reports while a replay is read shows once the
+// read is done.
 // Marks live in memory: an untracked event whose place has left the window,
 // or what a session loaded from the journal never saw, is not reported.
 func (st *Stream) MissedUnheld() bool {

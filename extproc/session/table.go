@@ -342,18 +342,29 @@ func (t *Table) Release(s *Session) {
 // stream, and does nothing otherwise. It takes the session's lock: the
 // caller must not hold it.
 func (t *Table) Lost(sessionID, streamID string) {
+	t.withStream(sessionID, streamID, func(s *Session, info *streamInfo) bool {
+		s.lost(info.num)
+		return true
+	})
+}
+
+// withStream calls fn with session sessionID and its entry of stream
+// streamID, under the session's lock, when the table holds the session and
+// the session remembers the stream, and returns what fn returns (false
+// otherwise). The caller must not hold the session's lock.
+func (t *Table) withStream(sessionID, streamID string, fn func(s *Session, info *streamInfo) bool) bool {
 	s := t.lookup(sessionID)
 	if s == nil {
-		return
+		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := range s.streams {
 		if s.streams[i].id == streamID {
-			s.lost(s.streams[i].num)
-			return
+			return fn(s, &s.streams[i])
 		}
 	}
+	return false
 }
 
 // TakenOver is told that a client resumed stream streamID (Stream.ID) of
@@ -370,25 +381,17 @@ func (t *Table) Lost(sessionID, streamID string) {
 // keep which streams have a response open). It takes the session's lock:
 // the caller must not hold it.
 func (t *Table) TakenOver(sessionID, streamID, lastEventID string) bool {
-	s := t.lookup(sessionID)
-	if s == nil || lastEventID == "" {
+	if lastEventID == "" {
 		return false
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i := range s.streams {
-		info := &s.streams[i]
-		if info.id != streamID {
-			continue
-		}
+	return t.withStream(sessionID, streamID, func(s *Session, info *streamInfo) bool {
 		slot := s.win.find(t.hash(lastEventID))
 		if slot < 0 || s.win.tag(slot) != tagOf(info.num) || int32(uint32(s.win.position(slot))-info.since) < 0 {
 			return false
 		}
 		info.since = nextSince(info.since, s.win.next)
 		return true
-	}
-	return false
+	})
 }
 
 // Forget removes session id from memory: the session has ended (the MCP
