@@ -108,8 +108,10 @@ import (
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/ssetrack/ssetrack/extproc"
 	"github.com/ssetrack/ssetrack/test/harness"
 )
 
@@ -818,10 +820,15 @@ func runNoopExtProc(addr string) int {
 		fmt.Fprintf(os.Stderr, "noop ext_proc: %v\n", err)
 		return 1
 	}
+	// This process serves nothing else, and has made no gRPC call yet: setting the
+	// process-wide pool here is as ssetrack's init function does it.
+	buffers := new(extproc.BufferPool)
+	experimental.SetDefaultBufferPool(buffers)
 	srv := grpc.NewServer(
 		grpc.MaxConcurrentStreams(1<<20),
 		grpc.MaxRecvMsgSize(64<<20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		experimental.BufferPool(buffers),
 	)
 	noop := &noopExtProc{}
 	if dir := os.Getenv(perfNoopJournalEnv); dir != "" {

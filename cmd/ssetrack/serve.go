@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -437,6 +438,17 @@ func peerWait(c *serveConfig) time.Duration {
 	return d + 10*time.Millisecond
 }
 
+// grpcBuffers holds gRPC's buffers: the frames it reads, the messages it
+// assembles from them and decodes, the answers it encodes. They are sized to
+// Envoy's body chunks and not zeroed (see extproc.BufferPool). The server
+// takes it as an option; grpc-go's proto codec only from the process-wide
+// default pool, which SetDefaultBufferPool replaces, in an init function.
+var grpcBuffers = new(extproc.BufferPool)
+
+func init() {
+	experimental.SetDefaultBufferPool(grpcBuffers)
+}
+
 func newGRPCServer(c *serveConfig) (*grpc.Server, error) {
 	opts := []grpc.ServerOption{
 		// Envoy keeps one connection and multiplexes every request on it.
@@ -445,6 +457,7 @@ func newGRPCServer(c *serveConfig) (*grpc.Server, error) {
 		// (grpc-go's default) could reject one and break the stream.
 		grpc.MaxRecvMsgSize(64 << 20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		experimental.BufferPool(grpcBuffers),
 	}
 	if c.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
