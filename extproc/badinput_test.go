@@ -367,6 +367,19 @@ func TestBadInput(t *testing.T) {
 			{{sess("S", "mcp-session-id", "T"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}},
 			{{sess("T", "mcp-session-id", "S"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}},
 		}, errKind: "session_id_conflict"},
+		{name: "repeated Last-Event-ID, same value", cfg: func(c *Config) { rp := &replayer{}; c.Recorder, c.Replayer = rp, rp },
+			streams: [][]step{
+				first,
+				{{sess("S", "last-event-id", "1", "last-event-id", "1"), reqOK}, {respH(sse...), sseOn}, {body(ev1+ev2, true), replaced(ev2)}},
+			}, dropped: []string{ev1}},
+		// The upstream may resume from either: from 0 it sends 1 again, which
+		// a client at 0 lacks. Nothing is dropped, nothing replayed.
+		{name: "repeated Last-Event-ID, different values: no session", cfg: func(c *Config) { rp := &replayer{}; c.Recorder, c.Replayer = rp, rp },
+			streams: [][]step{
+				{{sess("S"), reqOK}, {respH(sse...), sseOn}, {body(ev1+ev2, true), keep}},
+				{{sess("S", "last-event-id", "0", "last-event-id", "2"), reqOK}, {respH(sse...), sseOn}, {body(ev1+ev2, true), keep}},
+				{{sess("S", "last-event-id", "2", "last-event-id", "1"), reqOK}, {respH(sse...), sseOn}, {body(ev2, true), keep}},
+			}, errKind: "last_event_id_conflict"},
 		{name: "Last-Event-ID with CR", cfg: func(c *Config) { c.InjectLastEventID = true },
 			streams: badLastEventID("1\r2"), errKind: "last_event_id_invalid"},
 		{name: "Last-Event-ID with LF", cfg: func(c *Config) { c.InjectLastEventID = true },

@@ -33,11 +33,14 @@ func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingRespo
 	var cookies []string
 	best := len(x.cfg.SessionHeaders) // index of the session header used
 	conflict := false                 // the header used came twice, with different values
+	idConflict := false               // Last-Event-ID came twice, with different values
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		key := hv.GetKey()
 		switch {
 		case key == headerLastEventID:
-			x.lastEventID, x.hasLastEventID = x.validLastEventID(headerValue(hv)), true
+			id := x.validLastEventID(headerValue(hv))
+			idConflict = idConflict || x.hasLastEventID && id != x.lastEventID
+			x.lastEventID, x.hasLastEventID = id, true
 		case key == headerProtocolVersion:
 			if v := headerValue(hv); v >= x.cfg.StatelessMCPVersion {
 				x.stateless = true
@@ -67,6 +70,13 @@ func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingRespo
 		// against the wrong one would drop events the client never had. The
 		// request is forwarded untouched, with no session.
 		x.m.errors.WithLabelValues("session_id_conflict").Inc()
+		x.sessionID = ""
+	case idConflict:
+		// Last-Event-ID is a single value (WHATWG HTML §9.2 sends one);
+		// which of two the upstream resumes from is unknown, and deciding
+		// on the other would drop events the upstream sends from the first,
+		// or replay ones the client has. Forwarded untouched, as above.
+		x.m.errors.WithLabelValues("last_event_id_conflict").Inc()
 		x.sessionID = ""
 	case x.sessionID == "":
 		x.sessionID = x.fallbackSessionID(path, cookies)
