@@ -70,9 +70,7 @@ func (x *exchange) readReplay(ctx context.Context) string {
 		return "" // a located stream that stored nothing after the id
 	default:
 		d := x.stream.Begin()
-		for _, id := range ids {
-			d.Replayed([]byte(id))
-		}
+		d.Replayed(ids)
 		d.End()
 		x.replay = data
 		x.m.eventsReplayed.Add(float64(len(ids)))

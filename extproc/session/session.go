@@ -129,6 +129,9 @@ type Stream struct {
 	// missedAfter and missedThrough bound what the stream delivered after
 	// the client's Last-Event-ID: the events the client says it never got.
 	missedAfter, missedThrough string
+	// replayed holds the id hashes of a replay longer than the window, for
+	// the response's life (see Delivery.Replayed); nil otherwise.
+	replayed map[uint64]struct{}
 }
 
 // OpenStream starts a new response in the session. A resume whose
@@ -445,6 +448,11 @@ func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 	st := d.st
 	s := st.sess
 	h := s.table.hashBytes(claimed)
+	if st.replayed != nil {
+		if _, ok := st.replayed[h]; ok {
+			return true, false
+		}
+	}
 	slot := s.win.find(h)
 	if st.anchoring {
 		d.anchor(slot)
@@ -547,7 +555,11 @@ func (d *Delivery) Dup(id []byte) bool {
 		return false
 	}
 	s := d.st.sess
-	slot := s.win.find(s.table.hashBytes(id))
+	h := s.table.hashBytes(id)
+	if _, ok := d.st.replayed[h]; ok {
+		return true
+	}
+	slot := s.win.find(h)
 	if d.st.anchoring {
 		d.anchor(slot)
 	}
@@ -563,13 +575,31 @@ func (st *Stream) lost(slot int) bool {
 	return st.matched && w.tag(slot) == st.lostTag && pos >= st.from && pos < st.start
 }
 
-// Replayed records that an event already delivered (and persisted) once was
-// delivered again to this response, from the journal: the upstream's own
-// repeat of it is then a duplicate. Unlike Deliver it assigns no sequence
-// number.
-func (d *Delivery) Replayed(id []byte) {
-	if len(id) > 0 {
-		d.st.sess.win.add(d.st.sess.table.hashBytes(id), d.st.num)
+// Replayed records that events already delivered (and persisted) once,
+// with these ids in order, were delivered again to this response from the
+// journal: the upstream's own repeats of them are then duplicates. Unlike
+// Deliver it assigns no sequence numbers. Empty ids are skipped.
+//
+// The window records them as it records any delivery. A replay of more ids
+// than the window holds would evict its own first ones, and each upstream
+// repeat of those, forwarded, would evict the next one it repeats: the
+// response also keeps the replay's id hashes (8 bytes and a map entry per
+// event, bounded by the replay's size limit) until it ends.
+func (d *Delivery) Replayed(ids []string) {
+	st := d.st
+	s := st.sess
+	if len(ids) > len(s.win.slots) && st.replayed == nil {
+		st.replayed = make(map[uint64]struct{}, len(ids))
+	}
+	for _, id := range ids {
+		if id == "" {
+			continue
+		}
+		h := s.table.hash(id)
+		s.win.add(h, st.num)
+		if st.replayed != nil {
+			st.replayed[h] = struct{}{}
+		}
 	}
 }
 

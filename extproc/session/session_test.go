@@ -860,6 +860,39 @@ func TestLocatedResume(t *testing.T) {
 			t.Errorf("delivered %q, want [99 100 101]", got)
 		}
 	})
+	t.Run("replay longer than the window", func(t *testing.T) {
+		// The client at 2 missed 3..10, replayed from the journal; the
+		// upstream, resuming from 2 too, then sends them again. With a
+		// window of 4 the replay's first ids have left it, and each repeat
+		// forwarded would push out the next: all of them are duplicates.
+		tb := newTestTable(t, Config{Window: 4})
+		s := acquire(t, tb, "L")
+		get := s.OpenStream(Resume{})
+		var missed []string
+		for i := 1; i <= 10; i++ {
+			deliver(get, strconv.Itoa(i))
+			if i > 2 {
+				missed = append(missed, strconv.Itoa(i))
+			}
+		}
+		st := s.OpenStream(Resume{LastEventID: "2", HasLastEventID: true, Stream: get.ID()})
+		if _, _, ok := st.Missed(); !ok {
+			t.Fatal("Missed() = false")
+		}
+		d := st.Begin()
+		d.Replayed(missed)
+		if !d.Dup([]byte("3")) || d.Dup([]byte("11")) {
+			t.Error("Dup(3), Dup(11) after the replay: want true, false")
+		}
+		d.End()
+		if got := deliver(st, append(missed, "11", "12")...); fmt.Sprint(got) != "[11 12]" {
+			t.Errorf("the upstream's repeats of a replay of 8 with a window of 4: delivered %q, want [11 12]", got)
+		}
+		// Another response of the session is not the replay's.
+		if got := deliver(s.OpenStream(Resume{}), "3"); fmt.Sprint(got) != "[3]" {
+			t.Errorf("a new stream delivered %q, want [3] (3 has left the window)", got)
+		}
+	})
 	t.Run("forgotten stream", func(t *testing.T) {
 		tb := newTestTable(t, Config{Window: 4})
 		s := acquire(t, tb, "F")
