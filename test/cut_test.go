@@ -230,17 +230,7 @@ func halfOpenEvents() (evs []harness.Event, old []byte, cuts []int) {
 // the notices it held 3 to 5 twice, one copy per replica, and a later replay from 2 sent
 // them twice.
 func TestHalfOpenResumeOnOtherReplica(t *testing.T) {
-	requireFaultPrereqs(t)
-	ns := harness.StartNATSServer(t)
-	up := harness.StartUpstream(t)
-	client := newClient(t)
-	var reps [2]*fixture
-	for i := range reps {
-		s := harness.StartSsetrack(t, harness.SsetrackOptions{Name: "ssetrack " + replicaNames[i], NATSURL: ns.URL(), LogLevel: "info"})
-		e := harness.StartEnvoy(t, harness.EnvoyOptions{Name: "envoy " + replicaNames[i], UpstreamPort: up.Port, ExtProcPort: s.GRPCPort})
-		reps[i] = &fixture{up: up, ssetrack: s, envoy: e, client: client}
-	}
-	a, b := reps[0], reps[1]
+	ns, up, a, b := startReplicas(t)
 	sid := newSession(t)
 	evs, old, cuts := halfOpenEvents()
 	// A's response waits before event 3 until A has superseded it, for at most 20 s: past
@@ -285,4 +275,62 @@ func TestHalfOpenResumeOnOtherReplica(t *testing.T) {
 	if ids := allIDs(stored); fmt.Sprint(ids) != "[1 2 3 4 5 6]" {
 		t.Errorf("JetStream holds ids %v, want 1 to 6 once each", ids)
 	}
+}
+
+// TestResumeOnReplicaHoldingTheSession: an MCP client keeps its standalone GET open while
+// its POSTs' responses stream, and round robin may send them to different replicas. Here
+// the GET stays open on replica B, so B holds the session in memory, in use, as loaded
+// before anything was delivered; a response on A delivers 1 to 6. The client lost 3 to 6
+// on the last mile and resumes from 2 on B, from an upstream that resends nothing: only a
+// replay from JetStream gives the client what it missed. B must see that its copy lacks
+// A's events (another writer's batch is the session's last), merge them and replay 3 to
+// 6, and store nothing twice. (Found by a black-box run with the official MCP SDKs:
+// before, B answered the resume as one from an unknown id, without a replay.)
+func TestResumeOnReplicaHoldingTheSession(t *testing.T) {
+	ns, up, a, b := startReplicas(t)
+	sid := newSession(t)
+	const open, resumed = ": open\n\n", ": resumed\n\n"
+	get := up.Handle(func(int, *http.Request) harness.Reply {
+		return harness.Reply{Header: sessionHeader(sid), Body: []byte(open), Hold: true}
+	})
+	expectBody(t, "standalone GET, on B", b.openRead(t, get, sessionHeader(sid), len(open)), []byte(open))
+
+	evs := numberedEvents(6)
+	post := up.Handle(func(n int, _ *http.Request) harness.Reply {
+		if n == 0 {
+			return harness.Reply{Header: sessionHeader(sid), Body: harness.EncodeAll(evs)}
+		}
+		return harness.Reply{Header: sessionHeader(sid), Body: []byte(resumed)}
+	})
+	_, got := a.get(t, post, sessionHeader(sid))
+	expectBody(t, "first response, on A", got, harness.EncodeAll(evs))
+	js := harness.JetStream(t, ns.URL())
+	waitStored(t, js, sid, 6, 10*time.Second)
+
+	resp, got := b.get(t, post, http.Header{sessionH: {sid}, "Last-Event-Id": {"2"}})
+	if h := resp.Header.Get("Ssetrack-Replay"); h != "replayed" {
+		t.Errorf("resume on B: Ssetrack-Replay %q, want replayed", h)
+	}
+	expectBody(t, "resumed response, on B", got, append(harness.EncodeAll(evs[2:]), resumed...))
+	time.Sleep(200 * time.Millisecond) // a batch stored twice would be stored by now
+	if ids := allIDs(harness.StoredSession(t, js, sid)); fmt.Sprint(ids) != "[1 2 3 4 5 6]" {
+		t.Errorf("JetStream holds ids %v, want 1 to 6 once each", ids)
+	}
+}
+
+// startReplicas starts a nats-server, an upstream and two ssetrack replicas A and B sharing
+// them, each behind its own Envoy 1.40.
+func startReplicas(t *testing.T) (ns *harness.NATSServer, up *harness.Upstream, a, b *fixture) {
+	t.Helper()
+	requireFaultPrereqs(t)
+	ns = harness.StartNATSServer(t)
+	up = harness.StartUpstream(t)
+	client := newClient(t)
+	var reps [2]*fixture
+	for i := range reps {
+		s := harness.StartSsetrack(t, harness.SsetrackOptions{Name: "ssetrack " + replicaNames[i], NATSURL: ns.URL(), LogLevel: "info"})
+		e := harness.StartEnvoy(t, harness.EnvoyOptions{Name: "envoy " + replicaNames[i], UpstreamPort: up.Port, ExtProcPort: s.GRPCPort})
+		reps[i] = &fixture{up: up, ssetrack: s, envoy: e, client: client}
+	}
+	return ns, up, reps[0], reps[1]
 }

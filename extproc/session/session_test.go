@@ -611,6 +611,63 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 	}
 }
 
+// TestRefreshCopyInUse: this replica holds the session's standalone GET
+// open (its copy in use, never dropped as stale) while another replica
+// serves a POST stream r-1 of it, 1..3. The client lost 2 and 3 and
+// resumes here from 1: the refreshed copy continues r-1, so 2 and 3 are
+// missed (replayed) and the upstream's repeats dropped.
+func TestRefreshCopyInUse(t *testing.T) {
+	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}},
+		Events: []EventRef{{ID: "1", Stream: "r-1", Seq: 1}, {ID: "2", Stream: "r-1", Seq: 2}, {ID: "3", Stream: "r-1", Seq: 3}}}
+	loader := &countingJournal{staleJournal: staleJournal{h}}
+	tb := newTestTable(t, Config{Loader: loader})
+	s := acquire(t, tb, "S") // the GET's copy, loaded before r-1 began
+	get := s.OpenStream(Resume{})
+	deliver(get, "g1")
+
+	tb.Refresh(context.Background(), s, "g1") // held: nothing read
+	if loader.loads != 0 {
+		t.Fatalf("a resume from an id the copy holds loaded the history %d times", loader.loads)
+	}
+	tb.Refresh(context.Background(), s, "1")
+	if loader.loads != 1 {
+		t.Fatalf("loads %d, want 1", loader.loads)
+	}
+	st := s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true})
+	if st.ID() != "r-1" || !st.Resumed() {
+		t.Fatalf("resume continued stream %q (resumed %v), want r-1", st.ID(), st.Resumed())
+	}
+	if after, through, ok := st.Missed(); !ok || after != "1" || through != "3" {
+		t.Errorf("Missed() = %q, %q, %v; want 1 through 3", after, through, ok)
+	}
+	d := st.Begin()
+	d.Replayed([]string{"2", "3"})
+	d.End()
+	if got := deliver(st, "2", "3", "4"); fmt.Sprint(got) != "[4]" {
+		t.Errorf("delivered %v, want [4]", got)
+	}
+	if got := deliver(get, "g1", "g2"); fmt.Sprint(got) != "[g2]" {
+		t.Errorf("the GET stream delivered %v after the refresh, want [g2]", got)
+	}
+
+	s.NotStored("zz")
+	tb.Refresh(context.Background(), s, "zz") // found not stored: nothing read
+	if loader.loads != 1 {
+		t.Errorf("an id found not stored loaded the history again (%d loads)", loader.loads)
+	}
+}
+
+// countingJournal is a staleJournal that counts its loads.
+type countingJournal struct {
+	staleJournal
+	loads int
+}
+
+func (j *countingJournal) Load(ctx context.Context, id string) (*History, error) {
+	j.loads++
+	return j.staleJournal.Load(ctx, id)
+}
+
 // TestStaleReloadKeepsSequence: a copy dropped as stale may have assigned
 // sequence numbers the journal has not stored yet; the reloaded session
 // goes on after them, so no two events of the session share a number.
