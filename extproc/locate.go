@@ -12,15 +12,20 @@ import (
 
 // locateStream asks the journal which stream carried the client's
 // Last-Event-ID when the session no longer holds it (Session.NeedsLocate),
-// so that the resume continues that stream and what the client missed is
-// replayed however far back the id is; "" when it is not asked or does not
-// know. Only the session's owner, who alone gets replays, makes it ask. An
-// id the journal does not hold costs a read of the session's history,
-// bounded by ctx; the session remembers it (Session.NotStored), and the
-// locator shares a search among concurrent resumes from one id and bounds
-// the searches running at once.
-func (x *exchange) locateStream(ctx context.Context) string {
-	if x.cfg.Replayer == nil || x.observe || !x.owner || !x.sess.NeedsLocate(x.lastEventID) {
+// or when a copy of the session this process held before the request
+// (cached) may never have held it: another replica stored the session's
+// last batch (Table.WrittenElsewhere). The resume then continues that
+// stream and what the client missed is replayed however far back the id
+// is; "" when it is not asked or does not know. Only the session's owner,
+// who alone gets replays, makes it ask. An id the journal does not hold
+// costs a read of the session's history, bounded by ctx; the session
+// remembers it (Session.NotStored), and the locator shares a search among
+// concurrent resumes from one id and bounds the searches running at once.
+func (x *exchange) locateStream(ctx context.Context, cached bool) string {
+	if x.cfg.Replayer == nil || x.observe || !x.owner {
+		return ""
+	}
+	if !x.sess.NeedsLocate(x.lastEventID) && !(cached && x.cfg.Sessions.WrittenElsewhere(ctx, x.sess, x.lastEventID)) {
 		return ""
 	}
 	stream, err := x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID)

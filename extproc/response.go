@@ -170,18 +170,13 @@ func (x *exchange) openStream(ctx context.Context, assigned bool) {
 	if !x.acquire(ctx, assigned) {
 		return // forwarded untracked
 	}
-	switch {
-	case !cached && !assigned:
+	if !cached && !assigned {
 		x.awaitPeer(ctx)
-	case cached && x.hasLastEventID:
-		// The copy here may lack what another replica delivered since it
-		// was loaded: it is kept while a stream of it is open here.
-		x.cfg.Sessions.Refresh(ctx, x.sess, x.lastEventID)
 	}
 	x.owner = x.sess.Bind(x.principal)
 	resume := session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID}
 	if x.hasLastEventID {
-		resume.Stream = x.locateStream(ctx)
+		resume.Stream = x.locateStream(ctx, cached)
 	}
 	x.stream = x.sess.OpenStream(resume)
 	if sc, ok := x.cfg.Recorder.(Successor); ok && x.owner && x.hasLastEventID && x.stream.Resumed() {

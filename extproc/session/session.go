@@ -129,8 +129,9 @@ type Stream struct {
 	// missedAfter and missedThrough bound what the stream delivered after
 	// the client's Last-Event-ID: the events the client says it never got.
 	missedAfter, missedThrough string
-	// replayed holds the id hashes of a replay longer than the window, for
-	// the response's life (see Delivery.Replayed); nil otherwise.
+	// replayed holds the id hashes of the response's replay until the
+	// upstream sends an id not among them (see Delivery.Replayed); nil
+	// otherwise.
 	replayed map[uint64]struct{}
 }
 
@@ -452,6 +453,7 @@ func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 		if _, ok := st.replayed[h]; ok {
 			return true, false
 		}
+		st.replayed = nil // the upstream is past the replay (or before it)
 	}
 	slot := s.win.find(h)
 	if st.anchoring {
@@ -580,15 +582,17 @@ func (st *Stream) lost(slot int) bool {
 // journal: the upstream's own repeats of them are then duplicates. Unlike
 // Deliver it assigns no sequence numbers. Empty ids are skipped.
 //
-// The window records them as it records any delivery. A replay of more ids
-// than the window holds would evict its own first ones, and each upstream
-// repeat of those, forwarded, would evict the next one it repeats: the
-// response also keeps the replay's id hashes (8 bytes and a map entry per
-// event, bounded by the replay's size limit) until it ends.
+// The window records them as it records any delivery, and the response
+// keeps their hashes too (a map entry per event) until Claim meets an id
+// not among them: an upstream that resumes from the client's id sends its
+// repeats of them first. The window alone may not be enough: a replay of
+// more ids than it holds evicts its own first ones, as do other streams of
+// the session delivering meanwhile, and each upstream repeat of an evicted
+// id, forwarded, would evict the next one it repeats.
 func (d *Delivery) Replayed(ids []string) {
 	st := d.st
 	s := st.sess
-	if len(ids) > len(s.win.slots) && st.replayed == nil {
+	if st.replayed == nil {
 		st.replayed = make(map[uint64]struct{}, len(ids))
 	}
 	for _, id := range ids {
@@ -597,9 +601,7 @@ func (d *Delivery) Replayed(ids []string) {
 		}
 		h := s.table.hash(id)
 		s.win.add(h, st.num)
-		if st.replayed != nil {
-			st.replayed[h] = struct{}{}
-		}
+		st.replayed[h] = struct{}{}
 	}
 }
 

@@ -611,34 +611,45 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 	}
 }
 
-// TestRefreshCopyInUse: this replica holds the session's standalone GET
+// TestWrittenElsewhere: this replica holds the session's standalone GET
 // open (its copy in use, never dropped as stale) while another replica
-// serves a POST stream r-1 of it, 1..3. The client lost 2 and 3 and
-// resumes here from 1: the refreshed copy continues r-1, so 2 and 3 are
-// missed (replayed) and the upstream's repeats dropped.
-func TestRefreshCopyInUse(t *testing.T) {
-	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}},
-		Events: []EventRef{{ID: "1", Stream: "r-1", Seq: 1}, {ID: "2", Stream: "r-1", Seq: 2}, {ID: "3", Stream: "r-1", Seq: 3}}}
-	loader := &countingJournal{staleJournal: staleJournal{h}}
+// serves a POST stream r-1 of it. A resume here from one of r-1's ids asks
+// the journal where that id is, and only then: an id the copy holds, one
+// found not stored, or a session whose last batch is this writer's asks
+// nothing.
+func TestWrittenElsewhere(t *testing.T) {
+	loader := &countingJournal{staleJournal: staleJournal{&History{}}}
 	tb := newTestTable(t, Config{Loader: loader})
-	s := acquire(t, tb, "S") // the GET's copy, loaded before r-1 began
+	s := acquire(t, tb, "S") // the GET's copy
 	get := s.OpenStream(Resume{})
 	deliver(get, "g1")
-
-	tb.Refresh(context.Background(), s, "g1") // held: nothing read
+	ctx := context.Background()
+	if tb.WrittenElsewhere(ctx, s, "g1") {
+		t.Error("an id the copy holds: want false")
+	}
+	if !tb.WrittenElsewhere(ctx, s, "2") {
+		t.Error("an id the copy lacks, another writer's batch last: want true")
+	}
+	s.NotStored("zz")
+	if tb.WrittenElsewhere(ctx, s, "zz") || tb.WrittenElsewhere(ctx, s, "") {
+		t.Error("an id found not stored, or no id: want false")
+	}
 	if loader.loads != 0 {
-		t.Fatalf("a resume from an id the copy holds loaded the history %d times", loader.loads)
+		t.Errorf("the copy was loaded %d times; it is left as it is", loader.loads)
 	}
-	tb.Refresh(context.Background(), s, "1")
-	if loader.loads != 1 {
-		t.Fatalf("loads %d, want 1", loader.loads)
+	own := newTestTable(t, Config{Loader: fakeHistory{&History{}}}) // its Stale: false
+	if own.WrittenElsewhere(ctx, acquire(t, own, "S"), "2") {
+		t.Error("this writer's batch last: want false")
 	}
-	st := s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true})
-	if st.ID() != "r-1" || !st.Resumed() {
-		t.Fatalf("resume continued stream %q (resumed %v), want r-1", st.ID(), st.Resumed())
+
+	// The resume, located by the journal on r-1, continues it and misses
+	// everything r-1 stored after 1; the GET stream goes on as it was.
+	st := s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true, Stream: "r-1"})
+	if st.ID() != "r-1" || !st.Located() {
+		t.Fatalf("resume continued stream %q (located %v), want r-1", st.ID(), st.Located())
 	}
-	if after, through, ok := st.Missed(); !ok || after != "1" || through != "3" {
-		t.Errorf("Missed() = %q, %q, %v; want 1 through 3", after, through, ok)
+	if after, through, ok := st.Missed(); !ok || after != "1" || through != "" {
+		t.Errorf("Missed() = %q, %q, %v; want after 1, through the end", after, through, ok)
 	}
 	d := st.Begin()
 	d.Replayed([]string{"2", "3"})
@@ -646,14 +657,8 @@ func TestRefreshCopyInUse(t *testing.T) {
 	if got := deliver(st, "2", "3", "4"); fmt.Sprint(got) != "[4]" {
 		t.Errorf("delivered %v, want [4]", got)
 	}
-	if got := deliver(get, "g1", "g2"); fmt.Sprint(got) != "[g2]" {
-		t.Errorf("the GET stream delivered %v after the refresh, want [g2]", got)
-	}
-
-	s.NotStored("zz")
-	tb.Refresh(context.Background(), s, "zz") // found not stored: nothing read
-	if loader.loads != 1 {
-		t.Errorf("an id found not stored loaded the history again (%d loads)", loader.loads)
+	if got := deliver(get, "g1", "g2"); fmt.Sprint(got) != "[g2]" || get.LastID() != "g2" {
+		t.Errorf("the GET stream delivered %v, last id %q; want [g2], g2", got, get.LastID())
 	}
 }
 
@@ -917,27 +922,34 @@ func TestLocatedResume(t *testing.T) {
 			t.Errorf("delivered %q, want [99 100 101]", got)
 		}
 	})
-	t.Run("replay longer than the window", func(t *testing.T) {
-		// The client at 2 missed 3..10, replayed from the journal; the
-		// upstream, resuming from 2 too, then sends them again. With a
-		// window of 4 the replay's first ids have left it, and each repeat
-		// forwarded would push out the next: all of them are duplicates.
-		tb := newTestTable(t, Config{Window: 4})
-		s := acquire(t, tb, "L")
+	// replayFrom2 delivers 1..10 on a stream of a new session with the
+	// given window, and resumes it from 2 with 3..10 replayed (the resume
+	// located, 2 having left the window).
+	replayFrom2 := func(t *testing.T, window int) (s *Session, st *Stream, missed []string) {
+		tb := newTestTable(t, Config{Window: window})
+		s = acquire(t, tb, "L")
 		get := s.OpenStream(Resume{})
-		var missed []string
 		for i := 1; i <= 10; i++ {
 			deliver(get, strconv.Itoa(i))
 			if i > 2 {
 				missed = append(missed, strconv.Itoa(i))
 			}
 		}
-		st := s.OpenStream(Resume{LastEventID: "2", HasLastEventID: true, Stream: get.ID()})
+		st = s.OpenStream(Resume{LastEventID: "2", HasLastEventID: true, Stream: get.ID()})
 		if _, _, ok := st.Missed(); !ok {
 			t.Fatal("Missed() = false")
 		}
 		d := st.Begin()
 		d.Replayed(missed)
+		d.End()
+		return s, st, missed
+	}
+	t.Run("replay longer than the window", func(t *testing.T) {
+		// The upstream, resuming from 2 too, sends 3..10 again. With a
+		// window of 4 the replay's first ids have left it, and each repeat
+		// forwarded would push out the next: all of them are duplicates.
+		s, st, missed := replayFrom2(t, 4)
+		d := st.Begin()
 		if !d.Dup([]byte("3")) || d.Dup([]byte("11")) {
 			t.Error("Dup(3), Dup(11) after the replay: want true, false")
 		}
@@ -948,6 +960,21 @@ func TestLocatedResume(t *testing.T) {
 		// Another response of the session is not the replay's.
 		if got := deliver(s.OpenStream(Resume{}), "3"); fmt.Sprint(got) != "[3]" {
 			t.Errorf("a new stream delivered %q, want [3] (3 has left the window)", got)
+		}
+	})
+	t.Run("replay, then another stream delivers", func(t *testing.T) {
+		// A replay that fits the window exactly; another stream of the
+		// session pushes the replay's first id out before the upstream's
+		// repeats come. Without the replay's own record of its ids, each
+		// repeat forwarded would push out the next.
+		s, st, missed := replayFrom2(t, 8)
+		deliver(s.OpenStream(Resume{}), "p1")
+		if got := deliver(st, append(missed, "11")...); fmt.Sprint(got) != "[11]" {
+			t.Errorf("the upstream's repeats of the replay: delivered %q, want [11]", got)
+		}
+		// Past the replay, the window decides again.
+		if got := deliver(st, "10", "12"); fmt.Sprint(got) != "[12]" {
+			t.Errorf("delivered %q, want [12]", got)
 		}
 	})
 	t.Run("forgotten stream", func(t *testing.T) {
