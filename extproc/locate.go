@@ -11,24 +11,25 @@ import (
 )
 
 // locateStream asks the journal which stream carried the client's
-// Last-Event-ID when the session no longer holds it (Session.NeedsLocate),
-// or when a copy of the session this process held before the request
-// (cached) may never have held it: another replica stored the session's
-// last batch (Table.WrittenElsewhere). The resume then continues that
-// stream and what the client missed is replayed however far back the id
-// is; "" when it is not asked or does not know. Only the session's owner,
-// who alone gets replays, makes it ask. An id the journal does not hold
-// costs a read of the session's history, bounded by ctx; the session
-// remembers it (Session.NotStored), and the locator shares a search among
-// concurrent resumes from one id and bounds the searches running at once.
+// Last-Event-ID when the session does not hold it (Session.NeedsLocate;
+// cached: the session was held here before this request), so that the
+// resume continues that stream and what the client missed is replayed
+// however far back the id is, or whichever replica delivered it; "" when
+// it is not asked or does not know. Only the session's owner, who alone
+// gets replays, makes it ask. An id the journal does not hold costs a read
+// of the session's history, bounded by ctx; the session remembers it
+// (Session.NotStored), and the locator shares a search among concurrent
+// resumes from one id and bounds the searches running at once. For a
+// cached session that search is made twice, a peer pause apart (see
+// awaitPeer): the id may be in another replica's batch still on its way.
 func (x *exchange) locateStream(ctx context.Context, cached bool) string {
-	if x.cfg.Replayer == nil || x.observe || !x.owner {
-		return ""
-	}
-	if !x.sess.NeedsLocate(x.lastEventID) && !(cached && x.cfg.Sessions.WrittenElsewhere(ctx, x.sess, x.lastEventID)) {
+	if x.cfg.Replayer == nil || x.observe || !x.owner || !x.sess.NeedsLocate(x.lastEventID, cached) {
 		return ""
 	}
 	stream, err := x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID)
+	if errors.Is(err, session.ErrHistoryMissing) && cached && x.peerPause(ctx) {
+		stream, err = x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID)
+	}
 	switch {
 	case errors.Is(err, session.ErrHistoryMissing):
 		x.sess.NotStored(x.lastEventID)
@@ -47,29 +48,39 @@ func (x *exchange) locateStream(ctx context.Context, cached bool) string {
 // resume, the first this process sees of its session, names an id the
 // session loaded from the journal does not hold: the client may have got
 // that event from the other replica moments ago (its batch waits up to the
-// batch delay). It waits Config.PeerWait, or half of what is left of ctx,
-// and reads what the journal stored since (Table.Reload: the session's last
-// batch). An id still not held is recorded as not stored (NotStored),
-// which spares a later resume from it a journal search.
+// batch delay). It pauses (peerPause) and reads what the journal stored
+// since (Table.Reload: the session's last batch). An id still not held is
+// recorded as not stored (NotStored), which spares a later resume from it
+// a journal search.
 func (x *exchange) awaitPeer(ctx context.Context) {
 	id := x.lastEventID
-	if x.cfg.PeerWait <= 0 || x.cfg.Replayer == nil || x.observe || !x.hasLastEventID || id == "" || x.sess.Holds(id) {
+	if x.cfg.Replayer == nil || x.observe || !x.hasLastEventID || id == "" || x.sess.Holds(id) || !x.peerPause(ctx) {
 		return
 	}
+	x.cfg.Sessions.Reload(ctx, x.sess)
+	if !x.sess.Holds(id) && !x.sess.NeedsLocate(id, false) {
+		x.sess.NotStored(id)
+	}
+}
+
+// peerPause waits Config.PeerWait, or half of what is left of ctx: about
+// the longest another replica's batch may take to reach the journal. It
+// reports false when there is no wait configured or ctx ended first.
+func (x *exchange) peerPause(ctx context.Context) bool {
 	wait := x.cfg.PeerWait
+	if wait <= 0 {
+		return false
+	}
 	if deadline, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(deadline)/2)
 	}
 	t := time.NewTimer(wait)
+	defer t.Stop()
 	select {
 	case <-t.C:
+		return true
 	case <-ctx.Done():
-		t.Stop()
-		return
-	}
-	x.cfg.Sessions.Reload(ctx, x.sess)
-	if !x.sess.Holds(id) && !x.sess.NeedsLocate(id) {
-		x.sess.NotStored(id)
+		return false
 	}
 }
 

@@ -129,10 +129,13 @@ type Stream struct {
 	// missedAfter and missedThrough bound what the stream delivered after
 	// the client's Last-Event-ID: the events the client says it never got.
 	missedAfter, missedThrough string
-	// replayed holds the id hashes of the response's replay until the
-	// upstream sends an id not among them (see Delivery.Replayed); nil
-	// otherwise.
-	replayed map[uint64]struct{}
+	// replayed holds the id hashes of the response's replay while the
+	// upstream may still repeat them (see Delivery.Replayed), nil
+	// otherwise; replayedHit is set once it repeated one, replayedMiss
+	// counts the ids it sent before that, none of them replayed.
+	replayed     map[uint64]struct{}
+	replayedHit  bool
+	replayedMiss int
 }
 
 // OpenStream starts a new response in the session. A resume whose
@@ -185,7 +188,14 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		// whose last id is not known (loaded from a journal that could not
 		// keep an id that long) missed whatever it stored after the
 		// client's id.
-		if st.matched && string(info.lastID) != r.LastEventID {
+		switch {
+		case st.located:
+			// The session does not hold the client's id: it is older than
+			// the window, or another replica delivered it, and went on
+			// after this copy's last id. Whatever the journal holds after
+			// it is missed.
+			st.missedAfter = r.LastEventID
+		case st.matched && string(info.lastID) != r.LastEventID:
 			st.missedAfter, st.missedThrough = r.LastEventID, string(info.lastID)
 		}
 		s.touchStream(st.num)
@@ -286,19 +296,25 @@ func (s *Session) touchStream(num uint32) {
 
 // NeedsLocate reports whether a resume from lastEventID should ask the
 // journal which stream carried it (Resume.Stream): the session does not
-// hold the id (in its window or as a stream's last id), its window has let
-// records go (it numbered more events than the window holds, or recorded
-// more: an event sent again, a replayed one and a mark each take a place
-// without a number), so that an id it does not hold may have been
-// delivered, and the journal has not said already that the id is not
-// stored.
-func (s *Session) NeedsLocate(lastEventID string) bool {
+// hold the id (in its window or as a stream's last id), and the journal
+// has not said already that the id is not stored (NotStored). A session
+// that has let no record go (it numbered no more events than its window
+// holds, nor recorded more: an event sent again, a replayed one and a mark
+// each take a place without a number) holds every id it delivered, so it
+// asks only when cached: a copy this process held before the request, which
+// may lack what another replica delivered since it was loaded (one with a
+// stream open here is never reloaded: Acquire keeps a copy in use, such as
+// the one of an MCP client's standalone GET while its POSTs go elsewhere).
+func (s *Session) NeedsLocate(lastEventID string, cached bool) bool {
 	if lastEventID == "" {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.base == nil && max(s.seq, s.win.next) <= uint64(len(s.win.slots)) || lastEventID == s.notStored {
+	if lastEventID == s.notStored {
+		return false
+	}
+	if !cached && s.base == nil && max(s.seq, s.win.next) <= uint64(len(s.win.slots)) {
 		// (A session numbering provisionally does not know its history:
 		// an id it does not hold may be stored.)
 		return false
@@ -451,9 +467,13 @@ func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 	h := s.table.hashBytes(claimed)
 	if st.replayed != nil {
 		if _, ok := st.replayed[h]; ok {
+			st.replayedHit = true
 			return true, false
 		}
-		st.replayed = nil // the upstream is past the replay (or before it)
+		if st.replayedMiss++; st.replayedHit || st.replayedMiss > len(s.win.slots) {
+			// Past the replay's repeats, or an upstream that sends none.
+			st.replayed = nil
+		}
 	}
 	slot := s.win.find(h)
 	if st.anchoring {
@@ -580,21 +600,30 @@ func (st *Stream) lost(slot int) bool {
 // Replayed records that events already delivered (and persisted) once,
 // with these ids in order, were delivered again to this response from the
 // journal: the upstream's own repeats of them are then duplicates. Unlike
-// Deliver it assigns no sequence numbers. Empty ids are skipped.
+// Deliver it assigns no sequence numbers. Empty ids are skipped. The
+// stream's last id becomes the replay's last, and nothing the window holds
+// of the stream counts as lost any more (Deliver's again): the replay gave
+// the client all it missed.
 //
 // The window records them as it records any delivery, and the response
-// keeps their hashes too (a map entry per event) until Claim meets an id
-// not among them: an upstream that resumes from the client's id sends its
-// repeats of them first. The window alone may not be enough: a replay of
-// more ids than it holds evicts its own first ones, as do other streams of
-// the session delivering meanwhile, and each upstream repeat of an evicted
-// id, forwarded, would evict the next one it repeats.
+// keeps their hashes too (a map entry per event) while the upstream may
+// repeat them: until it sends an id not among them after one among them,
+// or more than a window's worth of ids before the first (one that resumes
+// from before the client's id, or that sends none). The window alone may
+// not be enough: a replay of more ids than it holds evicts its own first
+// ones, as do other streams of the session delivering meanwhile, and each
+// upstream repeat of an evicted id, forwarded, would evict the next one it
+// repeats.
 func (d *Delivery) Replayed(ids []string) {
 	st := d.st
 	s := st.sess
+	if d.superseded() {
+		return
+	}
 	if st.replayed == nil {
 		st.replayed = make(map[uint64]struct{}, len(ids))
 	}
+	last := ""
 	for _, id := range ids {
 		if id == "" {
 			continue
@@ -602,6 +631,11 @@ func (d *Delivery) Replayed(ids []string) {
 		h := s.table.hash(id)
 		s.win.add(h, st.num)
 		st.replayed[h] = struct{}{}
+		last = id
+	}
+	st.from = st.start // nothing before this response is lost any more
+	if d.info != nil && last != "" {
+		d.info.lastID = append(d.info.lastID[:0], last...)
 	}
 }
 

@@ -611,66 +611,53 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 	}
 }
 
-// TestWrittenElsewhere: this replica holds the session's standalone GET
-// open (its copy in use, never dropped as stale) while another replica
-// serves a POST stream r-1 of it. A resume here from one of r-1's ids asks
-// the journal where that id is, and only then: an id the copy holds, one
-// found not stored, or a session whose last batch is this writer's asks
-// nothing.
-func TestWrittenElsewhere(t *testing.T) {
-	loader := &countingJournal{staleJournal: staleJournal{&History{}}}
-	tb := newTestTable(t, Config{Loader: loader})
-	s := acquire(t, tb, "S") // the GET's copy
+// TestLocateInCopyHeldHere: this replica holds the session's standalone GET
+// open (its copy in use, never reloaded) while another replica serves its
+// stream p. A small session asks the journal for an id it lacks only when
+// its copy was held before the request (cached); the resume, located on p,
+// misses whatever the journal holds after the client's id, even when the
+// copy remembers p with an older last id; after the replay, what the
+// window holds of p (from before the client's id) is a duplicate.
+func TestLocateInCopyHeldHere(t *testing.T) {
+	tb := newTestTable(t, Config{Window: 64})
+	s := acquire(t, tb, "S")
 	get := s.OpenStream(Resume{})
 	deliver(get, "g1")
-	ctx := context.Background()
-	if tb.WrittenElsewhere(ctx, s, "g1") {
-		t.Error("an id the copy holds: want false")
+	p := s.OpenStream(Resume{})
+	deliver(p, "1", "2", "3") // then p went on elsewhere: 4, 5, 6
+	if s.NeedsLocate("5", false) {
+		t.Error("NeedsLocate(5, not cached) in a session holding all it delivered: want false")
 	}
-	if !tb.WrittenElsewhere(ctx, s, "2") {
-		t.Error("an id the copy lacks, another writer's batch last: want true")
+	if !s.NeedsLocate("5", true) {
+		t.Error("NeedsLocate(5, cached): want true")
+	}
+	if s.NeedsLocate("3", true) || s.NeedsLocate("", true) {
+		t.Error("NeedsLocate of an id held, or of none: want false")
 	}
 	s.NotStored("zz")
-	if tb.WrittenElsewhere(ctx, s, "zz") || tb.WrittenElsewhere(ctx, s, "") {
-		t.Error("an id found not stored, or no id: want false")
-	}
-	if loader.loads != 0 {
-		t.Errorf("the copy was loaded %d times; it is left as it is", loader.loads)
-	}
-	own := newTestTable(t, Config{Loader: fakeHistory{&History{}}}) // its Stale: false
-	if own.WrittenElsewhere(ctx, acquire(t, own, "S"), "2") {
-		t.Error("this writer's batch last: want false")
+	if s.NeedsLocate("zz", true) {
+		t.Error("NeedsLocate of an id found not stored: want false")
 	}
 
-	// The resume, located by the journal on r-1, continues it and misses
-	// everything r-1 stored after 1; the GET stream goes on as it was.
-	st := s.OpenStream(Resume{LastEventID: "1", HasLastEventID: true, Stream: "r-1"})
-	if st.ID() != "r-1" || !st.Located() {
-		t.Fatalf("resume continued stream %q (located %v), want r-1", st.ID(), st.Located())
+	st := s.OpenStream(Resume{LastEventID: "5", HasLastEventID: true, Stream: p.ID()})
+	if st.ID() != p.ID() || !st.Located() {
+		t.Fatalf("resume continued stream %q (located %v), want %q", st.ID(), st.Located(), p.ID())
 	}
-	if after, through, ok := st.Missed(); !ok || after != "1" || through != "" {
-		t.Errorf("Missed() = %q, %q, %v; want after 1, through the end", after, through, ok)
+	if after, through, ok := st.Missed(); !ok || after != "5" || through != "" {
+		t.Errorf("Missed() = %q, %q, %v; want after 5, through the end (p's last id here, 3, is older)", after, through, ok)
 	}
 	d := st.Begin()
-	d.Replayed([]string{"2", "3"})
+	d.Replayed([]string{"6"})
 	d.End()
-	if got := deliver(st, "2", "3", "4"); fmt.Sprint(got) != "[4]" {
-		t.Errorf("delivered %v, want [4]", got)
+	if st.LastID() != "6" {
+		t.Errorf("last id %q after the replay, want 6", st.LastID())
+	}
+	if got := deliver(st, "2", "3", "6", "7"); fmt.Sprint(got) != "[7]" {
+		t.Errorf("delivered %v, want [7]", got)
 	}
 	if got := deliver(get, "g1", "g2"); fmt.Sprint(got) != "[g2]" || get.LastID() != "g2" {
 		t.Errorf("the GET stream delivered %v, last id %q; want [g2], g2", got, get.LastID())
 	}
-}
-
-// countingJournal is a staleJournal that counts its loads.
-type countingJournal struct {
-	staleJournal
-	loads int
-}
-
-func (j *countingJournal) Load(ctx context.Context, id string) (*History, error) {
-	j.loads++
-	return j.staleJournal.Load(ctx, id)
 }
 
 // TestStaleReloadKeepsSequence: a copy dropped as stale may have assigned
@@ -903,18 +890,20 @@ func TestLocatedResume(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !s.NeedsLocate("3") {
+		if !s.NeedsLocate("3", false) {
 			t.Fatal("NeedsLocate(3) = false in a session restored from 100 events with a window of 4")
 		}
-		if s.NeedsLocate("99") || s.NeedsLocate("100") {
+		if s.NeedsLocate("99", false) || s.NeedsLocate("100", false) {
 			t.Error("NeedsLocate of an id the window holds")
 		}
 		st := s.OpenStream(Resume{LastEventID: "3", HasLastEventID: true, Stream: "get"})
 		if !st.Located() || !st.Resumed() || st.ID() != "get" {
 			t.Errorf("located %v, resumed %v, stream %q; want the located stream get", st.Located(), st.Resumed(), st.ID())
 		}
-		if after, through, ok := st.Missed(); !ok || after != "3" || through != "100" {
-			t.Errorf("Missed() = %q, %q, %v; want 3 through 100", after, through, ok)
+		// Through whatever the journal holds of it after 3: 100 here, or
+		// more if another replica went on with the stream.
+		if after, through, ok := st.Missed(); !ok || after != "3" || through != "" {
+			t.Errorf("Missed() = %q, %q, %v; want after 3, through the end", after, through, ok)
 		}
 		// The window's ids of that stream are all after 3: they may go to
 		// the client again (the replay failed, say).
@@ -977,6 +966,23 @@ func TestLocatedResume(t *testing.T) {
 			t.Errorf("delivered %q, want [12]", got)
 		}
 	})
+	t.Run("upstream resending from before the client's id", func(t *testing.T) {
+		// An id before the repeats (the client's own, 2, left the window
+		// of 4) does not end the replay's record of its ids.
+		_, st, missed := replayFrom2(t, 4)
+		if got := deliver(st, append([]string{"2"}, append(missed, "11")...)...); fmt.Sprint(got) != "[2 11]" {
+			t.Errorf("delivered %q, want [2 11]", got)
+		}
+	})
+	t.Run("upstream sending no repeats", func(t *testing.T) {
+		// More than a window's worth of new ids: the record is dropped
+		// (it would otherwise last as long as the response), and the
+		// window decides: 3 has left it.
+		_, st, _ := replayFrom2(t, 4)
+		if got := deliver(st, "11", "12", "13", "14", "15", "3"); fmt.Sprint(got) != "[11 12 13 14 15 3]" {
+			t.Errorf("delivered %q, want [11 12 13 14 15 3]", got)
+		}
+	})
 	t.Run("forgotten stream", func(t *testing.T) {
 		tb := newTestTable(t, Config{Window: 4})
 		s := acquire(t, tb, "F")
@@ -985,7 +991,7 @@ func TestLocatedResume(t *testing.T) {
 		for i := range 32 {
 			deliver(s.OpenStream(Resume{}), fmt.Sprint("p", i))
 		}
-		if !s.NeedsLocate("g2") {
+		if !s.NeedsLocate("g2", false) {
 			t.Fatal("NeedsLocate(g2) = false")
 		}
 		st := s.OpenStream(Resume{LastEventID: "g2", HasLastEventID: true, Stream: get.ID()})
@@ -1025,7 +1031,7 @@ func TestLocatedResume(t *testing.T) {
 		d.Untracked()
 		d.Untracked()
 		d.End()
-		if !s.NeedsLocate("1") {
+		if !s.NeedsLocate("1", false) {
 			t.Error("NeedsLocate(1) = false for an id evicted from the window")
 		}
 	})
@@ -1033,11 +1039,11 @@ func TestLocatedResume(t *testing.T) {
 		tb := newTestTable(t, Config{Window: 4})
 		s := acquire(t, tb, "N")
 		deliver(s.OpenStream(Resume{}), "1", "2", "3", "4", "5", "6")
-		if !s.NeedsLocate("bogus") {
+		if !s.NeedsLocate("bogus", false) {
 			t.Fatal("NeedsLocate(bogus) = false before the journal was asked")
 		}
 		s.NotStored("bogus")
-		if s.NeedsLocate("bogus") {
+		if s.NeedsLocate("bogus", false) {
 			t.Error("NeedsLocate(bogus) = true after the journal said it is not stored")
 		}
 	})

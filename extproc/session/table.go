@@ -324,38 +324,6 @@ func (t *Table) Reload(ctx context.Context, s *Session) {
 	}
 }
 
-// WrittenElsewhere reports, for a resume from lastEventID on s, a copy
-// this process holds, that the journal should be asked where that id is:
-// the copy does not hold it, no journal search found it not stored
-// (NotStored), and the session's last stored batch was written by another
-// writer (Loader.Stale: one read). Acquire drops an idle stale copy to load
-// it afresh, but keeps one in use: a stream of the session open here (an
-// MCP client's standalone GET, say) while another replica serves its other
-// streams. A resume that reaches that copy from one of those finds its
-// Last-Event-ID unknown, and a small session's NeedsLocate assumes it
-// would hold any id stored. The copy itself is left as it is: merging the
-// journal into a session with open responses would place the other
-// writer's events after their start, and could move its streams' last ids
-// back. What this copy numbered does not count against the other writer's
-// batch: two replicas serving a session at once each number its events.
-func (t *Table) WrittenElsewhere(ctx context.Context, s *Session, lastEventID string) bool {
-	if t.cfg.Loader == nil || lastEventID == "" {
-		return false
-	}
-	s.mu.Lock()
-	skip := s.base != nil || lastEventID == s.notStored || s.holds(lastEventID)
-	s.mu.Unlock()
-	if skip {
-		return false // (a copy numbering provisionally never loaded: Acquire loads it again)
-	}
-	stale, err := t.cfg.Loader.Stale(ctx, s.id, 0)
-	if err != nil {
-		t.cfg.Logger.Warn("check cached session", "session", ShortID(s.id), "err", err)
-		return false
-	}
-	return stale
-}
-
 // Release marks one stream of s closed.
 func (t *Table) Release(s *Session) {
 	sh := t.shard(s.id)
