@@ -12,23 +12,31 @@ import (
 
 // locateStream asks the journal which stream carried the client's
 // Last-Event-ID when the session does not hold it (Session.NeedsLocate;
-// cached: the session was held here before this request), so that the
-// resume continues that stream and what the client missed is replayed
-// however far back the id is, or whichever replica delivered it; "" when
-// it is not asked or does not know. Only the session's owner, who alone
-// gets replays, makes it ask. An id the journal does not hold costs a read
-// of the session's history, bounded by ctx; the session remembers it
-// (Session.NotStored), and the locator shares a search among concurrent
+// shared: another response of the session is open here, Table.Shared), so
+// that the resume continues that stream and what the client missed is
+// replayed however far back the id is, or whichever replica delivered it;
+// "" when it is not asked or does not know. Only the session's owner, who
+// alone gets replays, makes it ask. An id the journal does not hold costs
+// a read of the session's history, bounded by ctx; the session remembers
+// it (Session.NotStored), and the locator shares a search among concurrent
 // resumes from one id and bounds the searches running at once. For a
-// cached session that search is made twice, a peer pause apart (see
-// awaitPeer): the id may be in another replica's batch still on its way.
-func (x *exchange) locateStream(ctx context.Context, cached bool) string {
-	if x.cfg.Replayer == nil || x.observe || !x.owner || !x.sess.NeedsLocate(x.lastEventID, cached) {
+// shared session the search is made once more after a peer pause (see
+// awaitPeer) if it found nothing: the id may be in another replica's batch
+// still on its way. When that second search does not finish, the first's
+// answer stands.
+func (x *exchange) locateStream(ctx context.Context) string {
+	if x.cfg.Replayer == nil || x.observe || !x.owner {
+		return ""
+	}
+	shared := x.cfg.Sessions.Shared(x.sess)
+	if !x.sess.NeedsLocate(x.lastEventID, shared) {
 		return ""
 	}
 	stream, err := x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID)
-	if errors.Is(err, session.ErrHistoryMissing) && cached && x.peerPause(ctx) {
-		stream, err = x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID)
+	if errors.Is(err, session.ErrHistoryMissing) && shared && x.peerPause(ctx) {
+		if again, err2 := x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID); err2 == nil || errors.Is(err2, session.ErrHistoryMissing) {
+			stream, err = again, err2
+		}
 	}
 	switch {
 	case errors.Is(err, session.ErrHistoryMissing):

@@ -176,7 +176,7 @@ func (x *exchange) openStream(ctx context.Context, assigned bool) {
 	x.owner = x.sess.Bind(x.principal)
 	resume := session.Resume{LastEventID: x.lastEventID, HasLastEventID: x.hasLastEventID}
 	if x.hasLastEventID {
-		resume.Stream = x.locateStream(ctx, cached)
+		resume.Stream = x.locateStream(ctx)
 	}
 	x.stream = x.sess.OpenStream(resume)
 	if sc, ok := x.cfg.Recorder.(Successor); ok && x.owner && x.hasLastEventID && x.stream.Resumed() {

@@ -188,14 +188,7 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		// whose last id is not known (loaded from a journal that could not
 		// keep an id that long) missed whatever it stored after the
 		// client's id.
-		switch {
-		case st.located:
-			// The session does not hold the client's id: it is older than
-			// the window, or another replica delivered it, and went on
-			// after this copy's last id. Whatever the journal holds after
-			// it is missed.
-			st.missedAfter = r.LastEventID
-		case st.matched && string(info.lastID) != r.LastEventID:
+		if st.matched && string(info.lastID) != r.LastEventID {
 			st.missedAfter, st.missedThrough = r.LastEventID, string(info.lastID)
 		}
 		s.touchStream(st.num)
@@ -301,11 +294,12 @@ func (s *Session) touchStream(num uint32) {
 // that has let no record go (it numbered no more events than its window
 // holds, nor recorded more: an event sent again, a replayed one and a mark
 // each take a place without a number) holds every id it delivered, so it
-// asks only when cached: a copy this process held before the request, which
-// may lack what another replica delivered since it was loaded (one with a
-// stream open here is never reloaded: Acquire keeps a copy in use, such as
-// the one of an MCP client's standalone GET while its POSTs go elsewhere).
-func (s *Session) NeedsLocate(lastEventID string, cached bool) bool {
+// asks only when shared: another response of the session is open here
+// (Table.Shared). Acquire reloads a copy that another writer's batch made
+// stale only when no stream of it is open, so one that is (an MCP
+// client's standalone GET, while its POSTs go to other replicas) may lack
+// what other replicas delivered since it was loaded.
+func (s *Session) NeedsLocate(lastEventID string, shared bool) bool {
 	if lastEventID == "" {
 		return false
 	}
@@ -314,7 +308,7 @@ func (s *Session) NeedsLocate(lastEventID string, cached bool) bool {
 	if lastEventID == s.notStored {
 		return false
 	}
-	if !cached && s.base == nil && max(s.seq, s.win.next) <= uint64(len(s.win.slots)) {
+	if !shared && s.base == nil && max(s.seq, s.win.next) <= uint64(len(s.win.slots)) {
 		// (A session numbering provisionally does not know its history:
 		// an id it does not hold may be stored.)
 		return false
@@ -600,10 +594,7 @@ func (st *Stream) lost(slot int) bool {
 // Replayed records that events already delivered (and persisted) once,
 // with these ids in order, were delivered again to this response from the
 // journal: the upstream's own repeats of them are then duplicates. Unlike
-// Deliver it assigns no sequence numbers. Empty ids are skipped. The
-// stream's last id becomes the replay's last, and nothing the window holds
-// of the stream counts as lost any more (Deliver's again): the replay gave
-// the client all it missed.
+// Deliver it assigns no sequence numbers. Empty ids are skipped.
 //
 // The window records them as it records any delivery, and the response
 // keeps their hashes too (a map entry per event) while the upstream may
@@ -623,7 +614,6 @@ func (d *Delivery) Replayed(ids []string) {
 	if st.replayed == nil {
 		st.replayed = make(map[uint64]struct{}, len(ids))
 	}
-	last := ""
 	for _, id := range ids {
 		if id == "" {
 			continue
@@ -631,11 +621,6 @@ func (d *Delivery) Replayed(ids []string) {
 		h := s.table.hash(id)
 		s.win.add(h, st.num)
 		st.replayed[h] = struct{}{}
-		last = id
-	}
-	st.from = st.start // nothing before this response is lost any more
-	if d.info != nil && last != "" {
-		d.info.lastID = append(d.info.lastID[:0], last...)
 	}
 }
 

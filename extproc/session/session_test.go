@@ -614,24 +614,28 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 // TestLocateInCopyHeldHere: this replica holds the session's standalone GET
 // open (its copy in use, never reloaded) while another replica serves its
 // stream p. A small session asks the journal for an id it lacks only when
-// its copy was held before the request (cached); the resume, located on p,
-// misses whatever the journal holds after the client's id, even when the
-// copy remembers p with an older last id; after the replay, what the
-// window holds of p (from before the client's id) is a duplicate.
+// shared (another response of it open here); the resume, located on p,
+// which this copy never saw, misses whatever the journal holds of p after
+// the client's id.
 func TestLocateInCopyHeldHere(t *testing.T) {
 	tb := newTestTable(t, Config{Window: 64})
 	s := acquire(t, tb, "S")
+	if tb.Shared(s) {
+		t.Error("Shared with one response open: want false")
+	}
 	get := s.OpenStream(Resume{})
 	deliver(get, "g1")
-	p := s.OpenStream(Resume{})
-	deliver(p, "1", "2", "3") // then p went on elsewhere: 4, 5, 6
+	again := acquire(t, tb, "S") // the resume's request
+	if again != s || !tb.Shared(s) {
+		t.Fatal("Shared with two responses open: want true")
+	}
 	if s.NeedsLocate("5", false) {
-		t.Error("NeedsLocate(5, not cached) in a session holding all it delivered: want false")
+		t.Error("NeedsLocate(5, not shared) in a session holding all it delivered: want false")
 	}
 	if !s.NeedsLocate("5", true) {
-		t.Error("NeedsLocate(5, cached): want true")
+		t.Error("NeedsLocate(5, shared): want true")
 	}
-	if s.NeedsLocate("3", true) || s.NeedsLocate("", true) {
+	if s.NeedsLocate("g1", true) || s.NeedsLocate("", true) {
 		t.Error("NeedsLocate of an id held, or of none: want false")
 	}
 	s.NotStored("zz")
@@ -639,24 +643,25 @@ func TestLocateInCopyHeldHere(t *testing.T) {
 		t.Error("NeedsLocate of an id found not stored: want false")
 	}
 
-	st := s.OpenStream(Resume{LastEventID: "5", HasLastEventID: true, Stream: p.ID()})
-	if st.ID() != p.ID() || !st.Located() {
-		t.Fatalf("resume continued stream %q (located %v), want %q", st.ID(), st.Located(), p.ID())
+	st := s.OpenStream(Resume{LastEventID: "5", HasLastEventID: true, Stream: "p"})
+	if st.ID() != "p" || !st.Located() {
+		t.Fatalf("resume continued stream %q (located %v), want p", st.ID(), st.Located())
 	}
 	if after, through, ok := st.Missed(); !ok || after != "5" || through != "" {
-		t.Errorf("Missed() = %q, %q, %v; want after 5, through the end (p's last id here, 3, is older)", after, through, ok)
+		t.Errorf("Missed() = %q, %q, %v; want after 5, through the end", after, through, ok)
 	}
 	d := st.Begin()
 	d.Replayed([]string{"6"})
 	d.End()
-	if st.LastID() != "6" {
-		t.Errorf("last id %q after the replay, want 6", st.LastID())
-	}
-	if got := deliver(st, "2", "3", "6", "7"); fmt.Sprint(got) != "[7]" {
+	if got := deliver(st, "6", "7"); fmt.Sprint(got) != "[7]" {
 		t.Errorf("delivered %v, want [7]", got)
 	}
 	if got := deliver(get, "g1", "g2"); fmt.Sprint(got) != "[g2]" || get.LastID() != "g2" {
 		t.Errorf("the GET stream delivered %v, last id %q; want [g2], g2", got, get.LastID())
+	}
+	tb.Release(again)
+	if tb.Shared(s) {
+		t.Error("Shared after the resume's release: want false")
 	}
 }
 
@@ -900,10 +905,8 @@ func TestLocatedResume(t *testing.T) {
 		if !st.Located() || !st.Resumed() || st.ID() != "get" {
 			t.Errorf("located %v, resumed %v, stream %q; want the located stream get", st.Located(), st.Resumed(), st.ID())
 		}
-		// Through whatever the journal holds of it after 3: 100 here, or
-		// more if another replica went on with the stream.
-		if after, through, ok := st.Missed(); !ok || after != "3" || through != "" {
-			t.Errorf("Missed() = %q, %q, %v; want after 3, through the end", after, through, ok)
+		if after, through, ok := st.Missed(); !ok || after != "3" || through != "100" {
+			t.Errorf("Missed() = %q, %q, %v; want 3 through 100", after, through, ok)
 		}
 		// The window's ids of that stream are all after 3: they may go to
 		// the client again (the replay failed, say).

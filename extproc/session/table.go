@@ -324,6 +324,15 @@ func (t *Table) Reload(ctx context.Context, s *Session) {
 	}
 }
 
+// Shared reports whether another response of s than the caller's is open
+// here: s has been acquired more than once and not released.
+func (t *Table) Shared(s *Session) bool {
+	sh := t.shard(s.id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return s.active > 1
+}
+
 // Release marks one stream of s closed.
 func (t *Table) Release(s *Session) {
 	sh := t.shard(s.id)
