@@ -366,6 +366,8 @@ func TestBadInput(t *testing.T) {
 			first,
 			{{sess("S", "mcp-session-id", "T"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}},
 			{{sess("T", "mcp-session-id", "S"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}},
+			// Nor is the session the response names taken instead.
+			{{sess("T", "mcp-session-id", "S"), reqOK}, {respH(sseHeaders("mcp-session-id", "S")...), sseOn}, {body(ev1, true), keep}},
 		}, errKind: "session_id_conflict"},
 		{name: "repeated Last-Event-ID, same value", cfg: func(c *Config) { rp := &replayer{}; c.Recorder, c.Replayer = rp, rp },
 			streams: [][]step{
@@ -379,6 +381,8 @@ func TestBadInput(t *testing.T) {
 				{{sess("S"), reqOK}, {respH(sse...), sseOn}, {body(ev1+ev2, true), keep}},
 				{{sess("S", "last-event-id", "0", "last-event-id", "2"), reqOK}, {respH(sse...), sseOn}, {body(ev1+ev2, true), keep}},
 				{{sess("S", "last-event-id", "2", "last-event-id", "1"), reqOK}, {respH(sse...), sseOn}, {body(ev2, true), keep}},
+				// Nor is the session the response names taken instead.
+				{{reqH("last-event-id", "0", "last-event-id", "1"), reqOK}, {respH(sseHeaders("mcp-session-id", "S")...), sseOn}, {body(ev1+ev2, true), keep}},
 			}, errKind: "last_event_id_conflict"},
 		{name: "Last-Event-ID with CR", cfg: func(c *Config) { c.InjectLastEventID = true },
 			streams: badLastEventID("1\r2"), errKind: "last_event_id_invalid"},

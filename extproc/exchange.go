@@ -66,6 +66,10 @@ type requestInfo struct {
 	method         string
 	stateless      bool   // MCP version without sessions: observe only
 	principal      string // keyed hash of the principal header, if configured
+	// conflict is set when a header the request's session or resume is
+	// read from came twice with different values: the request has no
+	// session, not even one its response names.
+	conflict bool
 }
 
 func newExchange(s *Server, ctx context.Context) *exchange {

@@ -22,8 +22,9 @@ import (
 // resumes from one id and bounds the searches running at once. For a
 // shared session the search is made once more after a peer pause (see
 // awaitPeer) if it found nothing: the id may be in another replica's batch
-// still on its way. When that second search does not finish, the first's
-// answer stands.
+// still on its way. Only a search that finished after the pause records
+// the id as not stored: a shared copy is not reloaded, and would keep a
+// wrong answer while its other response stays open.
 func (x *exchange) locateStream(ctx context.Context) string {
 	if x.cfg.Replayer == nil || x.observe || !x.owner {
 		return ""
@@ -33,10 +34,11 @@ func (x *exchange) locateStream(ctx context.Context) string {
 		return ""
 	}
 	stream, err := x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID)
-	if errors.Is(err, session.ErrHistoryMissing) && shared && x.peerPause(ctx) {
-		if again, err2 := x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID); err2 == nil || errors.Is(err2, session.ErrHistoryMissing) {
-			stream, err = again, err2
+	if errors.Is(err, session.ErrHistoryMissing) && shared {
+		if !x.peerPause(ctx) {
+			return "" // not known yet: nothing recorded
 		}
+		stream, err = x.srv.locator.streamOf(ctx, x.cfg.Replayer, x.sessionID, x.lastEventID)
 	}
 	switch {
 	case errors.Is(err, session.ErrHistoryMissing):

@@ -70,14 +70,14 @@ func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingRespo
 		// against the wrong one would drop events the client never had. The
 		// request is forwarded untouched, with no session.
 		x.m.errors.WithLabelValues("session_id_conflict").Inc()
-		x.sessionID = ""
+		x.sessionID, x.conflict = "", true
 	case idConflict:
 		// Last-Event-ID is a single value (WHATWG HTML §9.2 sends one);
 		// which of two the upstream resumes from is unknown, and deciding
 		// on the other would drop events the upstream sends from the first,
 		// or replay ones the client has. Forwarded untouched, as above.
 		x.m.errors.WithLabelValues("last_event_id_conflict").Inc()
-		x.sessionID = ""
+		x.sessionID, x.conflict = "", true
 	case x.sessionID == "":
 		x.sessionID = x.fallbackSessionID(path, cookies)
 	}

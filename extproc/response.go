@@ -76,7 +76,7 @@ func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResp
 	x.sseBody = true
 	x.m.streamsActive.Inc()
 	byResponse := false
-	if x.sessionID == "" && assigned != "" {
+	if x.sessionID == "" && assigned != "" && !x.conflict {
 		// An MCP server assigns the session on its initialize response.
 		x.sessionID, byResponse = x.validSessionID(assigned), true
 	}
