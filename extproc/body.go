@@ -252,6 +252,17 @@ type recordState struct {
 	crEnd, lfOwed bool
 }
 
+// ownerPrincipal is the principal a record names: the caller's when it owns
+// the session (Session.Bind), else "". A caller who is not the owner still
+// has its events recorded (they are the session's), but the journal keeps a
+// record's principal as the session's owner, so it must not be this one.
+func (x *exchange) ownerPrincipal() string {
+	if x.owner {
+		return x.principal
+	}
+	return ""
+}
+
 // appendRecord adds a delivered event to the chunk's journal record. It
 // costs no copy for an event that lies in the chunk: the record references
 // the chunk (cap-limited, so the journal's appends never write into it),
@@ -272,7 +283,7 @@ func (x *exchange) appendRecord(rec *session.Record, seg sse.Segment, seq uint64
 	}
 	if rec.Count == 0 {
 		*rec = session.Record{
-			Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.principal,
+			Session: x.sessionID, Stream: x.stream.ID(), FirstSeq: seq, Principal: x.ownerPrincipal(),
 			Base: c.delivery.SeqBase(),
 		}
 		x.journal.recorded = true

@@ -107,17 +107,24 @@ type locator struct {
 	slots chan struct{}
 }
 
-// streamOf is Replayer.StreamOf through the locator. A shared search runs
-// under the ctx of the resume that started it.
+// streamOf is Replayer.StreamOf through the locator. A shared search has
+// the deadline of the resume that started it but not its cancellation: the
+// resumes that joined it keep their answer when that one's client leaves.
+// Each caller stops waiting when its own ctx ends.
 func (l *locator) streamOf(ctx context.Context, r Replayer, sessionID, id string) (string, error) {
 	ch := l.group.DoChan(sessionID+"\x00"+id, func() (any, error) {
+		sctx, cancel := context.WithoutCancel(ctx), context.CancelFunc(func() {})
+		if deadline, ok := ctx.Deadline(); ok {
+			sctx, cancel = context.WithDeadline(sctx, deadline)
+		}
+		defer cancel()
 		select {
 		case l.slots <- struct{}{}:
 			defer func() { <-l.slots }()
-		case <-ctx.Done():
-			return "", ctx.Err()
+		case <-sctx.Done():
+			return "", sctx.Err()
 		}
-		return r.StreamOf(ctx, sessionID, id)
+		return r.StreamOf(sctx, sessionID, id)
 	})
 	select {
 	case res := <-ch:

@@ -61,3 +61,59 @@ func TestLocatorSharesAndBounds(t *testing.T) {
 		t.Errorf("40 distinct ids: %d searches, at most %d at once; want 40, at most %d", r.calls.Load(), r.most.Load(), maxLocates)
 	}
 }
+
+// gatedReplayer's StreamOf answers "s1" when gate closes, or the ctx's error.
+type gatedReplayer struct {
+	replayer
+	gate    chan struct{}
+	started chan struct{}
+	once    sync.Once
+}
+
+func (r *gatedReplayer) StreamOf(ctx context.Context, sid, id string) (string, error) {
+	r.once.Do(func() { close(r.started) })
+	select {
+	case <-r.gate:
+		return "s1", nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// TestLocatorOutlivesFirstCaller: a resume that joined a shared search
+// gets its answer though the resume that started it went away.
+func TestLocatorOutlivesFirstCaller(t *testing.T) {
+	r := &gatedReplayer{gate: make(chan struct{}), started: make(chan struct{})}
+	l := &locator{slots: make(chan struct{}, maxLocates)}
+	first, leave := context.WithTimeout(context.Background(), 30*time.Second)
+	defer leave()
+	firstErr := make(chan error, 1)
+	go func() {
+		_, err := l.streamOf(first, r, "S", "e5")
+		firstErr <- err
+	}()
+	<-r.started
+	type answer struct {
+		stream string
+		err    error
+	}
+	joined := make(chan answer, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, err := l.streamOf(ctx, r, "S", "e5")
+		joined <- answer{s, err}
+	}()
+	// The second caller joins the search (singleflight), which cannot end
+	// before the gate opens; the group does not tell when it has joined, so
+	// give it a moment before the first leaves.
+	time.Sleep(50 * time.Millisecond)
+	leave()
+	if err := <-firstErr; err == nil {
+		t.Errorf("first caller: no error after its ctx ended")
+	}
+	close(r.gate)
+	if a := <-joined; a.err != nil || a.stream != "s1" {
+		t.Errorf("joined caller got (%q, %v), want (\"s1\", nil)", a.stream, a.err)
+	}
+}

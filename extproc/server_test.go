@@ -1054,12 +1054,21 @@ func TestReplayOnlyToOwner(t *testing.T) {
 				t.Errorf("denied replay still forwarded %q", res.body)
 			}
 			rp.mu.Lock()
+			principals := map[string]bool{}
 			for _, rec := range rp.recs {
 				if strings.Contains(rec.Principal, "alice") || strings.Contains(rec.Principal, "Bearer") {
 					t.Errorf("record carries the raw principal %q", rec.Principal)
 				}
+				if rec.Principal != "" {
+					principals[rec.Principal] = true
+				}
 			}
 			rp.mu.Unlock()
+			// A caller who does not own the session has its response
+			// recorded, but the records name only the owner.
+			if len(principals) > 1 {
+				t.Errorf("records name %d principals, want the owner's alone", len(principals))
+			}
 		})
 	}
 }

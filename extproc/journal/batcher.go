@@ -50,8 +50,8 @@ type lane struct {
 	// resolving is set while a goroutine reads the session's last stored
 	// number for the provisional numbers of its next batch (resolve).
 	resolving bool
-	// principal is the session's principal hash from its records, kept in
-	// the session's KV state.
+	// principal is the session's principal hash, the first non-empty one
+	// of its records (Record.Principal), for the session's KV state.
 	principal string
 }
 

@@ -282,6 +282,38 @@ func TestPrincipalSurvivesLoad(t *testing.T) {
 	}
 }
 
+// TestStatePrincipalKeepsStoredOwner: a publisher that has no copy of a
+// session's state (another replica, or this one after its state writer
+// forgot the session) and records the session with another principal
+// leaves the one in the KV bucket, which was there first.
+func TestStatePrincipalKeepsStoredOwner(t *testing.T) {
+	s := startTestServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg := Config{StateInterval: 10 * time.Millisecond}
+	p1 := newPublisher(t, connect(t, s.ClientURL()), cfg)
+	rec := record("owned", "a", 1, 2, true)
+	rec.Principal = "owner"
+	p1.Append(rec)
+	if err := p1.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p2 := newPublisher(t, connect(t, s.ClientURL()), cfg)
+	rec = record("owned", "b", 3, 1, true)
+	rec.Principal = "other"
+	p2.Append(rec)
+	if err := p2.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := getState(ctx, p2.kv, "owned")
+	if err != nil || st.Seq != 3 {
+		t.Fatalf("state %+v, %v; want seq 3", st, err)
+	}
+	if st.Principal != "owner" {
+		t.Errorf("stored principal %q, want owner", st.Principal)
+	}
+}
+
 // TestBurstStillBatches: a burst the batcher lags behind must still be
 // published in full batches. (Batch deadlines once ran from each record's
 // enqueue time, so a lagging batcher found them all past and published one

@@ -128,7 +128,10 @@ func (w *stateWriter) seed(sid string, s State) {
 
 func (st *sessState) merge(s State) {
 	st.seq = max(st.seq, s.Seq)
-	if st.principal == "" {
+	if s.Principal != "" {
+		// The bucket's binding was there first: one from records made
+		// where the session's load had failed is not the owner's
+		// (Session.restore).
 		st.principal = s.Principal
 	}
 	for k, v := range s.Streams {

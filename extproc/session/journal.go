@@ -42,7 +42,9 @@ type Record struct {
 	// with End set may carry no events.
 	End bool
 	// Principal is the keyed hash of the principal the session is bound to,
-	// empty when none is; the journal keeps the first one it sees.
+	// empty when none is or when the response's caller is not the one it is
+	// bound to; the journal keeps the first non-empty one it sees, unless
+	// its KV state already names one (which wins).
 	Principal string
 }
 

@@ -678,7 +678,9 @@ func (s *Session) restore(h *History, newer bool) {
 	// delivered after it (Table.Reload).
 	newer = newer && h.Seq > s.seq
 	s.seq = max(s.seq, h.Seq) // s.seq: a floor from a dropped stale copy, or our own
-	if s.principal == "" {
+	if h.Principal != "" {
+		// The stored binding is the session's: one made here while its
+		// load failed was the first caller's, whoever that was.
 		s.principal = h.Principal
 	}
 	nums := map[string]uint32{}

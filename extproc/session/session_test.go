@@ -726,6 +726,34 @@ func TestFailedLoadIsRetried(t *testing.T) {
 	}
 }
 
+// TestStoredPrincipalAfterFailedLoad: a session whose load failed is bound
+// to its first caller, whoever that is; when a later load succeeds, the
+// principal the journal stored is the owner again, and the first caller is
+// not.
+func TestStoredPrincipalAfterFailedLoad(t *testing.T) {
+	h := &History{Seq: 2, Principal: "owner", Streams: []StreamState{{Stream: "r-1", LastEventID: "2"}},
+		Events: []EventRef{{ID: "1", Stream: "r-1", Seq: 1}, {ID: "2", Stream: "r-1", Seq: 2}}}
+	tb := newTestTable(t, Config{Loader: &flakyHistory{h: h}})
+	first, err := tb.Acquire(context.Background(), "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !first.Unloaded() || !first.Bind("other") {
+		t.Fatalf("the first caller of an unloaded session: Unloaded %v; want it bound to the caller", first.Unloaded())
+	}
+	tb.Release(first)
+	s, err := tb.Acquire(context.Background(), "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Unloaded() {
+		t.Fatal("still unloaded after the second load")
+	}
+	if owner, other := s.Bind("owner"), s.Bind("other"); !owner || other {
+		t.Errorf("after the load: the stored owner owns %v, the first caller %v; want true, false", owner, other)
+	}
+}
+
 // partialHistory is a journal whose loads fail after reading the last
 // sequence number.
 type partialHistory struct{ seq uint64 }
