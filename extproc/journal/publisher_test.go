@@ -314,6 +314,64 @@ func TestStatePrincipalKeepsStoredOwner(t *testing.T) {
 	}
 }
 
+// TestStateWritersMergeEachOther: two publishers (replicas) recording one
+// session in turn each keep the other's streams in its KV state: a write
+// made after the other wrote is refused, and the value read and merged
+// before it is made again.
+func TestStateWritersMergeEachOther(t *testing.T) {
+	s := startTestServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg := Config{StateInterval: 10 * time.Millisecond}
+	ps := []*Publisher{newPublisher(t, connect(t, s.ClientURL()), cfg), newPublisher(t, connect(t, s.ClientURL()), cfg)}
+	streams := []string{"a", "b", "c", "d", "e"}
+	for i, stream := range streams {
+		ps[i%2].Append(record("S", stream, i+1, 1, true))
+		waitFor(t, 10*time.Second, fmt.Sprintf("state of seq %d", i+1), func() bool {
+			st, err := getState(ctx, ps[0].kv, "S")
+			return err == nil && st.Seq >= uint64(i+1)
+		})
+	}
+	for _, p := range ps {
+		if err := p.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := getState(ctx, ps[0].kv, "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stream := range streams {
+		if _, ok := st.Streams[stream]; !ok {
+			t.Errorf("stream %s missing from the state %v", stream, st.Streams)
+		}
+	}
+}
+
+// TestStateAfterKeyDeleted: a session's state deleted from the bucket (an
+// operator's `nats kv del`) is written again: the write expecting the
+// revision before the delete is refused, the read finds no value, and the
+// next write expects none.
+func TestStateAfterKeyDeleted(t *testing.T) {
+	s := startTestServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p := newPublisher(t, connect(t, s.ClientURL()), Config{StateInterval: 10 * time.Millisecond})
+	stateSeq := func(seq uint64) func() bool {
+		return func() bool {
+			st, err := getState(ctx, p.kv, "S")
+			return err == nil && st.Seq >= seq
+		}
+	}
+	p.Append(record("S", "a", 1, 1, true))
+	waitFor(t, 10*time.Second, "state of seq 1", stateSeq(1))
+	if err := p.kv.Delete(ctx, SubjectToken("S")); err != nil {
+		t.Fatal(err)
+	}
+	p.Append(record("S", "b", 2, 1, true))
+	waitFor(t, 10*time.Second, "state of seq 2 after the delete", stateSeq(2))
+}
+
 // TestBurstStillBatches: a burst the batcher lags behind must still be
 // published in full batches. (Batch deadlines once ran from each record's
 // enqueue time, so a lagging batcher found them all past and published one

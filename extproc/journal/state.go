@@ -28,6 +28,10 @@ type State struct {
 	Principal string `json:"principal,omitempty"`
 	// Updated is when the value was written.
 	Updated time.Time `json:"updated"`
+
+	// rev is the value's KV revision (its stream sequence), 0 when the
+	// key held none.
+	rev uint64
 }
 
 // How long a clean session's state stays cached by the state writer.
@@ -65,8 +69,19 @@ type sessState struct {
 	// merged is set once the bucket's value has been merged in (by Load or
 	// by a read before the first write), so a write never forgets streams
 	// another replica recorded.
-	merged  bool
-	touched time.Time
+	merged bool
+	// rev is the newest revision of the bucket's value this state holds:
+	// the one merged in, or the one its last write made. A write expects
+	// it (Nats-Expected-Last-Subject-Sequence, as KeyValue.Update does):
+	// when another replica wrote the session since, the server refuses the
+	// write, and the next cycle reads and merges that value first. blind
+	// is set when such a read found no value (the key was deleted: its
+	// marker is a revision Get does not give): the next write expects
+	// nothing. conflicted marks a state whose write was refused.
+	rev        uint64
+	blind      bool
+	conflicted bool
+	touched    time.Time
 }
 
 func newStateWriter(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config, log *slog.Logger, m *metrics) *stateWriter {
@@ -139,6 +154,9 @@ func (st *sessState) merge(s State) {
 			st.streams[k] = v
 		}
 	}
+	st.blind = st.conflicted && s.rev == 0
+	st.conflicted = false
+	st.rev = max(st.rev, s.rev) // revisions grow; a follower's read may be older than our write
 	st.merged = true
 	st.touched = time.Now()
 }
@@ -175,7 +193,13 @@ func (w *stateWriter) stop(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 	}
-	if n := w.cycle(ctx); n > 0 {
+	// A write another replica's refused is read, merged and made again,
+	// a few times at most.
+	n, conflicts := w.cycle(ctx)
+	for i := 0; i < 3 && conflicts > 0 && ctx.Err() == nil; i++ {
+		n, conflicts = w.cycle(ctx)
+	}
+	if n > 0 {
 		return fmt.Errorf("write session state: %d sessions not written", n)
 	}
 	return nil
@@ -184,16 +208,19 @@ func (w *stateWriter) stop(ctx context.Context) error {
 type stateWrite struct {
 	sid   string
 	value []byte
+	opts  []jetstream.PublishOpt
 	paf   jetstream.PubAckFuture
 }
 
 // cycle writes every dirty session once and returns how many writes failed
-// (they stay dirty for the next cycle).
-func (w *stateWriter) cycle(ctx context.Context) int {
+// (they stay dirty for the next cycle) and how many of those the server
+// refused because another writer had written the session since its state
+// here was merged (see sessState.rev).
+func (w *stateWriter) cycle(ctx context.Context) (failed, conflicts int) {
 	w.mu.Lock()
 	if len(w.dirty) == 0 {
 		w.mu.Unlock()
-		return 0
+		return 0, 0
 	}
 	var unmerged []string
 	for sid := range w.dirty {
@@ -228,42 +255,62 @@ func (w *stateWriter) cycle(ctx context.Context) int {
 		if err != nil {
 			continue
 		}
-		writes = append(writes, stateWrite{sid: sid, value: v})
+		wr := stateWrite{sid: sid, value: v}
+		if !st.blind {
+			wr.opts = []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(st.rev)}
+		}
+		writes = append(writes, wr)
 		delete(w.dirty, sid)
 	}
 	w.mu.Unlock()
 
-	failed := 0
 	for i := range writes {
 		wr := &writes[i]
-		paf, err := w.js.PublishAsync(w.subjPfx+SubjectToken(wr.sid), wr.value)
+		paf, err := w.js.PublishAsync(w.subjPfx+SubjectToken(wr.sid), wr.value, wr.opts...)
 		if err != nil {
 			wr.paf = nil
 			continue
 		}
 		wr.paf = paf
 	}
-	var redo []string
+	var redo, refused []string
+	acked := make(map[string]uint64, len(writes))
 	for _, wr := range writes {
 		var err error
 		if wr.paf == nil {
 			err = errors.New("publish failed")
 		} else {
 			select {
-			case <-wr.paf.Ok():
+			case ack := <-wr.paf.Ok():
+				acked[wr.sid] = ack.Sequence
 			case err = <-wr.paf.Err():
 			case <-ctx.Done():
 				err = ctx.Err()
 			}
 		}
-		if err != nil {
+		switch {
+		case err == nil:
+			w.m.kvWrites.Inc()
+		case wrongLastSequence(err):
+			refused = append(refused, wr.sid)
+		default:
 			redo = append(redo, wr.sid)
 			w.m.kvErrors.Inc()
-			continue
 		}
-		w.m.kvWrites.Inc()
 	}
 	w.mu.Lock()
+	for sid, rev := range acked {
+		if st := w.sessions[sid]; st != nil {
+			st.rev, st.blind = max(st.rev, rev), false
+		}
+	}
+	for _, sid := range refused {
+		// Another writer's value is newer: read and merge it, then write.
+		if st := w.sessions[sid]; st != nil {
+			st.merged, st.conflicted = false, true
+			w.dirty[sid] = struct{}{}
+		}
+	}
 	for _, sid := range redo {
 		w.dirty[sid] = struct{}{}
 	}
@@ -272,7 +319,20 @@ func (w *stateWriter) cycle(ctx context.Context) int {
 	if len(redo) > 0 {
 		w.log.Warn("session state writes failed, retrying next cycle", "sessions", len(redo))
 	}
-	return failed
+	if len(refused) > 0 {
+		w.log.Debug("session state written elsewhere meanwhile: merging it first", "sessions", len(refused))
+	}
+	return failed, len(refused)
+}
+
+// wrongLastSequence reports whether err is the server refusing a publish
+// whose expected last subject sequence is not the subject's: JetStream's
+// 10071, or 10164 from a replicated stream (as nats.go's KV tells a
+// revision mismatch).
+func wrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // sweep forgets clean sessions idle for stateIdleTTL; a later write reads
@@ -303,5 +363,6 @@ func getState(ctx context.Context, kv jetstream.KeyValue, sid string) (State, er
 	if err := json.Unmarshal(e.Value(), &s); err != nil {
 		return s, fmt.Errorf("decode session state: %w", err)
 	}
+	s.rev = e.Revision()
 	return s, nil
 }
