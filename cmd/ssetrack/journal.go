@@ -47,6 +47,7 @@ func (j *journalFlags) register(fs *flag.FlagSet) {
 	fs.Int64Var(&c.MaxMsgsPerSubject, j.name("Config.MaxMsgsPerSubject", "max-msgs-per-session"), 0, "batches kept per session subject (0: no limit)")
 	fs.DurationVar(&c.DuplicateWindow, j.name("Config.DuplicateWindow", "duplicate-window"), journal.DefaultDuplicateWindow, "JetStream duplicate window: retried batches inside it are stored once")
 	fs.IntVar(&c.QueueSize, j.name("Config.QueueSize", "queue-size"), journal.DefaultQueueSize, "records the journal queue holds (also while NATS is not ready); past it events are forwarded but not persisted (counted)")
+	fs.Int64Var(&c.QueueBytes, j.name("Config.QueueBytes", "queue-bytes"), journal.DefaultQueueBytes, "SSE `bytes` the journal queue holds, with --queue-size")
 	fs.IntVar(&c.Batch.MaxEvents, j.name("Config.Batch.MaxEvents", "batch-events"), journal.DefaultBatchEvents, "flush a batch at this many events")
 	fs.IntVar(&c.Batch.MaxBytes, j.name("Config.Batch.MaxBytes", "batch-bytes"), journal.DefaultBatchBytes, "flush a batch at this many `bytes`")
 	fs.DurationVar(&c.Batch.MaxDelay, j.name("Config.Batch.MaxDelay", "batch-delay"), journal.DefaultBatchDelay, "flush a batch this long after its first event")

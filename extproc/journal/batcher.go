@@ -247,10 +247,16 @@ func (b *batcher) add(q queued) {
 				"session", session.ShortID(q.rec.Session), "events", tooLarge, "limit_bytes", lim)
 		}
 		if len(parts) == 0 {
-			b.p.release(1)
+			b.p.release(1, len(q.rec.Data))
 			return
 		}
-		// One record became len(parts): each is released on its own.
+		// One record became len(parts): each is released on its own, and
+		// the events too large to store are released now.
+		size := 0
+		for _, r := range parts {
+			size += len(r.Data)
+		}
+		b.p.heldBytes.Add(int64(size - len(q.rec.Data)))
 		b.p.held.Add(int64(len(parts) - 1))
 		b.p.m.depth.Add(float64(len(parts) - 1))
 		for _, r := range parts {
@@ -362,7 +368,7 @@ func (b *batcher) dropRecord(rec session.Record) {
 	if rec.Base != nil {
 		b.p.releaseProvisional(rec.Session, rec.Base, 0, 1)
 	}
-	b.p.release(1)
+	b.p.release(1, len(rec.Data))
 }
 
 // seal moves the lane's open batch to its ready queue.
@@ -466,7 +472,7 @@ func (b *batcher) done(r result) {
 				p.ackHook(now.Sub(t))
 			}
 		}
-		p.release(len(pb.at))
+		p.release(len(pb.at), len(pb.Data))
 		p.stored(pb)
 		p.state.update(pb.Session, pb.Stream, pb.LastID, pb.LastSeq, l.principal)
 		b.recycle(pb)
@@ -604,7 +610,7 @@ func (b *batcher) giveUp(pb *pending, err error) {
 		"first_seq", pb.FirstSeq, "events", pb.Count, "tries", pb.tries, "err", err)
 	p.m.drop(dropGaveUp, len(pb.at))
 	p.lost(pb.Session, pb.Stream)
-	p.release(len(pb.at))
+	p.release(len(pb.at), len(pb.Data))
 	p.stored(pb)
 	b.recycle(pb)
 }
@@ -638,28 +644,31 @@ func (b *batcher) forget(l *lane) {
 
 // dropAll counts everything still held as lost (Shutdown timed out).
 func (b *batcher) dropAll() {
-	n := 0
+	n, size := 0, 0
+	count := func(pb *pending) {
+		if pb != nil {
+			n += len(pb.at)
+			size += len(pb.Data)
+		}
+	}
 	for _, l := range b.lanes {
 		for _, pb := range l.ready {
-			n += len(pb.at)
+			count(pb)
 		}
-		if l.open != nil {
-			n += len(l.open.at)
-		}
-		if l.inflight != nil {
-			n += len(l.inflight.at)
-		}
+		count(l.open)
+		count(l.inflight)
 	}
 	// Records still in the inbox.
 	recs, _ := b.p.take(nil)
 	for _, q := range recs {
 		if !q.flush {
 			n++
+			size += len(q.rec.Data)
 		}
 	}
 	if n > 0 {
 		b.p.m.drop(dropShutdown, n)
-		b.p.release(n)
+		b.p.release(n, size)
 		b.p.log.Error("journal shutdown timed out, records lost", "records", n)
 	}
 }

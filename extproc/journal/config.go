@@ -14,6 +14,7 @@ const (
 	DefaultBucket          = "ssetrack-sessions"
 	DefaultDuplicateWindow = 2 * time.Minute
 	DefaultQueueSize       = 65536
+	DefaultQueueBytes      = 256 << 20
 	DefaultBatchEvents     = 256
 	DefaultBatchBytes      = 60 << 10
 	DefaultBatchDelay      = 20 * time.Millisecond
@@ -65,6 +66,10 @@ type Config struct {
 	// their batch is acknowledged (or given up). Append drops records
 	// beyond it. Default 65536.
 	QueueSize int
+	// QueueBytes bounds the SSE bytes (Record.Data) of the records held,
+	// likewise: a record is one body chunk's events, so QueueSize alone
+	// would let an outage hold QueueSize chunks. Default 256 MiB.
+	QueueBytes int64
 	// Batch bounds one JetStream message.
 	Batch BatchConfig
 	// StateInterval is the KV flush cycle: each session's state is written
@@ -145,6 +150,9 @@ func (c Config) withDefaults() Config {
 	defI(&c.Replicas, DefaultReplicas)
 	defD(&c.DuplicateWindow, DefaultDuplicateWindow)
 	defI(&c.QueueSize, DefaultQueueSize)
+	if c.QueueBytes == 0 {
+		c.QueueBytes = DefaultQueueBytes
+	}
 	defI(&c.Batch.MaxEvents, DefaultBatchEvents)
 	defI(&c.Batch.MaxBytes, DefaultBatchBytes)
 	defD(&c.Batch.MaxDelay, DefaultBatchDelay)
@@ -196,7 +204,7 @@ func (c Config) validate() error {
 		v     int64
 	}{
 		{"MaxBytes", c.MaxBytes}, {"MaxMsgsPerSubject", c.MaxMsgsPerSubject},
-		{"QueueSize", int64(c.QueueSize)}, {"Batch.MaxEvents", int64(c.Batch.MaxEvents)},
+		{"QueueSize", int64(c.QueueSize)}, {"QueueBytes", c.QueueBytes}, {"Batch.MaxEvents", int64(c.Batch.MaxEvents)},
 		{"Batch.MaxBytes", int64(c.Batch.MaxBytes)}, {"MaxInFlight", int64(c.MaxInFlight)},
 		{"HistoryEvents", int64(c.HistoryEvents)}, {"MaxReplayBytes", int64(c.MaxReplayBytes)},
 	} {

@@ -77,11 +77,13 @@ type Journal struct {
 
 	pub atomic.Pointer[Publisher] // nil until the first setup succeeds
 
-	mu       sync.Mutex // guards backlog, setupErr, dialErr, shut
-	backlog  []queued   // Append's records before pub exists
-	setupErr error      // the last failed setup
-	dialErr  error      // the last failed connect attempt
-	shut     bool
+	mu      sync.Mutex // guards backlog, setupErr, dialErr, shut
+	backlog []queued   // Append's records before pub exists
+	// backlogBytes is the backlog's records' Data bytes.
+	backlogBytes int64
+	setupErr     error // the last failed setup
+	dialErr      error // the last failed connect attempt
+	shut         bool
 
 	lastDropLog, dropsToLog atomic.Int64
 
@@ -219,19 +221,21 @@ func (j *Journal) trySetup(ctx context.Context) bool {
 		_ = p.Shutdown(context.Background())
 		return true
 	}
-	// The backlog fits: it holds at most QueueSize records and p holds none.
+	// The backlog fits: it holds at most QueueSize records and QueueBytes,
+	// and p holds none.
 	j.m.depth.Sub(float64(len(j.backlog)))
 	p.handOver(j.backlog)
 	if n := len(j.backlog); n > 0 {
 		j.log.Info("journal ready: publishing the records queued while NATS was away", "records", n)
 	}
-	j.backlog, j.setupErr = nil, nil
+	j.backlog, j.backlogBytes, j.setupErr = nil, 0, nil
 	j.pub.Store(p)
 	return true
 }
 
 // Append implements extproc.Recorder. Before the Publisher exists it queues
-// rec (bounded by Config.QueueSize); afterwards it is Publisher.Append.
+// rec (bounded by Config.QueueSize and Config.QueueBytes); afterwards it is
+// Publisher.Append.
 func (j *Journal) Append(rec session.Record) bool {
 	if p := j.pub.Load(); p != nil {
 		return p.Append(rec)
@@ -246,11 +250,13 @@ func (j *Journal) Append(rec session.Record) bool {
 		j.m.drop(dropClosed, 1)
 		return false
 	}
-	if len(j.backlog) >= j.opts.Config.QueueSize {
+	size := int64(len(rec.Data))
+	if len(j.backlog) >= j.opts.Config.QueueSize || size > 0 && j.backlogBytes+size > j.opts.Config.QueueBytes {
 		j.m.drop(dropQueueFull, 1)
-		logDrop(j.log, &j.lastDropLog, &j.dropsToLog, rec.Session, j.opts.Config.QueueSize)
+		logDrop(j.log, &j.lastDropLog, &j.dropsToLog, rec.Session, j.opts.Config)
 		return false
 	}
+	j.backlogBytes += size
 	j.backlog = append(j.backlog, queued{rec: rec, at: time.Now()})
 	j.m.depth.Inc()
 	return true

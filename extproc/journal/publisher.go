@@ -34,8 +34,8 @@ import (
 // server-side duplicate) before the session's next batch is sent: batches
 // of one session land in sequence order, while sessions proceed in
 // parallel up to Config.MaxInFlight. Records stay counted against
-// Config.QueueSize until their batch is acknowledged, so memory is bounded
-// during a NATS outage too.
+// Config.QueueSize and their bytes against Config.QueueBytes until their
+// batch is acknowledged, so memory is bounded during a NATS outage too.
 //
 // Methods are safe for concurrent use.
 type Publisher struct {
@@ -74,8 +74,10 @@ type Publisher struct {
 	epoch  time.Time
 	wakes  atomic.Int64 // wakes Append sent, for tests
 
-	// held counts records from Append until ack or loss; it bounds memory.
+	// held counts records from Append until ack or loss, and heldBytes
+	// their Data's bytes; they bound memory.
 	held        atomic.Int64
+	heldBytes   atomic.Int64
 	lastDropLog atomic.Int64
 	// dropsToLog counts queue-full drops since the last log line.
 	dropsToLog atomic.Int64
@@ -207,7 +209,8 @@ func setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.S
 }
 
 // Append queues rec for publishing. It never blocks: it returns false, and
-// counts the loss, when the publisher holds Config.QueueSize records or is
+// counts the loss, when the publisher holds Config.QueueSize records, or
+// rec's bytes would take what it holds over Config.QueueBytes, or it is
 // shutting down. The publisher owns rec's slices afterwards.
 func (p *Publisher) Append(rec session.Record) bool {
 	return p.enqueue(queued{rec: rec, at: time.Now()})
@@ -222,11 +225,13 @@ func (p *Publisher) enqueue(q queued) bool {
 		p.m.drop(dropClosed, 1)
 		return false
 	}
-	if n := p.held.Add(1); n > int64(p.cfg.QueueSize) {
+	size := int64(len(q.rec.Data))
+	if held, bytes := p.held.Add(1), p.heldBytes.Add(size); held > int64(p.cfg.QueueSize) || size > 0 && bytes > p.cfg.QueueBytes {
 		p.held.Add(-1)
+		p.heldBytes.Add(-size)
 		p.mu.Unlock()
 		p.m.drop(dropQueueFull, 1)
-		logDrop(p.log, &p.lastDropLog, &p.dropsToLog, q.rec.Session, p.cfg.QueueSize)
+		logDrop(p.log, &p.lastDropLog, &p.dropsToLog, q.rec.Session, p.cfg)
 		return false
 	}
 	n, full := p.push(q)
@@ -283,10 +288,13 @@ func (p *Publisher) handOver(qs []queued) {
 		return
 	}
 	p.mu.Lock()
+	var size int64
 	for _, q := range qs {
 		p.push(q)
+		size += int64(len(q.rec.Data))
 	}
 	p.held.Add(int64(len(qs)))
+	p.heldBytes.Add(size)
 	p.mu.Unlock()
 	p.m.depth.Add(float64(len(qs)))
 	p.signal()
@@ -329,7 +337,7 @@ func (p *Publisher) take(buf []queued) ([]queued, bool) {
 
 // logDrop counts a queue-full loss and logs the losses at most once per
 // second; last and count are the caller's.
-func logDrop(log *slog.Logger, last, count *atomic.Int64, sessionID string, queueSize int) {
+func logDrop(log *slog.Logger, last, count *atomic.Int64, sessionID string, cfg Config) {
 	count.Add(1)
 	now := time.Now().UnixNano()
 	prev := last.Load()
@@ -337,7 +345,7 @@ func logDrop(log *slog.Logger, last, count *atomic.Int64, sessionID string, queu
 		return
 	}
 	log.Warn("journal queue full, dropping records",
-		"session", session.ShortID(sessionID), "queue_size", queueSize, "dropped", count.Swap(0))
+		"session", session.ShortID(sessionID), "queue_size", cfg.QueueSize, "queue_bytes", cfg.QueueBytes, "dropped", count.Swap(0))
 }
 
 // stored forgets pb's sequence numbers as unstored (acknowledged or given
@@ -529,9 +537,10 @@ func (p *Publisher) lost(sessionID, stream string) {
 	}
 }
 
-// release forgets n records (acknowledged or lost).
-func (p *Publisher) release(n int) {
+// release forgets n records (acknowledged or lost) of size bytes in all.
+func (p *Publisher) release(n, size int) {
 	p.held.Add(int64(-n))
+	p.heldBytes.Add(int64(-size))
 	p.m.depth.Sub(float64(n))
 }
 

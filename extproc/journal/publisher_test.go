@@ -156,6 +156,40 @@ func TestQueueFull(t *testing.T) {
 	}
 }
 
+// TestQueueBytesFull: records are refused once their bytes would take the
+// queue over Config.QueueBytes, while NATS is gone, and every byte held is
+// released again, whether its batch was acknowledged or lost.
+func TestQueueBytesFull(t *testing.T) {
+	s := startTestServer(t)
+	nc := connect(t, s.ClientURL())
+	size := len(record("full", "s", 1, 3, false).Data) // the same for records 1..9 of 3 events
+	p := newPublisher(t, nc, Config{QueueBytes: int64(2*size + size/2), PublishTimeout: 200 * time.Millisecond})
+	// Acknowledged: nothing stays held.
+	p.Append(record("acked", "s", 1, 3, true))
+	waitFor(t, 10*time.Second, "ack", func() bool { return statsOf(t, p).Events == 3 })
+	if n := p.heldBytes.Load(); n != 0 {
+		t.Fatalf("%d bytes held after the ack", n)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ok := 0
+	for i := range 3 {
+		if p.Append(record("full", "s", 1+3*i, 3, false)) {
+			ok++
+		}
+	}
+	if st := statsOf(t, p); ok != 2 || st.DroppedQueueFull != 1 {
+		t.Errorf("accepted %d of 3 records of %d bytes with QueueBytes %d; stats %+v", ok, size, p.cfg.QueueBytes, st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_ = p.Shutdown(ctx) // fails: NATS is gone
+	if n := p.heldBytes.Load(); n != 0 {
+		t.Errorf("%d bytes held after the records were lost", n)
+	}
+}
+
 // TestKVCoalescing appends many small records and checks that state writes
 // are coalesced and the final value is right.
 func TestKVCoalescing(t *testing.T) {
