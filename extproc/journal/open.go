@@ -77,7 +77,7 @@ type Journal struct {
 
 	pub atomic.Pointer[Publisher] // nil until the first setup succeeds
 
-	mu      sync.Mutex // guards backlog, setupErr, dialErr, shut
+	mu      sync.Mutex // guards backlog, backlogBytes, setupErr, dialErr, shut
 	backlog []queued   // Append's records before pub exists
 	// backlogBytes is the backlog's records' Data bytes.
 	backlogBytes int64
