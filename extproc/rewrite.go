@@ -48,7 +48,11 @@ func (w *rewriter) assemble() {
 }
 
 // answer returns the chunk's replacement and whether it differs from body.
-// The bytes are valid until the next reset.
+// The bytes are valid until the next reset. The answer is sent before that:
+// grpc-go's SendMsg encodes the message before it returns, which is what
+// the reuse rests on. Its doc still forbids changing a sent message, for
+// stats handlers that may read one later (payload logging): the server
+// installs none, and one that did would need the answer copied.
 func (w *rewriter) answer() (out []byte, changed bool) {
 	if w.dirty {
 		return w.out, true

@@ -222,3 +222,10 @@ func gatherStats(t testing.TB, g prometheus.Gatherer) stats {
 	}
 	return st
 }
+
+// unstoredSeq is the session's highest sequence number not yet stored, or 0.
+func (p *Publisher) unstoredSeq(sessionID string) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.unstored[sessionID]
+}

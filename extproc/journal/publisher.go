@@ -523,13 +523,6 @@ func (p *Publisher) settle(sessionID string, stored uint64, b beyondStore) uint6
 	return p.resolveHeld(sessionID, n)
 }
 
-// unstoredSeq is the session's highest sequence number not yet stored, or 0.
-func (p *Publisher) unstoredSeq(sessionID string) uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.unstored[sessionID]
-}
-
 // lost tells Config.Lost of lost events of stream of session sessionID.
 func (p *Publisher) lost(sessionID, stream string) {
 	if p.cfg.Lost != nil {
