@@ -57,6 +57,7 @@ type chunk struct {
 	rec      session.Record
 	delivery session.Delivery
 	locked   bool
+	from     uint64 // with locked: the window position the delivery began at
 	carried  bool   // the parser held bytes of an earlier chunk
 	body     []byte // the chunk
 	// off is the offset of the segment at hand in the parser's input for
@@ -129,6 +130,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	if x.cfg.Recorder != nil {
 		x.finishRecord(&c.rec, &c)
 	}
+	x.answered, x.answeredFrom = c.locked, c.from
 	if c.locked {
 		c.delivery.End()
 	}
@@ -137,6 +139,24 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	c.counts.rewritten = changed && !x.observe
 	x.m.addChunk(&c.counts)
 	return out, changed
+}
+
+// begin begins the chunk's delivery to st, once.
+func (c *chunk) begin(st *session.Stream) {
+	if !c.locked {
+		c.delivery, c.locked = st.Begin(), true
+		c.from = c.delivery.Position()
+	}
+}
+
+// answerLost is told that the answer to the last message could not be
+// sent: Envoy had ended the stream. When that message was a body chunk,
+// the client did not get its events from this response (Stream.Unsent).
+func (x *exchange) answerLost() {
+	if x.answered && x.stream != nil {
+		x.stream.Unsent(x.answeredFrom)
+	}
+	x.answered = false
 }
 
 // sendReplay puts the missed events (readReplay) into the answer here.
@@ -171,9 +191,7 @@ func (x *exchange) decide(seg sse.Segment, c *chunk, begun bool) (cut int) {
 		if seg.End {
 			c.counts.oversize++
 			if x.stream != nil {
-				if !c.locked {
-					c.delivery, c.locked = x.stream.Begin(), true
-				}
+				c.begin(x.stream)
 				c.delivery.Untracked()
 			}
 		}
@@ -190,9 +208,7 @@ func (x *exchange) decide(seg sse.Segment, c *chunk, begun bool) (cut int) {
 		c.counts.forwarded++
 		return 0
 	}
-	if !c.locked {
-		c.delivery, c.locked = x.stream.Begin(), true
-	}
+	c.begin(x.stream)
 	id, first := seg.ID, seg.FirstID
 	if !seg.HasID {
 		id, first = nil, nil

@@ -56,6 +56,11 @@ type exchange struct {
 	// its blank line, at the end of its chunk; an LF opening the next chunk
 	// completes that CRLF and is dropped with it.
 	dropCR bool
+	// answered: the last chunk's deliveries began at window position
+	// answeredFrom (Delivery.Position); what the answer to it carries if
+	// that answer cannot be sent (answerLost).
+	answered     bool
+	answeredFrom uint64
 }
 
 // requestInfo is what the request headers say.
@@ -92,6 +97,7 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) (resp *procv3.Processin
 		x.modes = modesOf(req.GetProtocolConfig())
 	}
 	phase = phaseOther
+	x.answered = false // set by a body chunk's processing
 	switch r := req.Request.(type) {
 	case *procv3.ProcessingRequest_RequestHeaders:
 		resp, phase = x.requestHeaders(r.RequestHeaders), phaseRequestHeaders

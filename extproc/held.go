@@ -90,9 +90,7 @@ func (x *exchange) fateDecided(block []byte, c *chunk) bool {
 	if !ok {
 		return false // no id yet: a later line may name one the client has
 	}
-	if !c.locked {
-		c.delivery, c.locked = x.stream.Begin(), true
-	}
+	c.begin(x.stream)
 	if c.delivery.Dup(id) {
 		h.dup = true
 		return false

@@ -246,6 +246,7 @@ func (s *Server) Process(stream procv3.ExternalProcessor_ProcessServer) error {
 		if x.before != nil {
 			err, x.before = stream.Send(x.before), nil
 			if err != nil {
+				x.answerLost()
 				s.metrics.errors.WithLabelValues("send").Inc()
 				return err
 			}
@@ -257,6 +258,9 @@ func (s *Server) Process(stream procv3.ExternalProcessor_ProcessServer) error {
 		answered = time.Now()
 		s.metrics.answer[phase].Observe(answered.Sub(start).Seconds())
 		if err != nil {
+			// Mostly Envoy ended the stream first (the upstream reset, the
+			// client left): the answer's events did not reach the client.
+			x.answerLost()
 			s.metrics.errors.WithLabelValues("send").Inc()
 			return err
 		}

@@ -1312,3 +1312,34 @@ func TestTakeoverNotice(t *testing.T) {
 		t.Errorf("notices %q, want one, for the owner's resume from 1", rec.notices)
 	}
 }
+
+// TestAnswerLost: the events of a chunk whose answer never reached Envoy
+// (the upstream reset the stream as it wrote them) are not the client's: a
+// reconnect without Last-Event-ID, to which the upstream sends them again,
+// gets them, and the journal keeps one copy. What earlier answers carried,
+// and events of another response of the session, stay delivered.
+func TestAnswerLost(t *testing.T) {
+	srv, rec := newRecordingServer(t)
+	other := openResponse(srv, "")
+	defer other.close()
+	a := openResponse(srv, "")
+	feed(a, "id: 1\ndata: a\n\n", false)
+	feed(a, "id: 2\ndata: b\n\nid: 3\ndata: c\n\n", false)
+	if got := feed(other, "id: o1\ndata: o\n\n", false); got != "id: o1\ndata: o\n\n" {
+		t.Fatalf("the other response got %q", got)
+	}
+	a.answerLost() // Send failed for the answer to the last chunk
+	a.close()
+	b := openResponse(srv, "")
+	defer b.close()
+	got := feed(b, "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\nid: o1\ndata: o\n\nid: 4\ndata: d\n\n", false)
+	if want := "id: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n"; got != want {
+		t.Errorf("the reconnect got %q, want %q", got, want)
+	}
+	if got := feed(b, "id: 2\ndata: b\n\n", false); got != "" {
+		t.Errorf("a second repeat of an event sent again got %q, want it dropped", got)
+	}
+	if j, want := rec.journal(), "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\nid: o1\ndata: o\n\nid: 4\ndata: d\n\n"; j != want {
+		t.Errorf("journal %q, want each event once, %q", j, want)
+	}
+}

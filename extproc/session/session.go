@@ -46,10 +46,9 @@ type Session struct {
 	principal string // keyed hash of the owner, "" until one is seen
 	streams   []streamInfo
 	notStored string // the last Last-Event-ID the journal did not hold
-	// lostAt holds, for each remembered stream whose events the journal
-	// lost, 1 + the window position (see window) at its newest loss
-	// (Delivery.Lost): the lost events lie before it. nil until a loss.
-	lostAt     map[uint32]uint64
+	// marks holds what a session needs after a loss or a lost answer; nil
+	// until one (one pointer keeps an idle session small).
+	marks      *marks
 	nextStream uint32
 
 	// unloaded is set when loading the session's history failed (a timeout
@@ -98,6 +97,42 @@ type Resume struct {
 	// the session no longer holds that id, and everything it delivered
 	// after the id is missed.
 	Stream string
+}
+
+// marks is what a session records of losses, the rare case.
+type marks struct {
+	// lostAt holds, for each remembered stream whose events the journal
+	// lost, 1 + the window position (see window) at its newest loss
+	// (Delivery.Lost): the lost events lie before it.
+	lostAt map[uint32]uint64
+	// unsent holds the window keys (hash>>8) of events delivered in an
+	// answer that never reached Envoy (Stream.Unsent), at most a window's
+	// worth. A later delivery of one goes to the client again, neither
+	// numbered nor stored again.
+	unsent map[uint64]struct{}
+}
+
+// mark returns s.marks, made if need be. s.mu must be held.
+func (s *Session) mark() *marks {
+	if s.marks == nil {
+		s.marks = &marks{}
+	}
+	return s.marks
+}
+
+// lostAt is s.marks.lostAt[num], 0 when none. s.mu must be held.
+func (s *Session) lostAt(num uint32) uint64 {
+	if s.marks == nil {
+		return 0
+	}
+	return s.marks.lostAt[num]
+}
+
+// forgetLoss forgets stream num's loss. s.mu must be held.
+func (s *Session) forgetLoss(num uint32) {
+	if s.marks != nil {
+		delete(s.marks.lostAt, num)
+	}
 }
 
 // Stream is one SSE response of a session. It belongs to the goroutine
@@ -259,7 +294,7 @@ func (d *Delivery) anchor(slot int) {
 // the oldest beyond maxStreams. s.mu must be held.
 func (s *Session) remember(info streamInfo) {
 	if len(s.streams) == maxStreams {
-		delete(s.lostAt, s.streams[0].num)
+		s.forgetLoss(s.streams[0].num)
 		copy(s.streams, s.streams[1:])
 		s.streams = s.streams[:maxStreams-1]
 	}
@@ -270,7 +305,7 @@ func (s *Session) remember(info streamInfo) {
 // be held.
 func (s *Session) forgetStream(num uint32) {
 	s.streams = slices.DeleteFunc(s.streams, func(info streamInfo) bool { return info.num == num })
-	delete(s.lostAt, num)
+	s.forgetLoss(num)
 }
 
 // touchStream moves stream num to the end of the remembered streams, which
@@ -371,7 +406,7 @@ func (st *Stream) MissedUnheld() bool {
 	s := st.sess
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lostAt[st.num] > st.from || s.win.untrackedAfter(st.num, st.from)
+	return s.lostAt(st.num) > st.from || s.win.untrackedAfter(st.num, st.from)
 }
 
 // stream returns the info of stream num, or nil. s.mu must be held.
@@ -426,6 +461,59 @@ func (d *Delivery) SeqBase() *SeqBase { return d.st.sess.base }
 // End ends the delivery and unlocks the session.
 func (d *Delivery) End() { d.st.sess.mu.Unlock() }
 
+// Position is the window position the delivery's next event takes: a
+// caller that keeps it can name, with Stream.Unsent, what the stream
+// delivered from there on.
+func (d *Delivery) Position() uint64 { return d.st.sess.win.next }
+
+// Unsent records that what this stream delivered from window position from
+// on (Delivery.Position) never reached Envoy: the ext_proc answer carrying
+// it could not be sent, the stream having ended (an upstream that reset
+// mid-stream, say). Its client did not get those events from this
+// response, whatever a later one that says nothing of them (no
+// Last-Event-ID) would otherwise be taken to have: when an upstream sends
+// one of them again on any response of the session, it goes to the client
+// again, as a resuming client's lost event does (Deliver), neither numbered
+// nor stored again. They stay recorded and stored as delivered: a resume
+// from an id before them gets them by replay. Events of another response
+// delivered meanwhile are the other response's, and are left as they are.
+func (st *Stream) Unsent(from uint64) {
+	s := st.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := &s.win
+	size := uint64(len(w.slots))
+	if w.next > size {
+		from = max(from, w.next-size)
+	}
+	tag := tagOf(st.num)
+	for p := from; p < w.next; p++ {
+		if v := w.slots[p%size]; v&0xff == tag && v>>8 != 0 {
+			m := s.mark()
+			if m.unsent == nil {
+				m.unsent = make(map[uint64]struct{})
+			}
+			if len(m.unsent) >= len(w.slots) {
+				return
+			}
+			m.unsent[v>>8] = struct{}{}
+		}
+	}
+}
+
+// isUnsent reports whether window key h>>8 is among the unsent (see
+// marks), and with take forgets it. s.mu must be held.
+func (s *Session) isUnsent(h uint64, take bool) bool {
+	if s.marks == nil || s.marks.unsent == nil {
+		return false
+	}
+	_, ok := s.marks.unsent[h>>8]
+	if ok && take {
+		delete(s.marks.unsent, h>>8)
+	}
+	return ok
+}
+
 // Deliver decides whether an event goes to the client and records it if so.
 // id is the event's id and hasID whether it had a valid id field (WHATWG HTML
 // §9.2): an empty id resets the stream's last event id and, like an event
@@ -474,7 +562,7 @@ func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 		d.anchor(slot)
 	}
 	if slot >= 0 {
-		if again = st.lost(slot); !again {
+		if again = st.lost(slot) || s.isUnsent(h, true); !again {
 			return true, false
 		}
 	}
@@ -554,12 +642,13 @@ func (d *Delivery) Lost() {
 }
 
 // lost records a loss of stream num's events at the window's head (see
-// Session.lostAt). s.mu must be held.
+// marks.lostAt). s.mu must be held.
 func (s *Session) lost(num uint32) {
-	if s.lostAt == nil {
-		s.lostAt = make(map[uint32]uint64)
+	m := s.mark()
+	if m.lostAt == nil {
+		m.lostAt = make(map[uint32]uint64)
 	}
-	s.lostAt[num] = s.win.next + 1
+	m.lostAt[num] = s.win.next + 1
 }
 
 // Dup reports whether Claim would find the event with this id a
@@ -579,7 +668,7 @@ func (d *Delivery) Dup(id []byte) bool {
 	if d.st.anchoring {
 		d.anchor(slot)
 	}
-	return slot >= 0 && !d.st.lost(slot)
+	return slot >= 0 && !d.st.lost(slot) && !s.isUnsent(h, false)
 }
 
 // lost reports whether the event in window slot is one the client resuming
