@@ -2,7 +2,6 @@ package extproc
 
 import (
 	"context"
-	"log/slog"
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -19,11 +18,9 @@ import (
 // has no locks; it reaches shared state only through the session table,
 // the Recorder and the Replayer.
 type exchange struct {
-	cfg     *Config
-	headers map[string]int // session headers, to their priority
-	m       *metrics
-	log     *slog.Logger
-	ctx     context.Context
+	cfg *Config // the server's, as are srv.headers and srv.log
+	m   *metrics
+	ctx context.Context
 
 	started bool        // a message was handled: observe and modes are decided
 	observe bool        // Envoy's observability_mode: never answer
@@ -79,7 +76,7 @@ type requestInfo struct {
 
 func newExchange(s *Server, ctx context.Context) *exchange {
 	return &exchange{
-		cfg: &s.cfg, headers: s.headers, m: s.metrics, log: s.log, ctx: ctx, srv: s,
+		cfg: &s.cfg, m: s.metrics, ctx: ctx, srv: s,
 		parser: sse.Parser{MaxEventSize: s.cfg.MaxEventSize},
 	}
 }

@@ -60,6 +60,13 @@ func (x *exchange) abandonHeld() {
 // would without ssetrack; it is stored once.
 func (x *exchange) forwardHeld(c *chunk) {
 	block := x.parser.Held()
+	if block == nil && x.stream == nil {
+		// Bytes of a BOM split across chunks, or of a first block that
+		// begins like one: without a session nothing is dropped, so they
+		// go on whichever they turn out to be. With one they wait: a
+		// block's fate waits for its first id.
+		block = x.parser.HeldBOM()
+	}
 	if len(block) <= x.heldSent() || x.observe {
 		return
 	}

@@ -48,7 +48,7 @@ func (x *exchange) locateStream(ctx context.Context) string {
 		// Mostly a search cut short by ctx: counted, not logged at warn
 		// (a client can repeat it at will).
 		x.m.errors.WithLabelValues("locate").Inc()
-		x.log.Debug("locate stream", "session", session.ShortID(x.sessionID), "err", err)
+		x.srv.log.Debug("locate stream", "session", session.ShortID(x.sessionID), "err", err)
 		return ""
 	}
 	return stream

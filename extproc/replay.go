@@ -65,7 +65,7 @@ func (x *exchange) readReplay(ctx context.Context) string {
 		result = replayTooLarge
 	case err != nil:
 		result = replayFailed
-		x.log.Warn("replay", "session", session.ShortID(x.sessionID), "err", err)
+		x.srv.log.Warn("replay", "session", session.ShortID(x.sessionID), "err", err)
 	case len(ids) == 0 && len(data) == 0:
 		return "" // a located stream that stored nothing after the id
 	default:

@@ -54,7 +54,7 @@ func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingRespo
 		case key == x.cfg.PrincipalHeader && key != "":
 			x.principal = principalHash(x.cfg.PrincipalKey, headerValue(hv))
 		default:
-			if i, ok := x.headers[key]; ok {
+			if i, ok := x.srv.headers[key]; ok {
 				switch v := headerValue(hv); {
 				case i < best:
 					best, x.sessionID, conflict = i, v, false

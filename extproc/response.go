@@ -41,7 +41,7 @@ func (x *exchange) responseHeaders(h *procv3.HttpHeaders) *procv3.ProcessingResp
 				assigned = c.Value
 			}
 		case assigned == "":
-			if _, ok := x.headers[key]; ok {
+			if _, ok := x.srv.headers[key]; ok {
 				assigned = headerValue(hv)
 			}
 		}
@@ -114,10 +114,10 @@ func (x *exchange) explain(kind string) {
 	}
 	switch kind {
 	case kindBuffered:
-		x.log.Warn("response_body_mode BUFFERED_PARTIAL: SSE responses are forwarded untouched, without dedup, replay or journal; "+
+		x.srv.log.Warn("response_body_mode BUFFERED_PARTIAL: SSE responses are forwarded untouched, without dedup, replay or journal; "+
 			"set response_body_mode NONE with allow_mode_override: true, or STREAMED (envoy/README.md)", "kind", kind)
 	case kindNotSent:
-		x.log.Warn("Envoy ignores mode_override with this filter config (send_body_without_waiting_for_header_response, or a "+
+		x.srv.log.Warn("Envoy ignores mode_override with this filter config (send_body_without_waiting_for_header_response, or a "+
 			"FULL_DUPLEX_STREAMED request body) and response_body_mode is NONE, so SSE bodies never reach ssetrack and are "+
 			"forwarded untouched; set response_body_mode STREAMED (envoy/README.md)", "kind", kind)
 	}

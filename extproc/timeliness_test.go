@@ -96,3 +96,36 @@ func eventBytes(body string) string {
 	}
 	return b.String()
 }
+
+// TestSplitBOMWithoutSession: without a session nothing waits, not even
+// the first bytes of a BOM split across chunks, whether they turn out to
+// be a BOM or the start of a block.
+func TestSplitBOMWithoutSession(t *testing.T) {
+	for name, chunks := range map[string][]string{
+		"bom":         {"\xef", "\xbb", "\xbfid: 1\ndata: a\n\n"},
+		"bom in two":  {"\xef\xbb", "\xbf: c\n\n"},
+		"not a bom":   {"\xef\xbb", "x: 1\n\n"},
+		"end in bom":  {"\xef\xbb"},
+		"whole block": {"\xef\xbb", "\xbf", "data: a\n", "\n"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			table := session.NewTable(session.Config{Window: 16})
+			defer table.Close()
+			srv, err := New(Config{Sessions: table, Registerer: prometheus.NewRegistry()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			x := newExchange(srv, context.Background())
+			x.sseBody = true // no session: x.stream stays nil
+			for i, c := range chunks {
+				out, _ := x.process([]byte(c), false)
+				if string(out) != c {
+					t.Errorf("chunk %d %q: answered %q, want it unchanged", i, c, out)
+				}
+			}
+			if out, _ := x.process(nil, true); len(out) != 0 {
+				t.Errorf("end of stream: answered %q, want nothing more", out)
+			}
+		})
+	}
+}

@@ -378,6 +378,17 @@ func (p *Parser) Held() []byte {
 	return p.carry[:len(p.carry):len(p.carry)]
 }
 
+// HeldBOM returns the bytes of a possible BOM the parser holds at the
+// stream's start, before it can tell (Pending counts them), or nil. They
+// are valid until the next call to Feed, Next or Flush; the parser keeps
+// them, and returns them again in the BOM's segment or the first block.
+func (p *Parser) HeldBOM() []byte {
+	if p.bomDone {
+		return nil
+	}
+	return p.bom[:p.bomN:p.bomN]
+}
+
 // Pending reports how many bytes the parser holds (an incomplete block).
 func (p *Parser) Pending() int {
 	if !p.bomDone {
