@@ -40,6 +40,10 @@ type exchange struct {
 	sess   *session.Session // set while acquired
 	stream *session.Stream  // set for a tracked SSE response
 	owner  bool             // the principal owns the session (may be replayed to)
+	// lookupFailed: a journal search for the client's Last-Event-ID
+	// (locateStream) did not finish: whether it missed anything is not
+	// known.
+	lookupFailed bool
 
 	sseBody bool // the response body is SSE and streamed to us
 	gotBody bool // a response body chunk arrived

@@ -46,7 +46,8 @@ func (x *exchange) locateStream(ctx context.Context) string {
 		return ""
 	case err != nil:
 		// Mostly a search cut short by ctx: counted, not logged at warn
-		// (a client can repeat it at will).
+		// (a client can repeat it at will), and the client told (readReplay).
+		x.lookupFailed = true
 		x.m.errors.WithLabelValues("locate").Inc()
 		x.srv.log.Debug("locate stream", "session", session.ShortID(x.sessionID), "err", err)
 		return ""

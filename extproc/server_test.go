@@ -890,6 +890,31 @@ func TestReplayLossDuringRead(t *testing.T) {
 	}
 }
 
+// TestLocateFailedSaysError: a resume from an id the window no longer
+// holds whose journal search does not finish (a timeout, NATS away) is told
+// so: Ssetrack-Replay: error, as when the session's history did not load.
+func TestLocateFailedSaysError(t *testing.T) {
+	var first strings.Builder
+	for i := 1; i <= 10; i++ {
+		fmt.Fprintf(&first, "id: %d\ndata: e%d\n\n", i, i)
+	}
+	rp := &replayer{}
+	h := newHarness(t, func(c *Config) {
+		c.Sessions = session.NewTable(session.Config{Window: 4})
+		c.Recorder, c.Replayer = rp, rp
+	})
+	h.run(t, request{reqHeaders: []string{"mcp-session-id", "S"}, respHeaders: sseHeaders(), chunks: split(first.String(), eventCuts(first.String())...)})
+	rp.err = context.DeadlineExceeded
+	res := h.run(t, request{reqHeaders: []string{"mcp-session-id", "S", "last-event-id", "3"}, respHeaders: sseHeaders(),
+		chunks: split("id: 11\ndata: e11\n\n")})
+	if hdr := replayHeader(res); hdr != "error" {
+		t.Errorf("%s header %q after a search that did not finish, want error", headerReplay, hdr)
+	}
+	if string(res.body) != "id: 11\ndata: e11\n\n" {
+		t.Errorf("forwarded %q, want the upstream's event", res.body)
+	}
+}
+
 // TestReplayAfterWindow resumes from an id the dedup window no longer holds:
 // the journal names the stream that carried it, the stream is continued and
 // everything it delivered after the id is replayed; the upstream's repeat of

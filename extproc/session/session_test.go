@@ -611,6 +611,56 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 	}
 }
 
+// uncheckableJournal cannot tell whether a cached copy is current (NATS
+// away) and loads only once up is set.
+type uncheckableJournal struct {
+	h  *History
+	up *atomic.Bool
+}
+
+func (j uncheckableJournal) Load(context.Context, string) (*History, error) {
+	if !j.up.Load() {
+		return nil, context.DeadlineExceeded
+	}
+	return j.h, nil
+}
+func (j uncheckableJournal) Stale(context.Context, string, uint64) (bool, error) {
+	return false, context.DeadlineExceeded
+}
+
+// TestUncheckedCopy: a cached copy whose freshness the journal could not
+// confirm is kept, but counts as one whose load failed (a resume is told
+// error, see extproc's readReplay); the next request that finds the journal
+// back loads and merges what another writer stored meanwhile.
+func TestUncheckedCopy(t *testing.T) {
+	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}},
+		Events: []EventRef{{ID: "1", Stream: "r-1", Seq: 1}, {ID: "2", Stream: "r-1", Seq: 2}, {ID: "3", Stream: "r-1", Seq: 3}}}
+	up := &atomic.Bool{}
+	tb := newTestTable(t, Config{Loader: uncheckableJournal{h: h, up: up}})
+	old := acquire(t, tb, "S")
+	tb.Release(old)
+	s, err := tb.Acquire(context.Background(), "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s != old || !s.Unloaded() {
+		t.Fatalf("after a failed check: same copy %v, Unloaded %v; want the copy kept, unloaded", s == old, s.Unloaded())
+	}
+	tb.Release(s)
+	up.Store(true)
+	s, err = tb.Acquire(context.Background(), "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Unloaded() {
+		t.Error("still unloaded once the journal answers")
+	}
+	st := s.OpenStream(Resume{LastEventID: "3", HasLastEventID: true})
+	if got := deliver(st, "2", "3", "4"); fmt.Sprint(got) != "[4]" {
+		t.Errorf("delivered %v after the reload, want [4]", got)
+	}
+}
+
 // TestLocateInCopyHeldHere: this replica holds the session's standalone GET
 // open (its copy in use, never reloaded) while another replica serves its
 // stream p. A small session asks the journal for an id it lacks only when
