@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -76,10 +77,15 @@ type connHooks struct {
 
 // Options builds the nats.Options for c. The connection reconnects forever
 // (a journal outlives NATS outages), keeps retrying when the first connect
-// fails (nats.RetryOnFailedConnect), buffers up to 8 MiB while
+// fails (nats.RetryOnFailedConnect) and when the server refuses its
+// credentials (nats.IgnoreAuthErrorAbort: nats.go otherwise closes the
+// connection for good at the second refusal, and a journal would stay off
+// after the operator fixed the server's accounts), buffers up to 8 MiB while
 // reconnecting, and leaves a server that stops answering pings
 // (PingInterval); log, if not nil, receives connection state changes, with
-// any user:password stripped from URLs.
+// any user:password stripped from URLs: a failed connect attempt at warn
+// level when its error differs from the last one logged or 30 s have
+// passed (debug otherwise), a refused credential at error level.
 func (c ConnConfig) Options(log *slog.Logger) ([]nats.Option, error) {
 	return c.options(log, connHooks{})
 }
@@ -109,6 +115,7 @@ func (c ConnConfig) options(log *slog.Logger, hooks connHooks) ([]nats.Option, e
 		nats.ReconnectWait(wait),
 		nats.ReconnectBufSize(8 << 20),
 		nats.RetryOnFailedConnect(true),
+		nats.IgnoreAuthErrorAbort(),
 	}
 	if c.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(c.CredsFile))
@@ -130,6 +137,7 @@ func (c ConnConfig) options(log *slog.Logger, hooks connHooks) ([]nats.Option, e
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	dialLog := &repeatLog{every: 30 * time.Second}
 	up := func(nc *nats.Conn, what string) {
 		log.Info(what, "url", RedactURL(nc.ConnectedUrl()))
 		if hooks.up != nil {
@@ -145,12 +153,23 @@ func (c ConnConfig) options(log *slog.Logger, hooks connHooks) ([]nats.Option, e
 			}
 		}),
 		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
-			log.Debug("nats connect attempt failed", "err", err)
+			// (nats.go reports here a connect that failed before the
+			// server answered; a refused credential comes to ErrorHandler.)
+			switch {
+			case dialLog.note(err):
+				log.Warn("nats connect attempt failed; retrying", "err", err)
+			default:
+				log.Debug("nats connect attempt failed", "err", err)
+			}
 			if hooks.dialErr != nil {
 				hooks.dialErr(err)
 			}
 		}),
 		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			if authError(err) {
+				log.Error("nats refused the credentials; retrying", "err", err)
+				return
+			}
 			log.Warn("nats async error", "err", err)
 		}),
 	)
@@ -161,6 +180,36 @@ func (c ConnConfig) options(log *slog.Logger, hooks connHooks) ([]nats.Option, e
 		return nil, err
 	}
 	return opts, nil
+}
+
+// authError reports whether err is the server refusing the connection's
+// credentials.
+func authError(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked)
+}
+
+// repeatLog decides which of a run of repeated errors to log at a higher
+// level: one whose text differs from the last logged, or the first after
+// every.
+type repeatLog struct {
+	every time.Duration
+	mu    sync.Mutex
+	last  string
+	at    time.Time
+}
+
+// note reports whether err should be logged at the higher level, and if so
+// remembers it.
+func (r *repeatLog) note(err error) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	msg := err.Error()
+	if msg == r.last && time.Since(r.at) < r.every {
+		return false
+	}
+	r.last, r.at = msg, time.Now()
+	return true
 }
 
 // Connect dials the cluster described by c; extra options are applied

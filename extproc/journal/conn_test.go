@@ -1,10 +1,13 @@
 package journal
 
 import (
+	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -141,5 +144,56 @@ func TestLeavesFrozenServer(t *testing.T) {
 			t.Fatalf("still on %q (status %v) 10s after its server froze", nc.ConnectedUrl(), nc.Status())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRetriesRefusedCredentials: a connection whose credentials the server
+// stops accepting (an operator rotating accounts) keeps trying, where
+// nats.go would close it at the second refusal, and connects again once the
+// server accepts them: the journal comes back without a restart.
+func TestRetriesRefusedCredentials(t *testing.T) {
+	opts := func(port int, password string) *server.Options {
+		return &server.Options{Host: "127.0.0.1", Port: port, Username: "ssetrack", Password: password}
+	}
+	ns := runNATS(t, opts(-1, "pw"))
+	port := ns.Addr().(*net.TCPAddr).Port
+	var refusals atomic.Int32
+	nc, err := Connect(ConnConfig{URLs: []string{fmt.Sprintf("nats://ssetrack:pw@127.0.0.1:%d", port)}, ReconnectWait: 10 * time.Millisecond}, testLog(),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if authError(err) {
+				refusals.Add(1)
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	waitFor(t, 10*time.Second, "connected", nc.IsConnected)
+	ns.Shutdown()
+	rotated := runNATS(t, opts(port, "rotated"))
+	waitFor(t, 10*time.Second, "three refusals", func() bool { return refusals.Load() >= 3 })
+	if nc.IsClosed() {
+		t.Fatal("the connection closed after its credentials were refused")
+	}
+	rotated.Shutdown()
+	runNATS(t, opts(port, "pw")) // the operator puts the password back
+	waitFor(t, 10*time.Second, "connected again", nc.IsConnected)
+}
+
+// TestReadyNamesRefusedCredentials: a journal whose first connect the
+// server refuses says why in its readiness error (and so in /readyz and
+// the "starting degraded" log), not just that the connection is
+// reconnecting.
+func TestReadyNamesRefusedCredentials(t *testing.T) {
+	ns := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1, Username: "ssetrack", Password: "right"})
+	url := fmt.Sprintf("nats://ssetrack:wrong@127.0.0.1:%d", ns.Addr().(*net.TCPAddr).Port)
+	j, err := Open(context.Background(), Options{Logger: testLog(), Conn: ConnConfig{URLs: []string{url}, ReconnectWait: 10 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Shutdown(context.Background())
+	// At once: Open logs it as it returns, before nats.go's callbacks ran.
+	if err := j.Ready(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+		t.Errorf("readiness as Open returns: %v; want it to name the refusal", err)
 	}
 }

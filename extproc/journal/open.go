@@ -341,6 +341,10 @@ func (j *Journal) Ready() error {
 		return fmt.Errorf("%w: shutting down", ErrNotReady)
 	case st != nats.CONNECTED && dialErr != nil:
 		return fmt.Errorf("%w: NATS connection %s: %v", ErrNotReady, st, dialErr)
+	case st != nats.CONNECTED && j.nc.LastError() != nil:
+		// A server that answered and refused (credentials, TLS): nats.go
+		// reports no failed attempt then, but keeps the error.
+		return fmt.Errorf("%w: NATS connection %s: %v", ErrNotReady, st, j.nc.LastError())
 	case st != nats.CONNECTED:
 		return fmt.Errorf("%w: NATS connection %s", ErrNotReady, st)
 	case j.pub.Load() != nil:
