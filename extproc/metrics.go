@@ -125,7 +125,10 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 		}),
 		errors: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssetrack_errors_total",
-			Help: "Errors by kind.",
+			Help: "Errors by kind: send (an answer Envoy's stream no longer took), protocol (a header message repeated on one stream), " +
+				"session_acquire, locate (a journal search for an old Last-Event-ID cut short), " +
+				"session_id_too_long, session_id_conflict and last_event_id_conflict (a header repeated with different values: no session), " +
+				"last_event_id_invalid, partial_event_cut and partial_event_unsent (see README's bad-input table).",
 		}, []string{"kind"}),
 	}
 	m.sessions = f.NewGaugeFunc(prometheus.GaugeOpts{
@@ -154,13 +157,22 @@ func newMetrics(reg prometheus.Registerer, sessions func() float64) *metrics {
 	for _, k := range []string{kindSSE, kindPassthrough, kindEncoded, kindError, kindBuffered, kindNotSent} {
 		m.responses.WithLabelValues(k)
 	}
-	for _, r := range []string{"matched", "unknown", "without_header"} {
+	for _, r := range []string{"matched", "located", "unknown", "without_header"} {
 		m.resumes.WithLabelValues(r)
 	}
-	for _, r := range []string{"replayed", "missing", "incomplete", "error", "denied"} {
+	for _, r := range []string{replayDone, replayMissing, replayIncomplete, replayFailed, replayDenied, replayTooLarge} {
 		m.replays.WithLabelValues(r)
 	}
+	for _, k := range errorKinds {
+		m.errors.WithLabelValues(k)
+	}
 	return m
+}
+
+// errorKinds are the kind labels of ssetrack_errors_total.
+var errorKinds = []string{
+	"send", "protocol", "session_acquire", "locate", "session_id_too_long", "session_id_conflict",
+	"last_event_id_conflict", "last_event_id_invalid", "partial_event_cut", "partial_event_unsent",
 }
 
 // chunkCounts are one body chunk's totals, added to the metrics once per

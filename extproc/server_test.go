@@ -1368,3 +1368,40 @@ func TestAnswerLost(t *testing.T) {
 		t.Errorf("journal %q, want each event once, %q", j, want)
 	}
 }
+
+// TestCountersFromTheStart: every label value of the counters alerts watch
+// is exported at 0 before its first occurrence, so an alert or a rate has
+// a series to match.
+func TestCountersFromTheStart(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	table := session.NewTable(session.Config{})
+	defer table.Close()
+	if _, err := New(Config{Sessions: table, Registerer: reg}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{
+		"ssetrack_errors_total":    errorKinds,
+		"ssetrack_replays_total":   {"replayed", "missing", "incomplete", "error", "denied", "too_large"},
+		"ssetrack_resumes_total":   {"matched", "located", "unknown", "without_header"},
+		"ssetrack_responses_total": {kindSSE, kindPassthrough, kindEncoded, kindError, kindBuffered, kindNotSent},
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				have[f.GetName()+"/"+l.GetValue()] = true
+			}
+		}
+	}
+	for name, values := range want {
+		for _, v := range values {
+			if !have[name+"/"+v] {
+				t.Errorf("%s{%q} not exported before its first count", name, v)
+			}
+		}
+	}
+}

@@ -36,7 +36,7 @@ const (
 // reg is nil).
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
-	return &metrics{
+	m := &metrics{
 		depth: f.NewGauge(prometheus.GaugeOpts{
 			Name: "ssetrack_journal_queue_depth",
 			Help: "Records held by the journal publisher: queued, batching or awaiting an ack.",
@@ -88,6 +88,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Takeover notices (a client resumed a stream on another replica) by result: sent; received and superseded the stream's latest response here (if still open), which delivered the client's Last-Event-ID; received and ignored (no such response here); malformed.",
 		}, []string{"result"}),
 	}
+	// Every label value at 0 from the start, so alerts and rates have a
+	// series before the first occurrence.
+	for _, r := range []string{dropQueueFull, dropClosed, dropGaveUp, dropTooLarge, dropShutdown} {
+		m.dropped.WithLabelValues(r)
+	}
+	for _, r := range []string{"sent", "superseded", "ignored", "malformed"} {
+		m.takeovers.WithLabelValues(r)
+	}
+	return m
 }
 
 func (m *metrics) drop(reason string, n int) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ssetrack/ssetrack/extproc/session"
@@ -907,5 +908,34 @@ func TestProvisionalTooLarge(t *testing.T) {
 	defer p.mu.Unlock()
 	if len(p.provisional) != 0 || len(p.unstored) != 0 {
 		t.Errorf("still held: provisional %v, unstored %v", p.provisional, p.unstored)
+	}
+}
+
+// TestCountersFromTheStart: the journal's loss and takeover counters are
+// exported at 0 for every label value before their first count.
+func TestCountersFromTheStart(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	newMetrics(reg)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				have[f.GetName()+"/"+l.GetValue()] = true
+			}
+		}
+	}
+	for _, want := range []string{
+		"ssetrack_journal_records_dropped_total/" + dropQueueFull, "ssetrack_journal_records_dropped_total/" + dropGaveUp,
+		"ssetrack_journal_records_dropped_total/" + dropTooLarge, "ssetrack_journal_records_dropped_total/" + dropShutdown,
+		"ssetrack_journal_records_dropped_total/" + dropClosed, "ssetrack_journal_takeover_notices_total/sent",
+		"ssetrack_journal_takeover_notices_total/superseded",
+	} {
+		if !have[want] {
+			t.Errorf("%s not exported before its first count", want)
+		}
 	}
 }
