@@ -369,6 +369,17 @@ func TestBadInput(t *testing.T) {
 			// Nor is the session the response names taken instead.
 			{{sess("T", "mcp-session-id", "S"), reqOK}, {respH(sseHeaders("mcp-session-id", "S")...), sseOn}, {body(ev1, true), keep}},
 		}, errKind: "session_id_conflict"},
+		{name: "repeated session query parameter, same value", cfg: func(c *Config) { c.SessionQuery = "sid" },
+			streams: [][]step{
+				{{reqH(":path", "/sse?sid=S"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}},
+				{{reqH(":path", "/sse?sid=S&sid=S"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), replaced("")}},
+			}, dropped: []string{ev1}},
+		{name: "repeated session query parameter, different values: no session", cfg: func(c *Config) { c.SessionQuery = "sid" },
+			streams: [][]step{
+				{{reqH(":path", "/sse?sid=S"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}},
+				{{reqH(":path", "/sse?sid=S&sid=T"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}},
+				{{reqH(":path", "/sse?sid=T&sid=S"), reqOK}, {respH(sse...), sseOn}, {body(ev1, true), keep}},
+			}, errKind: "session_id_conflict"},
 		{name: "repeated Last-Event-ID, same value", cfg: func(c *Config) { rp := &replayer{}; c.Recorder, c.Replayer = rp, rp },
 			streams: [][]step{
 				first,

@@ -79,7 +79,13 @@ func (x *exchange) requestHeaders(h *procv3.HttpHeaders) *procv3.ProcessingRespo
 		x.m.errors.WithLabelValues("last_event_id_conflict").Inc()
 		x.sessionID, x.conflict = "", true
 	case x.sessionID == "":
-		x.sessionID = x.fallbackSessionID(path, cookies)
+		var queryConflict bool
+		if x.sessionID, queryConflict = x.fallbackSessionID(path, cookies); queryConflict {
+			// As for a header (above): which one the upstream reads is
+			// not known.
+			x.m.errors.WithLabelValues("session_id_conflict").Inc()
+			x.sessionID, x.conflict = "", true
+		}
 	}
 	x.sessionID = x.validSessionID(x.sessionID)
 	if x.cfg.InjectLastEventID && !x.hasLastEventID && x.sessionID != "" && !x.stateless && x.method == http.MethodGet {
@@ -130,12 +136,23 @@ func (x *exchange) acquire(ctx context.Context, assigned bool) bool {
 
 // fallbackSessionID finds a session id for requests without a session
 // header, as browsers' EventSource sends them: in the query parameter
-// Config.SessionQuery, then in the cookie Config.SessionCookie.
-func (x *exchange) fallbackSessionID(path string, cookies []string) string {
+// Config.SessionQuery, then in the cookie Config.SessionCookie (the first
+// cookie of that name, as servers commonly read it). conflict reports the
+// query parameter repeated with different values: servers differ in which
+// they read (the first, the last, all), so the request names no session.
+func (x *exchange) fallbackSessionID(path string, cookies []string) (id string, conflict bool) {
 	if x.cfg.SessionQuery != "" {
 		if _, query, ok := strings.Cut(path, "?"); ok {
-			if v, err := url.ParseQuery(query); err == nil && v.Get(x.cfg.SessionQuery) != "" {
-				return v.Get(x.cfg.SessionQuery)
+			if v, err := url.ParseQuery(query); err == nil && len(v[x.cfg.SessionQuery]) > 0 {
+				vs := v[x.cfg.SessionQuery]
+				for _, other := range vs[1:] {
+					if other != vs[0] {
+						return "", true
+					}
+				}
+				if vs[0] != "" {
+					return vs[0], false
+				}
 			}
 		}
 	}
@@ -147,12 +164,12 @@ func (x *exchange) fallbackSessionID(path string, cookies []string) string {
 			}
 			for _, c := range cs {
 				if c.Name == x.cfg.SessionCookie && c.Value != "" {
-					return c.Value
+					return c.Value, false
 				}
 			}
 		}
 	}
-	return ""
+	return "", false
 }
 
 // validSessionID returns id if it can name a session, or "" (no session:
