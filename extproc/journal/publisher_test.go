@@ -939,3 +939,27 @@ func TestCountersFromTheStart(t *testing.T) {
 		}
 	}
 }
+
+// TestShutdownBoundedWithoutNATS: with NATS gone, Shutdown returns within
+// its context's bound even while the state writer's cycle waits for NATS
+// (for up to twice PublishTimeout), instead of waiting it out.
+func TestShutdownBoundedWithoutNATS(t *testing.T) {
+	s := startTestServer(t)
+	p := newPublisher(t, connect(t, s.ClientURL()), Config{StateInterval: 300 * time.Millisecond, PublishTimeout: 5 * time.Second})
+	p.Append(record("S", "a", 1, 1, true))
+	waitFor(t, 10*time.Second, "the ack", func() bool { return statsOf(t, p).Events == 1 })
+	// NATS goes before the state writer's next cycle, which then waits.
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { p.Shutdown(ctx); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second): // the cycle's own bound is 10 s
+		t.Fatal("Shutdown with a 300 ms context still running after 5 s")
+	}
+}

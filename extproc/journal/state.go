@@ -59,6 +59,11 @@ type stateWriter struct {
 
 	quit chan struct{} // closed by stop: final cycle, then return
 	done chan struct{}
+	// halt cuts short the writer goroutine's cycle in progress (stop):
+	// its acks can take 2 × PublishTimeout with NATS away, and stop's
+	// final cycle has the caller's bound.
+	runCtx context.Context
+	halt   context.CancelFunc
 }
 
 // sessState is the state writer's copy of one session's state.
@@ -85,7 +90,10 @@ type sessState struct {
 }
 
 func newStateWriter(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config, log *slog.Logger, m *metrics) *stateWriter {
+	runCtx, halt := context.WithCancel(context.Background())
 	return &stateWriter{
+		runCtx:   runCtx,
+		halt:     halt,
 		js:       js,
 		kv:       kv,
 		subjPfx:  "$KV." + cfg.Bucket + ".",
@@ -170,7 +178,7 @@ func (w *stateWriter) run() {
 	for {
 		select {
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), 2*w.timeout)
+			ctx, cancel := context.WithTimeout(w.runCtx, 2*w.timeout)
 			w.cycle(ctx)
 			cancel()
 			if time.Since(lastSweep) > stateSweepEvery {
@@ -186,6 +194,7 @@ func (w *stateWriter) run() {
 // stop ends the writer goroutine and writes what is dirty, bounded by ctx.
 func (w *stateWriter) stop(ctx context.Context) error {
 	close(w.quit)
+	w.halt() // a cycle cut short leaves its sessions dirty, for the final one
 	<-w.done
 	if ctx.Err() != nil {
 		// Out of time: one short final attempt still beats losing state.
