@@ -60,7 +60,7 @@ func BenchmarkPersist(b *testing.B) {
 		// Raw: the same events, one async publish each, same stream setup.
 		rcfg := Config{Stream: fmt.Sprintf("BR%d", round), SubjectPrefix: fmt.Sprintf("br%d", round), Bucket: fmt.Sprintf("br%d", round)}.withDefaults()
 		js := jsOf(b, nc)
-		if _, _, err := setup(context.Background(), js, rcfg); err != nil {
+		if _, _, err := setup(context.Background(), js, rcfg, testLog()); err != nil {
 			b.Fatal(err)
 		}
 		type pending struct {

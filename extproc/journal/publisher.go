@@ -151,7 +151,7 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
-	stream, kv, err := setup(ctx, js, cfg)
+	stream, kv, err := setup(ctx, js, cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -195,9 +195,29 @@ func startPublisher(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Lo
 	return p, nil
 }
 
-// setup creates or updates the stream and the bucket.
-func setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Stream, jetstream.KeyValue, error) {
-	stream, err := js.CreateOrUpdateStream(ctx, cfg.streamConfig())
+// setup creates or updates the stream and the bucket. The flags decide the
+// stream's settings: an existing stream's that differ (an operator's edit,
+// a replica started with other flags) are set back, each logged at warn.
+// An existing stream whose subjects are not ssetrack's is another
+// application's, or an earlier --subject-prefix's: it is left as it is,
+// and setup fails saying so.
+func setup(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logger) (jetstream.Stream, jetstream.KeyValue, error) {
+	want := cfg.streamConfig()
+	switch existing, err := js.Stream(ctx, cfg.Stream); {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return nil, nil, fmt.Errorf("look up stream %s: %w", cfg.Stream, err)
+	default:
+		have := existing.CachedInfo().Config
+		if !slices.Equal(have.Subjects, want.Subjects) {
+			return nil, nil, fmt.Errorf("stream %s exists with subjects %q, not ssetrack's %q: left as it is; "+
+				"name another stream (--stream), or remove this one", cfg.Stream, have.Subjects, want.Subjects)
+		}
+		if changes := streamChanges(have, want); len(changes) > 0 {
+			log.Warn("journal: the stream's settings differ from the flags: setting them", "stream", cfg.Stream, "changes", changes)
+		}
+	}
+	stream, err := js.CreateOrUpdateStream(ctx, want)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create stream %s: %w", cfg.Stream, err)
 	}
@@ -575,6 +595,28 @@ func (p *Publisher) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("journal shutdown: %w", err)
 	}
 	return nil
+}
+
+// streamChanges lists the settings setup changes in an existing stream,
+// as "name: have -> want".
+func streamChanges(have, want jetstream.StreamConfig) []string {
+	var out []string
+	diff := func(name string, h, w any) {
+		if h != w {
+			out = append(out, fmt.Sprintf("%s: %v -> %v", name, h, w))
+		}
+	}
+	diff("replicas", have.Replicas, want.Replicas)
+	diff("max_age", have.MaxAge, want.MaxAge)
+	diff("max_bytes", have.MaxBytes, want.MaxBytes)
+	diff("max_msgs", have.MaxMsgs, want.MaxMsgs)
+	diff("max_msgs_per_subject", have.MaxMsgsPerSubject, want.MaxMsgsPerSubject)
+	diff("duplicate_window", have.Duplicates, want.Duplicates)
+	diff("allow_direct", have.AllowDirect, want.AllowDirect)
+	diff("discard", have.Discard, want.Discard)
+	diff("retention", have.Retention, want.Retention)
+	diff("storage", have.Storage, want.Storage)
+	return out
 }
 
 // isPermanent reports publish errors a retry cannot fix.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -96,7 +97,7 @@ func TestDedup(t *testing.T) {
 	cfg := Config{}.withDefaults()
 	js := jsOf(t, nc)
 	ctx := context.Background()
-	if _, _, err := setup(ctx, js, cfg); err != nil {
+	if _, _, err := setup(ctx, js, cfg, testLog()); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := events("s", 1, 3)
@@ -961,5 +962,45 @@ func TestShutdownBoundedWithoutNATS(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second): // the cycle's own bound is 10 s
 		t.Fatal("Shutdown with a 300 ms context still running after 5 s")
+	}
+}
+
+// TestSetupLeavesAnotherStream: a stream of the configured name whose
+// subjects are not ssetrack's is another application's: setup fails
+// saying so and leaves it as it is. One that is ssetrack's but with other
+// settings gets the flags' settings back, and the change is logged.
+func TestSetupLeavesAnotherStream(t *testing.T) {
+	s := startTestServer(t)
+	js := jsOf(t, connect(t, s.ClientURL()))
+	ctx := context.Background()
+	cfg := Config{Stream: "ORDERS", SubjectPrefix: "sse", Bucket: "orders-sessions"}.withDefaults()
+	theirs := jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}, MaxAge: 0}
+	if _, err := js.CreateStream(ctx, theirs); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := setup(ctx, js, cfg, testLog()); err == nil || !strings.Contains(err.Error(), "orders.>") {
+		t.Errorf("setup over another application's stream: %v; want an error naming its subjects", err)
+	}
+	info, err := must(js.Stream(ctx, "ORDERS")).Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.Config.Subjects; !slices.Equal(got, theirs.Subjects) {
+		t.Errorf("the other stream's subjects are now %q", got)
+	}
+
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	mine := Config{Stream: "MINE", MaxAge: time.Hour}.withDefaults()
+	edited := mine.streamConfig()
+	edited.MaxAge = 72 * time.Hour // an operator's edit
+	if _, err := js.CreateStream(ctx, edited); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := setup(ctx, js, mine, log); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logged.String(), "max_age: 72h0m0s -> 1h0m0s") {
+		t.Errorf("the change of max_age was not logged: %q", logged.String())
 	}
 }
