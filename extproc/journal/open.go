@@ -55,6 +55,12 @@ func (o Options) Validate() error {
 // Reconnects are nats.go's business (ConnConfig.Options); this is not one.
 const setupRetry = time.Second
 
+// startupSetup bounds the setup Open makes before it returns: a cluster
+// slow to answer (two replicas creating the stream at once on a fresh
+// cluster took 10 s) starts the process degraded, its listeners open,
+// while the setup goroutine goes on trying.
+const startupSetup = 2 * time.Second
+
 // Journal is a running journal: a NATS connection (to the cluster in
 // Options.Conn, or to an embedded server it started) and the Publisher
 // on it. It implements session.Loader and extproc's Recorder and Replayer.
@@ -153,7 +159,9 @@ func Open(ctx context.Context, o Options) (*Journal, error) {
 	j.nc = nc
 
 	if nc.IsConnected() {
-		j.trySetup(ctx)
+		sctx, cancel := context.WithTimeout(ctx, startupSetup)
+		j.trySetup(sctx)
+		cancel()
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	j.cancel = cancel
@@ -227,6 +235,8 @@ func (j *Journal) trySetup(ctx context.Context) bool {
 	p.handOver(j.backlog)
 	if n := len(j.backlog); n > 0 {
 		j.log.Info("journal ready: publishing the records queued while NATS was away", "records", n)
+	} else {
+		j.log.Info("journal ready", "stream", j.opts.Config.Stream, "bucket", j.opts.Config.Bucket)
 	}
 	j.backlog, j.backlogBytes, j.setupErr = nil, 0, nil
 	j.pub.Store(p)
