@@ -103,6 +103,12 @@ type batcher struct {
 	inflight int
 	gen      uint64
 	closing  bool
+	// failing is set from a failed publish until the next acknowledged
+	// one, and failLog spaces out the warnings in between: an outage is
+	// logged when it starts, every 30 s or when its error changes, and
+	// when publishing works again.
+	failing bool
+	failLog repeatLog
 	// buffers are batch buffers that no batch holds: a batch of more than
 	// one record is assembled in one, and it comes back when the batch is
 	// acknowledged, grown to what the batch needed, so steady publishing
@@ -148,7 +154,7 @@ func (b *batcher) recycle(pb *pending) {
 // result or a wake from Append; whenever it wakes it takes the whole inbox.
 func (p *Publisher) run() {
 	defer close(p.done)
-	b := &batcher{p: p, lanes: make(map[string]*lane)}
+	b := &batcher{p: p, lanes: make(map[string]*lane), failLog: repeatLog{every: 30 * time.Second}}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var spare []queued
@@ -463,6 +469,10 @@ func (b *batcher) done(r result) {
 	l.inflight = nil
 	b.inflight--
 	if r.err == nil {
+		if b.failing {
+			b.failing = false
+			p.log.Info("journal publishing again")
+		}
 		now := time.Now()
 		p.m.batches.Inc()
 		p.m.events.Add(float64(pb.Count))
@@ -478,6 +488,10 @@ func (b *batcher) done(r result) {
 		b.recycle(pb)
 	} else {
 		p.m.errors.Inc()
+		b.failing = true
+		if b.failLog.note(r.err) {
+			p.log.Warn("journal publish failed; retrying, events are forwarded meanwhile", "err", r.err)
+		}
 		if isPermanent(r.err) || time.Since(pb.firstTx) >= p.retryBudget() {
 			b.giveUp(pb, r.err)
 		} else {

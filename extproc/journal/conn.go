@@ -201,10 +201,12 @@ type repeatLog struct {
 
 // note reports whether err should be logged at the higher level, and if so
 // remembers it.
-func (r *repeatLog) note(err error) bool {
+func (r *repeatLog) note(err error) bool { return r.noteMsg(err.Error()) }
+
+// noteMsg is note for an error's text.
+func (r *repeatLog) noteMsg(msg string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	msg := err.Error()
 	if msg == r.last && time.Since(r.at) < r.every {
 		return false
 	}

@@ -197,3 +197,20 @@ func TestReadyNamesRefusedCredentials(t *testing.T) {
 		t.Errorf("readiness as Open returns: %v; want it to name the refusal", err)
 	}
 }
+
+// TestRepeatLog: a run of one error is logged at the higher level once per
+// period, and a different error at once.
+func TestRepeatLog(t *testing.T) {
+	r := repeatLog{every: time.Hour}
+	var got []bool
+	for _, msg := range []string{"a", "a", "a", "b", "b", "a"} {
+		got = append(got, r.noteMsg(msg))
+	}
+	if fmt.Sprint(got) != "[true false false true false true]" {
+		t.Errorf("logged %v", got)
+	}
+	r = repeatLog{every: 0}
+	if !r.noteMsg("a") || !r.noteMsg("a") {
+		t.Error("a period of 0 held back a repeat")
+	}
+}

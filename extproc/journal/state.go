@@ -57,6 +57,9 @@ type stateWriter struct {
 	sessions map[string]*sessState
 	dirty    map[string]struct{}
 
+	// failLog spaces out the warnings of failed cycles (see repeatLog).
+	failLog repeatLog
+
 	quit chan struct{} // closed by stop: final cycle, then return
 	done chan struct{}
 	// halt cuts short the writer goroutine's cycle in progress (stop):
@@ -94,6 +97,7 @@ func newStateWriter(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config, l
 	return &stateWriter{
 		runCtx:   runCtx,
 		halt:     halt,
+		failLog:  repeatLog{every: 30 * time.Second},
 		js:       js,
 		kv:       kv,
 		subjPfx:  "$KV." + cfg.Bucket + ".",
@@ -326,7 +330,11 @@ func (w *stateWriter) cycle(ctx context.Context) (failed, conflicts int) {
 	failed = len(w.dirty)
 	w.mu.Unlock()
 	if len(redo) > 0 {
-		w.log.Warn("session state writes failed, retrying next cycle", "sessions", len(redo))
+		if w.failLog.noteMsg("session state writes failed") {
+			w.log.Warn("session state writes failed, retrying each cycle", "sessions", len(redo))
+		} else {
+			w.log.Debug("session state writes failed, retrying next cycle", "sessions", len(redo))
+		}
 	}
 	if len(refused) > 0 {
 		w.log.Debug("session state written elsewhere meanwhile: merging it first", "sessions", len(refused))
