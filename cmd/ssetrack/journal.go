@@ -38,7 +38,7 @@ func (j *journalFlags) name(field, flag string) string {
 func (j *journalFlags) register(fs *flag.FlagSet) {
 	c := &j.opts.Config
 	fs.BoolVar(&j.enabled, "journal", true, "persist events to NATS JetStream (false: dedup only, nothing persisted)")
-	j.registerConn(fs)
+	j.registerConn(fs, "empty: run an embedded server")
 	fs.StringVar(&j.opts.Server.Listen, j.name("Server.Listen", "nats-listen"), journal.DefaultServerListen, "client `address` of the embedded NATS server (used when --nats-url is empty)")
 	fs.StringVar(&j.dataDir, j.name("Server.DataDir", "data-dir"), defaultDataDir, "`directory` for the embedded JetStream store")
 	fs.IntVar(&c.Replicas, j.name("Config.Replicas", "replicas"), journal.DefaultReplicas, "JetStream stream and KV replicas (1..3)")
@@ -55,10 +55,11 @@ func (j *journalFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxReplayBytes, j.name("Config.MaxReplayBytes", "max-replay-size"), journal.DefaultMaxReplayBytes, "most SSE `bytes` one replay sends; a longer one is refused whole (Ssetrack-Replay: too_large)")
 }
 
-// registerConn adds the flags that say where NATS is and how to reach it.
-func (j *journalFlags) registerConn(fs *flag.FlagSet) {
+// registerConn adds the flags that say where NATS is and how to reach it;
+// empty says what an empty --nats-url does.
+func (j *journalFlags) registerConn(fs *flag.FlagSet, empty string) {
 	n, c := &j.opts.Conn, &j.opts.Config
-	fs.Var(&j.urls, j.name("Conn.URLs", "nats-url"), "NATS `url`; repeatable or comma-separated (empty: run an embedded server)")
+	fs.Var(&j.urls, j.name("Conn.URLs", "nats-url"), "NATS `url`; repeatable or comma-separated ("+empty+")")
 	fs.StringVar(&n.CredsFile, j.name("Conn.CredsFile", "nats-creds"), "", "NATS credentials `file`")
 	fs.StringVar(&n.NKeySeedFile, j.name("Conn.NKeySeedFile", "nats-nkey"), "", "NATS nkey seed `file`")
 	fs.StringVar(&n.TLSCAFile, j.name("Conn.TLSCAFile", "nats-tls-ca"), "", "PEM CA `file` to verify the NATS servers")

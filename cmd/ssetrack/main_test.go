@@ -75,14 +75,36 @@ func TestServeHelpListsEveryFlag(t *testing.T) {
 func TestInvalidConfigListsEveryProblem(t *testing.T) {
 	t.Setenv("SSETRACK_LOG_FORMAT", "xml")
 	var out syncBuffer
-	err := Main(context.Background(), []string{"serve", "--dedup-window", "0", "--replicas", "5", "--tls-cert", "x.pem", "--pprof-sync"}, &out, &out)
+	err := Main(context.Background(), []string{"serve", "--dedup-window", "0", "--replicas", "5", "--tls-cert", "x.pem", "--pprof-sync",
+		"--listen", "nonsense", "--nats-url", "nats://[bad"}, &out, &out)
 	if err == nil {
 		t.Fatal("invalid configuration accepted")
 	}
-	for _, want := range []string{"--dedup-window 0", "--replicas 5", "--log-format \"xml\"", "--tls-cert and --tls-key", "--pprof-sync needs --pprof"} {
+	if exitCode(err) != 2 {
+		t.Errorf("exit code %d for an invalid configuration, want 2", exitCode(err))
+	}
+	for _, want := range []string{"--dedup-window 0", "--replicas 5", "--log-format \"xml\"", "--tls-cert and --tls-key", "--pprof-sync needs --pprof",
+		"--listen \"nonsense\"", "--nats-url"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
+	}
+}
+
+// TestFlagParseErrorAlone: a flag that does not parse is reported with a
+// pointer to --help, not followed by every flag's help; --help prints it.
+func TestFlagParseErrorAlone(t *testing.T) {
+	var out syncBuffer
+	err := Main(context.Background(), []string{"serve", "--batch-delay", "foo"}, &out, &out)
+	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "--help") {
+		t.Errorf("error %v (exit %d), want a usage error pointing to --help", err, exitCode(err))
+	}
+	if strings.Contains(out.String(), "--dedup-window") {
+		t.Errorf("a parse error printed the flags' help:\n%s", out.String())
+	}
+	out = syncBuffer{}
+	if err := Main(context.Background(), []string{"serve", "--help"}, &out, &out); !strings.Contains(out.String(), "--dedup-window") {
+		t.Errorf("--help (%v) printed no flags:\n%s", err, out.String())
 	}
 }
 

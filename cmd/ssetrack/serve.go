@@ -73,7 +73,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:9001", "`address` of the ext_proc gRPC listener (also serves gRPC health)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", "127.0.0.1:9090", "`address` of the HTTP listener for /metrics, /healthz, /readyz (empty: off)")
-	fs.Var(&c.sessionHeaders, "session-header", "request/response `header` carrying the session id; repeatable or comma-separated, first match wins (default mcp-session-id)")
+	fs.Var(&c.sessionHeaders, "session-header", "request/response `header` carrying the session id; repeatable or comma-separated, first match wins")
 	fs.StringVar(&c.sessionQuery, "session-query", "", "query `parameter` carrying the session id when no session header does (for browsers' EventSource)")
 	fs.StringVar(&c.sessionCookie, "session-cookie", "", "`cookie` carrying the session id when neither a header nor the query does; may be set by the upstream")
 	fs.IntVar(&c.dedupWindow, "dedup-window", session.DefaultWindow, "delivered event ids remembered per session for dedup (1..32768)")
@@ -127,6 +127,12 @@ func (c *serveConfig) validate() error {
 	}
 	if c.principalKey != "" && c.principalHdr == "" {
 		errs = append(errs, errors.New("--principal-key-file needs --principal-header"))
+	}
+	if _, _, err := net.SplitHostPort(c.listen); err != nil {
+		errs = append(errs, fmt.Errorf("--listen %q: want host:port", c.listen))
+	}
+	if _, _, err := net.SplitHostPort(c.metricsListen); c.metricsListen != "" && err != nil {
+		errs = append(errs, fmt.Errorf("--metrics-listen %q: want host:port, or empty for none", c.metricsListen))
 	}
 	if c.journalTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--journal-timeout %v: want > 0", c.journalTimeout))

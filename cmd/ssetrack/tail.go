@@ -24,7 +24,7 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	since := fs.String("since", "", "start at events stored this long ago (a duration like 10m) or since an RFC 3339 `time`")
 	follow := fs.Bool("follow", false, "keep waiting for new events")
 	asJSON := fs.Bool("json", false, "print JSON lines instead of SSE")
-	j.registerConn(fs)
+	j.registerConn(fs, "empty: nats://"+journal.DefaultServerListen+", where serve's embedded server listens")
 	fs.Usage = flagUsage(fs, stderr, "ssetrack tail --session ID [--from-id X | --since D] [--follow] [--json]")
 	if err := parseFlags(fs, args); err != nil {
 		return err

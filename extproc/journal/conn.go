@@ -56,6 +56,16 @@ func (c ConnConfig) validate(embedded bool) error {
 	if !embedded && len(c.URLs) == 0 {
 		errs = append(errs, &FieldError{Field: "Conn.URLs", Value: "", Rule: "want at least one NATS URL"})
 	}
+	for _, u := range c.URLs {
+		// nats.go reads a URL without a scheme as nats://.
+		s := u
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		if p, err := url.Parse(s); err != nil || p.Host == "" {
+			errs = append(errs, &FieldError{Field: "Conn.URLs", Value: RedactURL(u), Rule: "not a NATS URL (want nats://host:port)"})
+		}
+	}
 	if !embedded && c.CredsFile != "" && c.NKeySeedFile != "" {
 		errs = append(errs, &FieldError{Field: "Conn.CredsFile", Value: c.CredsFile, Rule: "excludes", Other: "Conn.NKeySeedFile"})
 	}
