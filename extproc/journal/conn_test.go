@@ -209,8 +209,8 @@ func TestRepeatLog(t *testing.T) {
 	if fmt.Sprint(got) != "[true false false true false true]" {
 		t.Errorf("logged %v", got)
 	}
-	r = repeatLog{every: 0}
-	if !r.noteMsg("a") || !r.noteMsg("a") {
+	r0 := &repeatLog{}
+	if first, second := r0.noteMsg("a"), r0.noteMsg("a"); !first || !second {
 		t.Error("a period of 0 held back a repeat")
 	}
 }
