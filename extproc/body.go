@@ -1,6 +1,8 @@
 package extproc
 
 import (
+	"math"
+
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 
@@ -130,8 +132,9 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	if x.cfg.Recorder != nil {
 		x.finishRecord(&c.rec, &c)
 	}
-	x.answered, x.answeredFrom = c.locked, c.from
+	x.answered, x.answeredFrom, x.answeredN = c.locked, c.from, 0
 	if c.locked {
+		x.answeredN = uint32(min(c.delivery.Position()-c.from, math.MaxUint32))
 		c.delivery.End()
 	}
 	out, changed = x.rw.answer()
@@ -154,7 +157,7 @@ func (c *chunk) begin(st *session.Stream) {
 // the client did not get its events from this response (Stream.Unsent).
 func (x *exchange) answerLost() {
 	if x.answered && x.stream != nil {
-		x.stream.Unsent(x.answeredFrom)
+		x.stream.Unsent(x.answeredFrom, x.answeredFrom+uint64(x.answeredN))
 	}
 	x.answered = false
 }

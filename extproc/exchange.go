@@ -57,10 +57,12 @@ type exchange struct {
 	// its blank line, at the end of its chunk; an LF opening the next chunk
 	// completes that CRLF and is dropped with it.
 	dropCR bool
-	// answered: the last chunk's deliveries began at window position
-	// answeredFrom (Delivery.Position); what the answer to it carries if
-	// that answer cannot be sent (answerLost).
+	// answered: the last chunk's deliveries took the window positions
+	// answeredFrom to answeredFrom+answeredN (Delivery.Position at its
+	// start and end); what the answer to it carries if that answer cannot
+	// be sent (answerLost). (answeredN packs beside the bools.)
 	answered     bool
+	answeredN    uint32
 	answeredFrom uint64
 }
 

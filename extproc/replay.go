@@ -28,11 +28,14 @@ func (x *exchange) readReplay(ctx context.Context) string {
 	if x.cfg.Replayer == nil || x.stream == nil || x.observe {
 		return ""
 	}
-	if x.hasLastEventID && x.lastEventID != "" && (x.sess.Unloaded() || x.lookupFailed && x.owner) {
-		// The session's history did not load in time (or the copy here
-		// could not be checked against the journal), or the search for the
-		// client's id did not finish: whether the client missed anything
-		// is not known here. The client is told, and the upstream decides.
+	if x.hasLastEventID && x.lastEventID != "" &&
+		(x.sess.Unloaded() || x.lookupFailed && x.owner || x.sess.Unchecked() && !x.sess.Holds(x.lastEventID)) {
+		// The session's history did not load in time, or the search for
+		// the client's id did not finish, or the copy here could not be
+		// checked against the journal and does not know the client's id
+		// (another replica may have delivered it): whether the client
+		// missed anything is not known here. The client is told, and the
+		// upstream decides.
 		x.m.replays.WithLabelValues(replayFailed).Inc()
 		return replayFailed
 	}

@@ -1405,3 +1405,84 @@ func TestCountersFromTheStart(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswerLostMarks: an unsent mark lasts until its event reaches the
+// client once more, by any path, covers only the lost answer's events,
+// and cannot crowd out later ones.
+func TestAnswerLostMarks(t *testing.T) {
+	lose := func(srv *Server, chunks ...string) {
+		a := openResponse(srv, "")
+		for _, c := range chunks {
+			feed(a, c, false)
+		}
+		a.answerLost()
+		a.close()
+	}
+	t.Run("taken by a resume's repeat", func(t *testing.T) {
+		srv, _ := newRecordingServer(t)
+		lose(srv, "id: 1\ndata: a\n\n", "id: 2\ndata: b\n\n")
+		b := openResponse(srv, "1")
+		if got := feed(b, "id: 2\ndata: b\n\n", false); got != "id: 2\ndata: b\n\n" {
+			t.Fatalf("the resume from 1 got %q, want 2", got)
+		}
+		b.close()
+		c := openResponse(srv, "")
+		defer c.close()
+		if got := feed(c, "id: 2\ndata: b\n\n", false); got != "" {
+			t.Errorf("2, which the resume delivered, went again: %q", got)
+		}
+	})
+	t.Run("taken by a replay", func(t *testing.T) {
+		table := session.NewTable(session.Config{Window: 16})
+		t.Cleanup(table.Close)
+		rp := &replayer{}
+		srv, err := New(Config{Sessions: table, Recorder: rp, Replayer: rp, Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lose(srv, "id: 1\ndata: a\n\n", "id: 2\ndata: b\n\n")
+		b := openResponse(srv, "1")
+		if r := b.readReplay(context.Background()); r != replayDone {
+			t.Fatalf("replay %q, want %q", r, replayDone)
+		}
+		feed(b, "id: 3\ndata: c\n\n", false)
+		b.close()
+		c := openResponse(srv, "")
+		defer c.close()
+		if got := feed(c, "id: 2\ndata: b\n\n", false); got != "" {
+			t.Errorf("2, which the replay delivered, went again: %q", got)
+		}
+	})
+	t.Run("not a response that took the stream over", func(t *testing.T) {
+		srv, _ := newRecordingServer(t)
+		a := openResponse(srv, "")
+		feed(a, "id: 4\ndata: x\n\n", false)
+		feed(a, "id: 5\ndata: a\n\n", false) // its answer still on its way
+		b := openResponse(srv, "4")          // the client resumes meanwhile
+		feed(b, "id: 5\ndata: a\n\nid: 6\ndata: b\n\n", false)
+		a.answerLost()
+		a.close()
+		c := openResponse(srv, "")
+		defer c.close()
+		if got := feed(c, "id: 5\ndata: a\n\nid: 6\ndata: b\n\n", false); got != "" {
+			t.Errorf("events the newer response delivered went again: %q", got)
+		}
+	})
+	t.Run("marks of ids gone from the window give way", func(t *testing.T) {
+		srv, _ := newRecordingServer(t) // window 16
+		for i := range 16 {
+			lose(srv, fmt.Sprintf("id: old%d\ndata: a\n\n", i))
+		}
+		f := openResponse(srv, "")
+		for i := range 40 {
+			feed(f, fmt.Sprintf("id: fill%d\ndata: a\n\n", i), false)
+		}
+		f.close()
+		lose(srv, "id: new\ndata: a\n\n")
+		b := openResponse(srv, "")
+		defer b.close()
+		if got := feed(b, "id: new\ndata: a\n\n", false); got != "id: new\ndata: a\n\n" {
+			t.Errorf("after 16 stale marks, the lost answer's event got %q, want it again", got)
+		}
+	})
+}

@@ -386,8 +386,8 @@ func TestStateWritersMergeEachOther(t *testing.T) {
 
 // TestStateAfterKeyDeleted: a session's state deleted from the bucket (an
 // operator's `nats kv del`) is written again: the write expecting the
-// revision before the delete is refused, the read finds no value, and the
-// next write expects none.
+// revision before the delete is refused, the read from the stream's leader
+// gives the delete marker's revision, and the next write expects it.
 func TestStateAfterKeyDeleted(t *testing.T) {
 	s := startTestServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

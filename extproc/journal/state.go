@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ssetrack/ssetrack/extproc/journal/history"
@@ -48,6 +49,7 @@ type stateWriter struct {
 	js       jetstream.JetStream
 	kv       jetstream.KeyValue
 	subjPfx  string
+	bucket   string
 	interval time.Duration
 	timeout  time.Duration
 	log      *slog.Logger
@@ -82,12 +84,11 @@ type sessState struct {
 	// the one merged in, or the one its last write made. A write expects
 	// it (Nats-Expected-Last-Subject-Sequence, as KeyValue.Update does):
 	// when another replica wrote the session since, the server refuses the
-	// write, and the next cycle reads and merges that value first. blind
-	// is set when such a read found no value (the key was deleted: its
-	// marker is a revision Get does not give): the next write expects
-	// nothing. conflicted marks a state whose write was refused.
+	// write, and the next cycle reads and merges that value first, from
+	// the stream's leader (leaderState): a direct get may reach a replica
+	// that has not seen the value that refused the write, nor a deleted
+	// key's marker. conflicted marks a state whose write was refused.
 	rev        uint64
-	blind      bool
 	conflicted bool
 	touched    time.Time
 }
@@ -101,6 +102,7 @@ func newStateWriter(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config, l
 		js:       js,
 		kv:       kv,
 		subjPfx:  "$KV." + cfg.Bucket + ".",
+		bucket:   cfg.Bucket,
 		interval: cfg.StateInterval,
 		timeout:  cfg.PublishTimeout,
 		log:      log,
@@ -166,7 +168,6 @@ func (st *sessState) merge(s State) {
 			st.streams[k] = v
 		}
 	}
-	st.blind = st.conflicted && s.rev == 0
 	st.conflicted = false
 	st.rev = max(st.rev, s.rev) // revisions grow; a follower's read may be older than our write
 	st.merged = true
@@ -236,17 +237,25 @@ func (w *stateWriter) cycle(ctx context.Context) (failed, conflicts int) {
 		return 0, 0
 	}
 	var unmerged []string
+	var fromLeader []bool
 	for sid := range w.dirty {
-		if !w.sessions[sid].merged {
+		if st := w.sessions[sid]; !st.merged {
 			unmerged = append(unmerged, sid)
+			fromLeader = append(fromLeader, st.conflicted)
 		}
 	}
 	w.mu.Unlock()
 
 	// Read the bucket before the first write of a session this publisher
-	// has not loaded, outside the lock.
-	for _, sid := range unmerged {
-		s, err := getState(ctx, w.kv, sid)
+	// has not loaded, or after a refused write, outside the lock.
+	for i, sid := range unmerged {
+		var s State
+		var err error
+		if fromLeader[i] {
+			s, err = leaderState(ctx, w.js, w.bucket, sid)
+		} else {
+			s, err = getState(ctx, w.kv, sid)
+		}
 		if err != nil {
 			w.log.Warn("read session state", "session", session.ShortID(sid), "err", err)
 			continue
@@ -268,10 +277,7 @@ func (w *stateWriter) cycle(ctx context.Context) (failed, conflicts int) {
 		if err != nil {
 			continue
 		}
-		wr := stateWrite{sid: sid, value: v}
-		if !st.blind {
-			wr.opts = []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(st.rev)}
-		}
+		wr := stateWrite{sid: sid, value: v, opts: []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(st.rev)}}
 		writes = append(writes, wr)
 		delete(w.dirty, sid)
 	}
@@ -314,7 +320,7 @@ func (w *stateWriter) cycle(ctx context.Context) (failed, conflicts int) {
 	w.mu.Lock()
 	for sid, rev := range acked {
 		if st := w.sessions[sid]; st != nil {
-			st.rev, st.blind = max(st.rev, rev), false
+			st.rev = max(st.rev, rev)
 		}
 	}
 	for _, sid := range refused {
@@ -363,6 +369,58 @@ func (w *stateWriter) sweep() {
 			delete(w.sessions, sid)
 		}
 	}
+}
+
+// leaderState reads a session's state as getState does, but from the
+// leader of the bucket's stream (JetStream's message get, where a direct
+// get may be answered by a replica that lags), and with the revision of
+// the key's last message even when that is a delete or purge marker (then
+// the zero State at that revision): what a write expecting the key's
+// revision must name.
+func leaderState(ctx context.Context, js jetstream.JetStream, bucket, sid string) (State, error) {
+	var s State
+	req, err := json.Marshal(map[string]string{"last_by_subj": "$KV." + bucket + "." + SubjectToken(sid)})
+	if err != nil {
+		return s, err
+	}
+	reply, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucket, req)
+	if err != nil {
+		return s, fmt.Errorf("get session state from the leader: %w", err)
+	}
+	var resp struct {
+		Message *struct {
+			Seq  uint64 `json:"seq"`
+			Hdrs []byte `json:"hdrs"`
+			Data []byte `json:"data"`
+		} `json:"message"`
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return s, fmt.Errorf("get session state from the leader: %w", err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return s, nil // never written
+	case resp.Error != nil:
+		return s, fmt.Errorf("get session state from the leader: %w", resp.Error)
+	case resp.Message == nil:
+		return s, errors.New("get session state from the leader: empty answer")
+	}
+	if len(resp.Message.Hdrs) > 0 {
+		h, err := nats.DecodeHeadersMsg(resp.Message.Hdrs)
+		if err != nil {
+			return s, fmt.Errorf("decode session state headers: %w", err)
+		}
+		if op := h.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+			s.rev = resp.Message.Seq
+			return s, nil
+		}
+	}
+	if err := json.Unmarshal(resp.Message.Data, &s); err != nil {
+		return s, fmt.Errorf("decode session state: %w", err)
+	}
+	s.rev = resp.Message.Seq
+	return s, nil
 }
 
 // getState reads a session's state; a missing key is the zero State.

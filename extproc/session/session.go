@@ -51,10 +51,14 @@ type Session struct {
 	marks      *marks
 	nextStream uint32
 
-	// unloaded is set when loading the session's history failed (a timeout
-	// under load, NATS away): the copy may lack history, so the next request
-	// that names the session tries the load again and merges what it finds.
-	unloaded atomic.Bool
+	// unloaded is loadFailed when loading the session's history failed (a
+	// timeout under load, NATS away): the copy may lack history, so the
+	// next request that names the session tries the load again and merges
+	// what it finds. It is checkFailed when the copy, cached here, could
+	// not be checked against the journal for what another writer stored
+	// since (Table.revalidate): the next request loads it again, taking
+	// the journal's last ids where it numbered more. 0 otherwise.
+	unloaded atomic.Uint32
 
 	// Guarded by the table shard's mutex.
 	active     int   // open streams
@@ -84,7 +88,19 @@ func (s *Session) ID() string { return s.id }
 // Unloaded reports that the session's history failed to load (see
 // Table.Acquire): it goes on without it, so what it knows of its past,
 // the Last-Event-ID of a resume included, may be incomplete.
-func (s *Session) Unloaded() bool { return s.unloaded.Load() }
+func (s *Session) Unloaded() bool { return s.unloaded.Load() == loadFailed }
+
+// Unchecked reports that the session, cached here, could not be checked
+// against the journal (see Table.Acquire): another replica may have
+// delivered events of it that this copy does not know, so a resume from
+// an id it does not hold cannot be placed.
+func (s *Session) Unchecked() bool { return s.unloaded.Load() == checkFailed }
+
+// Values of Session.unloaded.
+const (
+	loadFailed  = 1
+	checkFailed = 2
+)
 
 // Resume describes how a new response relates to the session's past.
 type Resume struct {
@@ -466,38 +482,58 @@ func (d *Delivery) End() { d.st.sess.mu.Unlock() }
 // delivered from there on.
 func (d *Delivery) Position() uint64 { return d.st.sess.win.next }
 
-// Unsent records that what this stream delivered from window position from
-// on (Delivery.Position) never reached Envoy: the ext_proc answer carrying
-// it could not be sent, the stream having ended (an upstream that reset
-// mid-stream, say). Its client did not get those events from this
-// response, whatever a later one that says nothing of them (no
-// Last-Event-ID) would otherwise be taken to have: when an upstream sends
-// one of them again on any response of the session, it goes to the client
-// again, as a resuming client's lost event does (Deliver), neither numbered
-// nor stored again. They stay recorded and stored as delivered: a resume
-// from an id before them gets them by replay. Events of another response
-// delivered meanwhile are the other response's, and are left as they are.
-func (st *Stream) Unsent(from uint64) {
+// Unsent records that what this stream delivered at window positions
+// [from, to) (Delivery.Position at the delivery's start and end) never
+// reached Envoy: the ext_proc answer carrying it could not be sent, the
+// stream having ended (an upstream that reset mid-stream, say). Its client
+// did not get those events from this response, whatever a later one that
+// says nothing of them (no Last-Event-ID) would otherwise be taken to have:
+// when an upstream sends one of them again on any response of the session,
+// it goes to the client again, as a resuming client's lost event does
+// (Deliver), neither numbered nor stored again, once. They stay recorded and
+// stored as delivered: a resume from an id before them gets them by replay.
+// A response superseded meanwhile (its client resumed elsewhere) marks
+// nothing: its stream's events are the newer response's.
+//
+// The marks are bounded by the window: marks of ids no longer in it are
+// dropped first, and past a window's worth an arbitrary one gives way.
+func (st *Stream) Unsent(from, to uint64) {
 	s := st.sess
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if info := s.stream(st.num); info == nil || info.since != st.since {
+		return
+	}
 	w := &s.win
 	size := uint64(len(w.slots))
+	to = min(to, w.next)
 	if w.next > size {
 		from = max(from, w.next-size)
 	}
 	tag := tagOf(st.num)
-	for p := from; p < w.next; p++ {
-		if v := w.slots[p%size]; v&0xff == tag && v>>8 != 0 {
-			m := s.mark()
-			if m.unsent == nil {
-				m.unsent = make(map[uint64]struct{})
-			}
-			if len(m.unsent) >= len(w.slots) {
-				return
-			}
-			m.unsent[v>>8] = struct{}{}
+	for p := from; p < to; p++ {
+		v := w.slots[p%size]
+		if v&0xff != tag || v>>8 == 0 {
+			continue
 		}
+		m := s.mark()
+		if m.unsent == nil {
+			m.unsent = make(map[uint64]struct{})
+		}
+		if len(m.unsent) >= len(w.slots) {
+			for k := range m.unsent {
+				if w.find(k<<8) < 0 {
+					delete(m.unsent, k) // left the window: a resend is new to it
+				}
+			}
+			for k := range m.unsent {
+				if len(m.unsent) < len(w.slots) {
+					break
+				}
+				delete(m.unsent, k)
+			}
+		}
+		m.unsent[v>>8] = struct{}{}
 	}
 }
 
@@ -562,7 +598,9 @@ func (d *Delivery) Claim(claimed []byte) (dup, again bool) {
 		d.anchor(slot)
 	}
 	if slot >= 0 {
-		if again = st.lost(slot) || s.isUnsent(h, true); !again {
+		// Both asked: an unsent mark goes with any delivery of its event.
+		lost, unsent := st.lost(slot), s.isUnsent(h, true)
+		if again = lost || unsent; !again {
 			return true, false
 		}
 	}
@@ -709,6 +747,7 @@ func (d *Delivery) Replayed(ids []string) {
 		}
 		h := s.table.hash(id)
 		s.win.add(h, st.num)
+		s.isUnsent(h, true) // the replay delivers it
 		st.replayed[h] = struct{}{}
 	}
 }

@@ -611,53 +611,73 @@ func TestStaleCopyIsReloaded(t *testing.T) {
 	}
 }
 
-// uncheckableJournal cannot tell whether a cached copy is current (NATS
-// away) and loads only once up is set.
+// uncheckableJournal holds h; it cannot tell whether a cached copy is
+// current, and loads only while up is set.
 type uncheckableJournal struct {
-	h  *History
-	up *atomic.Bool
+	h  atomic.Pointer[History]
+	up atomic.Bool
 }
 
-func (j uncheckableJournal) Load(context.Context, string) (*History, error) {
+func (j *uncheckableJournal) Load(context.Context, string) (*History, error) {
 	if !j.up.Load() {
 		return nil, context.DeadlineExceeded
 	}
-	return j.h, nil
+	return j.h.Load(), nil
 }
-func (j uncheckableJournal) Stale(context.Context, string, uint64) (bool, error) {
+func (j *uncheckableJournal) Stale(context.Context, string, uint64) (bool, error) {
 	return false, context.DeadlineExceeded
 }
 
+// history1 is a session that delivered ids 1..n on stream r-1.
+func history1(n int) *History {
+	h := &History{Seq: uint64(n), Streams: []StreamState{{Stream: "r-1", LastEventID: fmt.Sprint(n)}}}
+	for i := 1; i <= n; i++ {
+		h.Events = append(h.Events, EventRef{ID: fmt.Sprint(i), Stream: "r-1", Seq: uint64(i)})
+	}
+	return h
+}
+
 // TestUncheckedCopy: a cached copy whose freshness the journal could not
-// confirm is kept, but counts as one whose load failed (a resume is told
-// error, see extproc's readReplay); the next request that finds the journal
-// back loads and merges what another writer stored meanwhile.
+// confirm is kept, loaded but unchecked (a resume from an id it does not
+// hold is told error, see extproc's readReplay); the next request that
+// finds the journal back loads it again and takes the last ids of what
+// another writer delivered meanwhile.
 func TestUncheckedCopy(t *testing.T) {
-	h := &History{Seq: 3, Streams: []StreamState{{Stream: "r-1", LastEventID: "3"}},
-		Events: []EventRef{{ID: "1", Stream: "r-1", Seq: 1}, {ID: "2", Stream: "r-1", Seq: 2}, {ID: "3", Stream: "r-1", Seq: 3}}}
-	up := &atomic.Bool{}
-	tb := newTestTable(t, Config{Loader: uncheckableJournal{h: h, up: up}})
-	old := acquire(t, tb, "S")
-	tb.Release(old)
+	j := &uncheckableJournal{}
+	j.h.Store(history1(5))
+	j.up.Store(true)
+	tb := newTestTable(t, Config{Loader: j})
 	s, err := tb.Acquire(context.Background(), "S")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s != old || !s.Unloaded() {
-		t.Fatalf("after a failed check: same copy %v, Unloaded %v; want the copy kept, unloaded", s == old, s.Unloaded())
+	tb.Release(s)
+	// Another replica delivers 6..8; then the journal cannot be read.
+	j.h.Store(history1(8))
+	j.up.Store(false)
+	again, err := tb.Acquire(context.Background(), "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != s || !s.Unchecked() || s.Unloaded() {
+		t.Fatalf("after a failed check: same copy %v, Unchecked %v, Unloaded %v; want the copy kept, unchecked, loaded",
+			again == s, s.Unchecked(), s.Unloaded())
+	}
+	if s.Holds("6") || !s.Holds("5") {
+		t.Error("the unchecked copy should hold 5, not 6")
 	}
 	tb.Release(s)
-	up.Store(true)
+	j.up.Store(true)
 	s, err = tb.Acquire(context.Background(), "S")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Unloaded() {
-		t.Error("still unloaded once the journal answers")
+	if s.Unchecked() || s.Unloaded() {
+		t.Error("still unchecked once the journal answers")
 	}
-	st := s.OpenStream(Resume{LastEventID: "3", HasLastEventID: true})
-	if got := deliver(st, "2", "3", "4"); fmt.Sprint(got) != "[4]" {
-		t.Errorf("delivered %v after the reload, want [4]", got)
+	st := s.OpenStream(Resume{LastEventID: "6", HasLastEventID: true})
+	if after, through, ok := st.Missed(); !ok || after != "6" || through != "8" {
+		t.Errorf("a resume from 6 missed (%q, %q, %v) after the reload, want (6, 8)", after, through, ok)
 	}
 }
 
@@ -1257,5 +1277,27 @@ func TestMissedUnheld(t *testing.T) {
 		if got := r.MissedUnheld(); got != tt.want {
 			t.Errorf("%s: MissedUnheld() = %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// TestUnsentBounded: a session keeps at most a window's worth of unsent
+// marks, however many answers are lost.
+func TestUnsentBounded(t *testing.T) {
+	tb := newTestTable(t, Config{Window: 4})
+	s := acquire(t, tb, "S")
+	st := s.OpenStream(Resume{})
+	for i := range 20 {
+		d := st.Begin()
+		from := d.Position()
+		d.Deliver(fmt.Appendf(nil, "e%d", i), true)
+		to := d.Position()
+		d.End()
+		st.Unsent(from, to)
+	}
+	s.mu.Lock()
+	n := len(s.marks.unsent)
+	s.mu.Unlock()
+	if n > 4 {
+		t.Errorf("%d unsent marks with a window of 4", n)
 	}
 }

@@ -205,10 +205,16 @@ func (t *Table) acquire(ctx context.Context, id string, load bool) (*Session, er
 			return nil, ctx.Err()
 		}
 	}
-	if load && s.unloaded.CompareAndSwap(true, false) {
-		// The copy's history never loaded: try again, keeping what the copy
-		// learned meanwhile (in degraded operation, its only dedup state).
-		t.load(ctx, s, false)
+	if state := s.unloaded.Load(); load && state != 0 && s.unloaded.CompareAndSwap(state, 0) {
+		// The copy's history never loaded, or it could not be checked:
+		// try again, keeping what the copy learned meanwhile (in degraded
+		// operation, its only dedup state). A copy that did load takes the
+		// journal's last ids where another writer numbered more (newer).
+		t.load(ctx, s, state == checkFailed)
+		if state == checkFailed {
+			// A failed reload leaves the copy what it was: loaded, unchecked.
+			s.unloaded.CompareAndSwap(loadFailed, checkFailed)
+		}
 	}
 	return s, nil
 }
@@ -242,7 +248,7 @@ func (t *Table) revalidate(ctx context.Context, sh *shard, id string) uint64 {
 		// lack what another writer stored since, so it counts as one whose
 		// load failed: a resume is told its replay is not known (error),
 		// and the next request loads the session again and merges.
-		s.unloaded.Store(true)
+		s.unloaded.Store(checkFailed)
 		t.cfg.Logger.Warn("check cached session", "session", ShortID(id), "err", err)
 		return 0
 	}
@@ -267,7 +273,7 @@ func (t *Table) load(ctx context.Context, s *Session, newer bool) (numbered bool
 		// The session goes on without history: dedup starts empty, which can
 		// let a duplicate through but never drops an event. The next request
 		// that names the session tries the load again.
-		s.unloaded.Store(true)
+		s.unloaded.Store(loadFailed)
 		t.cfg.Logger.Warn("load session history", "session", ShortID(s.id), "err", err)
 		if h == nil {
 			return false
