@@ -245,8 +245,7 @@ func (s *Session) OpenStream(r Resume) *Stream {
 		s.touchStream(st.num)
 		return st.settle(r)
 	}
-	s.nextStream++
-	st.num = s.nextStream
+	st.num = s.newStreamNum()
 	st.id = newStreamID()
 	lastID := []byte(r.LastEventID)
 	if st.located {
@@ -302,6 +301,21 @@ func (d *Delivery) anchor(slot int) {
 			st.since = info.since
 			d.info = info
 			return
+		}
+	}
+}
+
+// newStreamNum returns the session's next stream number whose window tag
+// (tagOf) no remembered stream has: a stream kept remembered by resumes (an
+// MCP client's GET) would otherwise share its tag with the one 255 numbers
+// later, and the window could not tell their events apart. There are 255
+// tags and at most maxStreams remembered streams. s.mu must be held.
+func (s *Session) newStreamNum() uint32 {
+	for {
+		s.nextStream++
+		tag := tagOf(s.nextStream)
+		if !slices.ContainsFunc(s.streams, func(i streamInfo) bool { return tagOf(i.num) == tag }) {
+			return s.nextStream
 		}
 	}
 }
@@ -819,10 +833,10 @@ func (s *Session) restore(h *History, newer bool) {
 		if n, ok := nums[id]; ok {
 			return n
 		}
-		s.nextStream++
-		nums[id] = s.nextStream
-		s.remember(streamInfo{num: s.nextStream, id: id})
-		return s.nextStream
+		n := s.newStreamNum()
+		nums[id] = n
+		s.remember(streamInfo{num: n, id: id})
+		return n
 	}
 	for _, st := range h.Streams {
 		if info := s.stream(num(st.Stream)); info != nil && (len(info.lastID) == 0 || newer) {

@@ -1301,3 +1301,31 @@ func TestUnsentBounded(t *testing.T) {
 		t.Errorf("%d unsent marks with a window of 4", n)
 	}
 }
+
+// TestRememberedStreamsHaveDistinctTags: a stream kept remembered by
+// resumes (an MCP client's GET stream, resumed now and then while hundreds
+// of POST responses come and go) never shares its window tag with another
+// remembered stream.
+func TestRememberedStreamsHaveDistinctTags(t *testing.T) {
+	tb := newTestTable(t, Config{Window: 1024}) // g1 stays in the window
+	s := acquire(t, tb, "S")
+	get := s.OpenStream(Resume{})
+	deliver(get, "g1")
+	for i := range 600 {
+		deliver(s.OpenStream(Resume{}), fmt.Sprintf("p%d", i))
+		if i%10 == 0 {
+			if get = s.OpenStream(Resume{LastEventID: "g1", HasLastEventID: true}); !get.Resumed() {
+				t.Fatal("the GET stream was not resumed")
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[uint64]uint32{}
+	for _, info := range s.streams {
+		if other, dup := seen[tagOf(info.num)]; dup {
+			t.Errorf("streams %d and %d share tag %d", other, info.num, tagOf(info.num))
+		}
+		seen[tagOf(info.num)] = info.num
+	}
+}

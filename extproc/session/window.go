@@ -45,7 +45,8 @@ func newWindow(size int) window {
 }
 
 // tagOf maps a stream number to its 8-bit tag, never 0. A session remembers
-// its last 32 streams, whose numbers are consecutive, so their tags differ.
+// at most 32 streams, and numbers a new one so that its tag differs from
+// theirs (Session.newStreamNum).
 func tagOf(stream uint32) uint64 { return uint64(stream%255) + 1 }
 
 // bytes reports the window's heap footprint.
