@@ -132,7 +132,7 @@ func (x *exchange) process(body []byte, eos bool) (out []byte, changed bool) {
 	if x.cfg.Recorder != nil {
 		x.finishRecord(&c.rec, &c)
 	}
-	x.answered, x.answeredFrom, x.answeredN = c.locked, c.from, 0
+	x.answeredFrom, x.answeredN = c.from, 0
 	if c.locked {
 		x.answeredN = uint32(min(c.delivery.Position()-c.from, math.MaxUint32))
 		c.delivery.End()
@@ -156,10 +156,10 @@ func (c *chunk) begin(st *session.Stream) {
 // sent: Envoy had ended the stream. When that message was a body chunk,
 // the client did not get its events from this response (Stream.Unsent).
 func (x *exchange) answerLost() {
-	if x.answered && x.stream != nil {
+	if x.answeredN > 0 && x.stream != nil {
 		x.stream.Unsent(x.answeredFrom, x.answeredFrom+uint64(x.answeredN))
 	}
-	x.answered = false
+	x.answeredN = 0
 }
 
 // sendReplay puts the missed events (readReplay) into the answer here.

@@ -57,11 +57,10 @@ type exchange struct {
 	// its blank line, at the end of its chunk; an LF opening the next chunk
 	// completes that CRLF and is dropped with it.
 	dropCR bool
-	// answered: the last chunk's deliveries took the window positions
-	// answeredFrom to answeredFrom+answeredN (Delivery.Position at its
-	// start and end); what the answer to it carries if that answer cannot
-	// be sent (answerLost). (answeredN packs beside the bools.)
-	answered     bool
+	// The last chunk's deliveries took the window positions answeredFrom
+	// to answeredFrom+answeredN (Delivery.Position at their start and end;
+	// none when answeredN is 0): what the answer to it carries if that
+	// answer cannot be sent (answerLost). answeredN packs beside the bools.
 	answeredN    uint32
 	answeredFrom uint64
 }
@@ -100,7 +99,7 @@ func (x *exchange) handle(req *procv3.ProcessingRequest) (resp *procv3.Processin
 		x.modes = modesOf(req.GetProtocolConfig())
 	}
 	phase = phaseOther
-	x.answered = false // set by a body chunk's processing
+	x.answeredN = 0 // set by a body chunk's processing
 	switch r := req.Request.(type) {
 	case *procv3.ProcessingRequest_RequestHeaders:
 		resp, phase = x.requestHeaders(r.RequestHeaders), phaseRequestHeaders

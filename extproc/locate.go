@@ -114,11 +114,12 @@ type locator struct {
 // Each caller stops waiting when its own ctx ends.
 func (l *locator) streamOf(ctx context.Context, r Replayer, sessionID, id string) (string, error) {
 	ch := l.group.DoChan(sessionID+"\x00"+id, func() (any, error) {
-		sctx, cancel := context.WithoutCancel(ctx), context.CancelFunc(func() {})
+		sctx := context.WithoutCancel(ctx)
 		if deadline, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
 			sctx, cancel = context.WithDeadline(sctx, deadline)
+			defer cancel()
 		}
-		defer cancel()
 		select {
 		case l.slots <- struct{}{}:
 			defer func() { <-l.slots }()

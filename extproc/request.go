@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -145,10 +146,8 @@ func (x *exchange) fallbackSessionID(path string, cookies []string) (id string, 
 		if _, query, ok := strings.Cut(path, "?"); ok {
 			if v, err := url.ParseQuery(query); err == nil && len(v[x.cfg.SessionQuery]) > 0 {
 				vs := v[x.cfg.SessionQuery]
-				for _, other := range vs[1:] {
-					if other != vs[0] {
-						return "", true
-					}
+				if slices.ContainsFunc(vs[1:], func(o string) bool { return o != vs[0] }) {
+					return "", true
 				}
 				if vs[0] != "" {
 					return vs[0], false

@@ -165,10 +165,9 @@ func (c ConnConfig) options(log *slog.Logger, hooks connHooks) ([]nats.Option, e
 		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
 			// (nats.go reports here a connect that failed before the
 			// server answered; a refused credential comes to ErrorHandler.)
-			switch {
-			case dialLog.note(err):
+			if dialLog.note(err) {
 				log.Warn("nats connect attempt failed; retrying", "err", err)
-			default:
+			} else {
 				log.Debug("nats connect attempt failed", "err", err)
 			}
 			if hooks.dialErr != nil {

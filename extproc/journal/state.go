@@ -222,7 +222,7 @@ func (w *stateWriter) stop(ctx context.Context) error {
 type stateWrite struct {
 	sid   string
 	value []byte
-	opts  []jetstream.PublishOpt
+	rev   uint64 // the revision the write expects (sessState.rev)
 	paf   jetstream.PubAckFuture
 }
 
@@ -236,23 +236,26 @@ func (w *stateWriter) cycle(ctx context.Context) (failed, conflicts int) {
 		w.mu.Unlock()
 		return 0, 0
 	}
-	var unmerged []string
-	var fromLeader []bool
+	type read struct {
+		sid        string
+		fromLeader bool // after a refused write
+	}
+	var unmerged []read
 	for sid := range w.dirty {
 		if st := w.sessions[sid]; !st.merged {
-			unmerged = append(unmerged, sid)
-			fromLeader = append(fromLeader, st.conflicted)
+			unmerged = append(unmerged, read{sid, st.conflicted})
 		}
 	}
 	w.mu.Unlock()
 
 	// Read the bucket before the first write of a session this publisher
 	// has not loaded, or after a refused write, outside the lock.
-	for i, sid := range unmerged {
+	for _, r := range unmerged {
+		sid := r.sid
 		var s State
 		var err error
-		if fromLeader[i] {
-			s, err = leaderState(ctx, w.js, w.bucket, sid)
+		if r.fromLeader {
+			s, err = leaderState(ctx, w.js.Conn(), w.bucket, sid)
 		} else {
 			s, err = getState(ctx, w.kv, sid)
 		}
@@ -277,15 +280,14 @@ func (w *stateWriter) cycle(ctx context.Context) (failed, conflicts int) {
 		if err != nil {
 			continue
 		}
-		wr := stateWrite{sid: sid, value: v, opts: []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(st.rev)}}
-		writes = append(writes, wr)
+		writes = append(writes, stateWrite{sid: sid, value: v, rev: st.rev})
 		delete(w.dirty, sid)
 	}
 	w.mu.Unlock()
 
 	for i := range writes {
 		wr := &writes[i]
-		paf, err := w.js.PublishAsync(w.subjPfx+SubjectToken(wr.sid), wr.value, wr.opts...)
+		paf, err := w.js.PublishAsync(w.subjPfx+SubjectToken(wr.sid), wr.value, jetstream.WithExpectLastSequencePerSubject(wr.rev))
 		if err != nil {
 			wr.paf = nil
 			continue
@@ -377,49 +379,28 @@ func (w *stateWriter) sweep() {
 // the key's last message even when that is a delete or purge marker (then
 // the zero State at that revision): what a write expecting the key's
 // revision must name.
-func leaderState(ctx context.Context, js jetstream.JetStream, bucket, sid string) (State, error) {
+func leaderState(ctx context.Context, nc *nats.Conn, bucket, sid string) (State, error) {
 	var s State
-	req, err := json.Marshal(map[string]string{"last_by_subj": "$KV." + bucket + "." + SubjectToken(sid)})
+	// nats.go's JetStreamContext asks the leader unless told to get direct
+	// (the jetstream package's Stream gets direct when the stream allows).
+	js, err := nc.JetStream()
 	if err != nil {
 		return s, err
 	}
-	reply, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucket, req)
-	if err != nil {
-		return s, fmt.Errorf("get session state from the leader: %w", err)
-	}
-	var resp struct {
-		Message *struct {
-			Seq  uint64 `json:"seq"`
-			Hdrs []byte `json:"hdrs"`
-			Data []byte `json:"data"`
-		} `json:"message"`
-		Error *jetstream.APIError `json:"error"`
-	}
-	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return s, fmt.Errorf("get session state from the leader: %w", err)
-	}
+	m, err := js.GetLastMsg("KV_"+bucket, "$KV."+bucket+"."+SubjectToken(sid), nats.Context(ctx))
 	switch {
-	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+	case errors.Is(err, nats.ErrMsgNotFound):
 		return s, nil // never written
-	case resp.Error != nil:
-		return s, fmt.Errorf("get session state from the leader: %w", resp.Error)
-	case resp.Message == nil:
-		return s, errors.New("get session state from the leader: empty answer")
+	case err != nil:
+		return s, fmt.Errorf("get session state from the leader: %w", err)
 	}
-	if len(resp.Message.Hdrs) > 0 {
-		h, err := nats.DecodeHeadersMsg(resp.Message.Hdrs)
-		if err != nil {
-			return s, fmt.Errorf("decode session state headers: %w", err)
-		}
-		if op := h.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
-			s.rev = resp.Message.Seq
-			return s, nil
-		}
+	s.rev = m.Sequence
+	if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+		return s, nil
 	}
-	if err := json.Unmarshal(resp.Message.Data, &s); err != nil {
+	if err := json.Unmarshal(m.Data, &s); err != nil {
 		return s, fmt.Errorf("decode session state: %w", err)
 	}
-	s.rev = resp.Message.Seq
 	return s, nil
 }
 

@@ -524,27 +524,32 @@ func (st *Stream) Unsent(from, to uint64) {
 	if w.next > size {
 		from = max(from, w.next-size)
 	}
+	if from >= to {
+		return
+	}
+	m := s.mark()
+	if m.unsent == nil {
+		m.unsent = make(map[uint64]struct{})
+	}
+	swept := false
 	tag := tagOf(st.num)
 	for p := from; p < to; p++ {
 		v := w.slots[p%size]
 		if v&0xff != tag || v>>8 == 0 {
 			continue
 		}
-		m := s.mark()
-		if m.unsent == nil {
-			m.unsent = make(map[uint64]struct{})
-		}
-		if len(m.unsent) >= len(w.slots) {
+		if len(m.unsent) >= len(w.slots) && !swept {
+			swept = true
 			for k := range m.unsent {
 				if w.find(k<<8) < 0 {
 					delete(m.unsent, k) // left the window: a resend is new to it
 				}
 			}
+		}
+		if len(m.unsent) >= len(w.slots) {
 			for k := range m.unsent {
-				if len(m.unsent) < len(w.slots) {
-					break
-				}
-				delete(m.unsent, k)
+				delete(m.unsent, k) // an arbitrary one gives way
+				break
 			}
 		}
 		m.unsent[v>>8] = struct{}{}

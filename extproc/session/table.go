@@ -245,9 +245,9 @@ func (t *Table) revalidate(ctx context.Context, sh *shard, id string) uint64 {
 	stale, err := t.cfg.Loader.Stale(ctx, id, seq)
 	if err != nil {
 		// Keep the copy: at worst it lets a duplicate through. But it may
-		// lack what another writer stored since, so it counts as one whose
-		// load failed: a resume is told its replay is not known (error),
-		// and the next request loads the session again and merges.
+		// lack what another writer stored since: it is unchecked (a resume
+		// from an id it lacks is told its replay is not known), and is
+		// loaded again below and by the next request until that works.
 		s.unloaded.Store(checkFailed)
 		t.cfg.Logger.Warn("check cached session", "session", ShortID(id), "err", err)
 		return 0
